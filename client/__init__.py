@@ -1,0 +1,1 @@
+"""The peer-to-peer side: the boss (splits, hands out, joins) and the workers (encode)."""

@@ -1,0 +1,465 @@
+#!/usr/bin/env python3
+"""ffdt-boss: transcode one video with workers from the tracker.
+
+probe -> split at keyframes (stream copy) -> hand chunks to workers -> verify each result ->
+concat + mux with the source's audio, subtitles, chapters and metadata -> verify -> rename.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):      # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from client import media
+from client.link import JobContext, WorkerLink, WorkerOffer
+from client.progress import BossBar, bars_wanted
+from client.reporter import EventReporter
+from client.scheduler import Chunk, Scheduler
+from client.tracker_client import TrackerClient
+from common import ffmpeg
+from common.cli import PASSWORD_HELP, add_common_options, add_password_option, read_password, run_main, setup_logging
+from common.config import FFMPEG_TOOL_TIMEOUT, MAX_WORKERS_PER_REQUEST, WORKER_SILENCE_TIMEOUT
+from common.errors import FFmpegError, ProtocolError, TranscoderError, UsageError
+from common.net import parse_host_port
+from common.protocol import Role
+from common.settings import Settings, parse_rate, parse_scale
+from common.transfer import sha256_file
+
+log = logging.getLogger("boss")
+
+
+@dataclass(frozen=True)
+class BossConfig:
+    input: Path
+    output: Path
+    settings: Settings
+    acodec: str
+    abitrate: int | None
+    tools: ffmpeg.Tools
+    ffmpeg_args: list[str]          # passed on to --local workers
+    tracker: tuple[str, int] | None
+    user: str
+    password: str
+    workers: int
+    local: int
+    chunk_seconds: float | None
+    wait_workers: float
+    silence_timeout: float
+    work_dir: Path | None
+    keep_work: bool
+    bars: bool
+    report: Path | None
+
+
+@dataclass
+class Phases:
+    """Wall-clock seconds per phase, for the summary."""
+    times: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.times[name] = round(time.monotonic() - start, 3)
+
+
+# ---------------------------------------------------------------- the job
+
+def run_boss(cfg: BossConfig) -> int:
+    container = media.container_for(cfg.output)
+    if cfg.output.resolve() == cfg.input.resolve():
+        raise UsageError("the output would overwrite the input")
+    if not cfg.output.parent.is_dir():
+        raise UsageError(f"{cfg.output.parent}: no such directory for the output")
+    phases = Phases()
+    with phases.timed("probe"):
+        info = media.inspect(cfg.tools, cfg.input)
+    audio = info.of_kind("audio")
+    media.check_combination(container, cfg.settings.codec, cfg.acodec, audio)
+    work = prepare_work_dir(cfg)
+    cluster = None
+    try:
+        tracker_addr, user, password = cfg.tracker, cfg.user, cfg.password
+        if cfg.local:
+            from client.local import LocalCluster
+            log.info("starting a local tracker and %d worker%s", cfg.local, "s" if cfg.local > 1 else "")
+            cluster = LocalCluster(cfg.local, cfg.ffmpeg_args)
+            tracker_addr, user, password = cluster.addr, cluster.boss_user, cluster.password
+        assert tracker_addr is not None
+        tracker = TrackerClient(tracker_addr, user, password, Role.BOSS)
+        tracker.connect()
+        job = Job(cfg, info, container, work, tracker, phases)
+        return job.run()
+    finally:
+        if cluster is not None:
+            cluster.close()
+        if not cfg.keep_work and work.exists() and not (work / "KEEP").exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def prepare_work_dir(cfg: BossConfig) -> Path:
+    work = cfg.work_dir or cfg.output.parent / f".{cfg.output.name}.ffdt-work"
+    if work.exists():
+        shutil.rmtree(work)
+    try:
+        work.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the work directory {work}: {exc.strerror}") from None
+    return work
+
+
+class Job:
+    def __init__(self, cfg: BossConfig, info: media.MediaInfo, container: media.Container, work: Path,
+                 tracker: TrackerClient, phases: Phases) -> None:
+        self.cfg, self.info, self.container, self.work = cfg, info, container, work
+        self.tracker, self.phases = tracker, phases
+        self.links: list[WorkerLink] = []
+        self.used: set[str] = set()
+        self.id = ""
+        self.reporter: EventReporter | None = None
+
+    def run(self) -> int:
+        cfg, info = self.cfg, self.info
+        started = time.monotonic()
+        self.id = self.tracker.job_start(cfg.input.name, cfg.settings)
+        self.reporter = EventReporter(self.tracker, self.id)
+        log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.frames,
+                 info.video_duration, info.video.codec, cfg.settings.vcodec)
+        status, detail = "failed", ""
+        try:
+            offers = self.ask_workers(cfg.workers)
+            if not offers:
+                raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
+            audio = AudioJob(cfg, self.work, bool(self.info.of_kind("audio")))
+            with self.phases.timed("split"):
+                chunks = self.split(len(offers))
+            scheduler = Scheduler(chunks)
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as verifier:
+                ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
+                                 work_dir=self.work, tools=cfg.tools, verifier=verifier, report=self.report,
+                                 silence_timeout=cfg.silence_timeout)
+                with self.phases.timed("encode"):
+                    self.start_links(ctx, offers)
+                    self.wait(scheduler)
+            if scheduler.fatal:
+                raise TranscoderError(scheduler.fatal)
+            with self.phases.timed("audio_wait"):
+                audio.join()
+            with self.phases.timed("join"):
+                summary = self.join(chunks, audio)
+            summary["phases"] = self.phases.times
+            summary["seconds"] = round(time.monotonic() - started, 3)
+            summary["workers"] = {link.offer.name: {"chunks": link.chunks_done, "frames": link.frames_done}
+                                  for link in self.links}
+            self.print_summary(summary)
+            status = "done"
+            return 0
+        except TranscoderError as exc:
+            detail = str(exc)
+            raise
+        except KeyboardInterrupt:
+            detail = "interrupted"
+            raise
+        finally:
+            for link in self.links:
+                if link.sock is not None:
+                    with contextlib.suppress(OSError):
+                        link.sock.close()
+            with contextlib.suppress(TranscoderError):
+                self.reporter.flush_and_stop(timeout=5.0)
+                self.tracker.job_end(self.id, status, detail=detail[:500] or None, frames=info.frames,
+                                     seconds=round(time.monotonic() - started, 3))
+            self.tracker.close()
+
+    def report(self, event: str, **fields: Any) -> None:
+        if self.reporter is not None:
+            self.reporter.report(event, **fields)
+
+    # ------------------------------------------------------------ workers
+
+    def ask_workers(self, count: int) -> list[WorkerOffer]:
+        offers = []
+        for w in self.tracker.workers(self.id, min(count, MAX_WORKERS_PER_REQUEST), self.cfg.settings.vcodec,
+                                      sorted(self.used)):
+            try:
+                offers.append(WorkerOffer.from_wire(w))
+            except ProtocolError as exc:
+                log.warning("ignoring a malformed worker entry: %s", exc)
+        return offers
+
+    def start_links(self, ctx: JobContext, offers: list[WorkerOffer]) -> None:
+        versions = {o.ffmpeg for o in offers}
+        if len(versions) > 1:
+            log.warning("workers run different ffmpeg builds (%s); chunks may differ slightly",
+                        "; ".join(sorted(versions)))
+        for offer in offers:
+            self.used.add(offer.name)
+            link = WorkerLink(ctx, offer)
+            self.links.append(link)
+            link.start()
+
+    def wait(self, scheduler: Scheduler) -> None:
+        """Until every chunk is done or the job fails; refreshes the bar and replaces lost workers."""
+        bar = BossBar(self.info.frames, len(scheduler.chunks)) if self.cfg.bars else None
+        alone_since: float | None = None
+        try:
+            while not scheduler.finished.wait(0.5):
+                done, frames = scheduler.counts()
+                if bar:
+                    bar.update(frames, done)
+                if any(link.is_alive() for link in self.links):
+                    alone_since = None
+                    continue
+                now = time.monotonic()
+                if alone_since is None:
+                    alone_since = now
+                    log.warning("all workers lost; asking the tracker for others (waiting up to %gs)",
+                                self.cfg.wait_workers)
+                with contextlib.suppress(TranscoderError):
+                    self.used = {n for n in self.used if False}   # lost workers may come back restarted
+                    offers = self.ask_workers(self.cfg.workers)
+                    if offers:
+                        self.start_links(self.links[0].job, offers)
+                        continue
+                if now - alone_since > self.cfg.wait_workers:
+                    scheduler.abort(f"no live workers for {self.cfg.wait_workers:g}s; "
+                                    f"{len(scheduler.chunks) - done} chunk(s) left")
+            if bar:
+                bar.update(*reversed(scheduler.counts()))
+        finally:
+            if bar:
+                bar.finish()
+        for link in self.links:
+            link.join(timeout=2.0)
+
+    # ------------------------------------------------------------ split
+
+    def split(self, workers: int) -> list[Chunk]:
+        """Cut the video at keyframes into chunk files and take each one's manifest."""
+        info = self.info
+        target = self.cfg.chunk_seconds or media.auto_chunk_seconds(info.video_duration, workers)
+        cuts = media.plan_cuts(info.keyframes, info.start, info.start + info.video_duration + (info.video_start - info.start), target)
+        src_dir = self.work / "src"
+        src_dir.mkdir()
+        ffmpeg.run(ffmpeg.segment_cmd(self.cfg.tools, self.cfg.input, src_dir / "chunk_%05d.mkv", cuts),
+                   timeout=FFMPEG_TOOL_TIMEOUT)
+        files = sorted(src_dir.glob("chunk_*.mkv"))
+        if len(files) != len(cuts) + 1:
+            log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))
+        chunks = []
+        starts = [0.0, *cuts]
+        for i, path in enumerate(files):
+            frames = len(ffmpeg.video_packets(self.cfg.tools, path))
+            chunks.append(Chunk(index=i, source=path, size=path.stat().st_size, sha256=sha256_file(path),
+                                frames=frames, start=starts[i] if i < len(starts) else 0.0))
+        total = sum(c.frames for c in chunks)
+        if total != info.frames:
+            raise TranscoderError(f"splitting lost frames: chunks hold {total}, the input has {info.frames}")
+        log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
+        return chunks
+
+    # ------------------------------------------------------------ join
+
+    def join(self, chunks: list[Chunk], audio: AudioJob) -> dict[str, Any]:
+        info, cfg, container = self.info, self.cfg, self.container
+        listing = self.work / "chunks.ffconcat"
+        listing.write_text(ffmpeg.concat_list([c.result.name for c in chunks if c.result]), encoding="utf-8")
+        subtitles = []
+        for s in info.of_kind("subtitle"):
+            bitmap = s.codec in media.BITMAP_SUBS
+            if bitmap and not container.bitmap_subs:
+                log.warning("dropping bitmap subtitle stream %s: %s cannot hold it", s.label, container.muxer)
+            elif container.text_subs and not bitmap:
+                subtitles.append((s.index, "copy" if s.codec == container.text_subs else container.text_subs))
+            else:
+                subtitles.append((s.index, "copy"))
+        for s in info.streams:
+            if s.kind in ("data",) or (s.kind == "video" and s is not info.video) or \
+                    (s.kind == "attachment" and not container.attachments):
+                log.warning("dropping stream %s: not carried to the output", s.label)
+        audio_streams = info.of_kind("audio")
+        plan = ffmpeg.MuxPlan(
+            concat_list=listing, source=cfg.input, source_offset=info.start - info.video_start,
+            video_index=info.video.index, audio=audio.path if audio.path else None,
+            audio_offset=(min(s.start for s in audio_streams) - info.video_start) if audio_streams else 0.0,
+            audio_count=len(audio_streams), subtitles=tuple(subtitles),
+            attachments=container.attachments and bool(info.of_kind("attachment")), muxer=container.muxer)
+        tmp = self.work / f"output{cfg.output.suffix.lower()}"
+        ffmpeg.run(ffmpeg.mux_cmd(cfg.tools, plan, tmp))
+        summary = verify_output(cfg.tools, info, tmp, cfg.settings)
+        tmp.replace(cfg.output)     # same file system: the output appears complete or not at all
+        return summary
+
+    def print_summary(self, summary: dict[str, Any]) -> None:
+        log.info("wrote %s: %d frames, %.3fs, %d audio stream(s), A/V end offset %+.0f ms, in %.1fs",
+                 self.cfg.output, summary["frames"], summary["video_duration"], summary["audio_streams"],
+                 summary["av_offset_ms"], summary["seconds"])
+        for name, w in summary["workers"].items():
+            log.info("  %s: %d chunk(s), %d frames", name, w["chunks"], w["frames"])
+        if self.cfg.report:
+            self.cfg.report.write_text(json.dumps({"job": self.id, **summary}, indent=2) + "\n", encoding="utf-8")
+
+
+class AudioJob:
+    """Every audio stream, encoded (or copied) once by the boss while the workers encode video."""
+
+    def __init__(self, cfg: BossConfig, work: Path, has_audio: bool) -> None:
+        self.path: Path | None = work / "audio.mka" if has_audio else None
+        self.error: FFmpegError | None = None
+        self._thread = threading.Thread(target=self._run, args=(cfg,), name="audio", daemon=True)
+        if has_audio:
+            self._thread.start()
+
+    def _run(self, cfg: BossConfig) -> None:
+        assert self.path is not None
+        try:
+            ffmpeg.run(ffmpeg.audio_cmd(cfg.tools, cfg.input, self.path, cfg.acodec, cfg.abitrate))
+        except FFmpegError as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join()
+        if self.error:
+            raise TranscoderError(f"audio: {self.error}")
+
+
+def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settings: Settings) -> dict[str, Any]:
+    """The checks a user would make with ffprobe; a TranscoderError if any fails."""
+    out = media.inspect(tools, path)
+    expected = info.frames
+    problems = []
+    if settings.fps is None and out.frames != expected:
+        problems.append(f"{out.frames} video frames, the input has {expected}")
+    one_frame = 1.0 / (info.frame_rate or 25.0)
+    if settings.fps is None and abs(out.video_duration - info.video_duration) > one_frame + 0.002:
+        problems.append(f"video lasts {out.video_duration:.3f}s, the input's {info.video_duration:.3f}s")
+    if len(out.of_kind("audio")) != len(info.of_kind("audio")):
+        problems.append(f"{len(out.of_kind('audio'))} audio streams, the input has {len(info.of_kind('audio'))}")
+    if out.video.codec != settings.codec:
+        problems.append(f"video codec is {out.video.codec}, not {settings.codec}")
+    try:
+        decoded = ffmpeg.decode_check(tools, path, with_audio=True)
+    except FFmpegError as exc:
+        problems.append(exc.detail.strip().splitlines()[-1] if exc.detail.strip() else str(exc))
+        decoded = -1
+    if decoded >= 0 and settings.fps is None and decoded != expected:
+        problems.append(f"{decoded} frames decode, expected {expected}")
+    if problems:
+        raise TranscoderError(f"output check failed: {'; '.join(problems)}")
+    audio_end = max((s.start for s in out.of_kind("audio")), default=None)
+    av_offset = 0.0
+    if out.of_kind("audio"):
+        audio_end = media_end(tools, path, "a:0")
+        av_offset = (audio_end - (out.video_start + out.video_duration)) * 1000
+    return {"frames": out.frames, "video_duration": round(out.video_duration, 6),
+            "input_frames": info.frames, "input_video_duration": round(info.video_duration, 6),
+            "audio_streams": len(out.of_kind("audio")), "av_offset_ms": round(av_offset, 1),
+            "streams": [s.label for s in out.streams]}
+
+
+def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:
+    """Where a stream's last packet ends."""
+    packets = ffmpeg.video_packets(tools, path, stream)
+    return max((p.pts + p.duration for p in packets), default=0.0)
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ffdt-boss", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Transcode INPUT into OUTPUT with workers from a tracker (or --local N workers on this "
+        "machine). The container follows OUTPUT's extension (.mp4 .mov .mkv .webm); defaults: H.264 + AAC, "
+        "or VP9 + Opus for .webm.",
+        epilog=PASSWORD_HELP + ". Environment: FFDT_PASSWORD, FFMPEG_PATH.")
+    p.add_argument("input", type=Path, metavar="INPUT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT")
+    where = p.add_argument_group("workers")
+    where.add_argument("--tracker", help="tracker HOST:PORT")
+    where.add_argument("--user", help="tracker user with the boss role")
+    where.add_argument("--local", type=int, default=0, metavar="N",
+                       help="no tracker: start N workers on this machine")
+    where.add_argument("--workers", type=int, default=16, help="use up to this many workers")
+    where.add_argument("--wait-workers", type=float, default=60.0,
+                       help="if every worker is lost, wait this long for new ones")
+    where.add_argument("--worker-timeout", type=float, default=WORKER_SILENCE_TIMEOUT,
+                       help="seconds of silence after which a worker counts as lost")
+    enc = p.add_argument_group("encoding")
+    enc.add_argument("--vcodec", help="libx264, libx265, libvpx-vp9, libsvtav1, libaom-av1, mpeg4")
+    enc.add_argument("--crf", type=int, help="constant quality (encoder's scale)")
+    enc.add_argument("--vbitrate", help="target video bit rate, e.g. 2500k")
+    enc.add_argument("--maxrate", help="maximum video bit rate")
+    enc.add_argument("--bufsize", help="rate-control buffer size")
+    enc.add_argument("--preset", help="encoder preset (x264/x265 names; a number for VP9/AV1)")
+    enc.add_argument("--pix-fmt", help="output pixel format, e.g. yuv420p")
+    enc.add_argument("--scale", help="W:H, e.g. 1280:-2")
+    enc.add_argument("--fps", help="output frame rate (default: keep the source's timestamps)")
+    enc.add_argument("--acodec", help="audio encoder, or copy (default suits the container)")
+    enc.add_argument("--abitrate", help="audio bit rate, e.g. 160k")
+    p.add_argument("--chunk-seconds", type=float, help="target chunk length (default: about 4 chunks per worker)")
+    p.add_argument("--work-dir", type=Path, help="where chunks are kept (default: beside OUTPUT)")
+    p.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
+    p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
+    p.add_argument("--ffmpeg", help="ffmpeg binary to use (ffprobe beside it)")
+    p.add_argument("--use-global", "-use_global", action="store_true",
+                   help="use ffmpeg from PATH even if client/ffmpeg/ has a build")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
+    add_password_option(p)
+    add_common_options(p)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BossConfig:
+    container = media.container_for(args.output)
+    if args.local < 0 or args.local > 64:
+        raise UsageError("--local takes 1..64 workers")
+    if not args.local and not (args.tracker and args.user):
+        raise UsageError("give --tracker HOST:PORT and --user NAME, or --local N")
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.chunk_seconds is not None and not 0.5 <= args.chunk_seconds <= 3600:
+        raise UsageError("--chunk-seconds must be between 0.5 and 3600")
+    scale = parse_scale(args.scale) if args.scale else (None, None)
+    settings = Settings(vcodec=args.vcodec or container.default_vcodec, crf=args.crf,
+                        vbitrate=parse_rate(args.vbitrate) if args.vbitrate else None,
+                        maxrate=parse_rate(args.maxrate) if args.maxrate else None,
+                        bufsize=parse_rate(args.bufsize) if args.bufsize else None,
+                        preset=args.preset, pix_fmt=args.pix_fmt, scale_w=scale[0], scale_h=scale[1], fps=args.fps)
+    acodec = args.acodec or container.default_acodec
+    if acodec != "copy" and acodec not in media.AUDIO_ENCODER_CODEC:
+        raise UsageError(f"unsupported --acodec {acodec!r}; choose from copy, {', '.join(media.AUDIO_ENCODER_CODEC)}")
+    tools = ffmpeg.find_tools(args.ffmpeg, args.use_global)
+    ffmpeg_args = (["--ffmpeg", args.ffmpeg] if args.ffmpeg else []) + (["--use-global"] if args.use_global else [])
+    return BossConfig(
+        input=args.input, output=args.output, settings=settings, acodec=acodec,
+        abitrate=parse_rate(args.abitrate) if args.abitrate else None, tools=tools, ffmpeg_args=ffmpeg_args,
+        tracker=parse_host_port(args.tracker) if args.tracker and not args.local else None,
+        user=args.user or "", password="" if args.local else read_password(args.password_file),
+        workers=args.local or args.workers, local=args.local, chunk_seconds=args.chunk_seconds,
+        wait_workers=max(0.0, args.wait_workers), silence_timeout=max(1.0, args.worker_timeout),
+        work_dir=args.work_dir, keep_work=args.keep_work, bars=bars_wanted(args.quiet), report=args.report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("boss", verbose=args.verbose, quiet=args.quiet)
+    return run_main("boss", lambda: run_boss(config_from_args(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The boss's side of one worker session (common/PROTOCOL.md, "Boss and worker").
+
+One thread per worker: it answers the worker's requests, pushes chunk bytes to its file port,
+fetches results and hands them to a verifier. A silent or broken worker gives its chunks back.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from client.scheduler import Chunk, Scheduler
+from common import ffmpeg
+from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, TRANSFER_STALL_TIMEOUT, WAIT_RETRY,
+                           WORKER_SILENCE_TIMEOUT)
+from common.errors import (ChunkError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
+                           RequestRejected, TransferError, TranscoderError)
+from common.net import connect
+from common.protocol import Msg, Role, client_hello, expect, field, int_field, recv_msg, send_msg
+from common.settings import Settings
+from common.transfer import recv_file, send_file
+
+log = logging.getLogger("boss")
+
+
+@dataclass(frozen=True)
+class WorkerOffer:
+    """A worker the tracker gave us, with its ticket."""
+    name: str
+    host: str
+    msg_port: int
+    file_port: int
+    slots: int
+    ffmpeg: str
+    ticket: dict[str, Any]
+
+    @classmethod
+    def from_wire(cls, w: dict[str, Any]) -> WorkerOffer:
+        msg = {"type": Msg.WORKER_LIST, **w}
+        return cls(field(msg, "name", str), field(msg, "host", str), int_field(msg, "msg_port", 1, 65535),
+                   int_field(msg, "file_port", 1, 65535), int_field(msg, "slots", 1, 1024),
+                   field(msg, "ffmpeg", str), field(msg, "ticket", dict))
+
+
+@dataclass
+class JobContext:
+    """What every link of one job shares."""
+    name: str                       # the boss's name, as the worker sees it
+    settings: Settings
+    scheduler: Scheduler
+    work_dir: Path
+    tools: ffmpeg.Tools
+    verifier: ThreadPoolExecutor
+    report: Callable[..., None]     # report(event, **fields) to the tracker, best effort
+    silence_timeout: float = WORKER_SILENCE_TIMEOUT
+
+
+class WorkerLink(threading.Thread):
+    def __init__(self, job: JobContext, offer: WorkerOffer) -> None:
+        super().__init__(name=f"link-{offer.name}", daemon=True)
+        self.job, self.offer = job, offer
+        self.session = ""
+        self.key = ""
+        self.sock: socket.socket | None = None
+        self.send_lock = threading.Lock()
+        self.chunks_done = 0
+        self.frames_done = 0
+        self.failure: str | None = None
+
+    # ------------------------------------------------------------ thread body
+
+    def run(self) -> None:
+        try:
+            self._open()
+            self._serve()
+        except (ConnectionClosed, ProtocolError, PeerUnreachable, RequestRejected, TransferError) as exc:
+            self.failure = str(exc)
+        finally:
+            if self.sock is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.close()
+            lost = self.job.scheduler.release(self.offer.name, self.failure or "session ended")
+            if self.failure and not self.job.scheduler.finished.is_set():
+                log.warning("worker %s lost: %s%s", self.offer.name, self.failure,
+                            f" ({len(lost)} chunk(s) back in the queue)" if lost else "")
+                self.job.report("worker_lost", worker=self.offer.name, detail=self.failure[:300])
+                for chunk in lost:
+                    self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name,
+                                    detail="worker lost")
+
+    def _open(self) -> None:
+        o = self.offer
+        sock = connect((o.host, o.msg_port), deadline=CONNECT_TIMEOUT, io_timeout=self.job.silence_timeout)
+        self.sock = sock
+        client_hello(sock, Role.BOSS, self.job.name)
+        send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire())
+        reply = expect(sock, Msg.SESSION_OK)
+        self.session, self.key = field(reply, "session", str), field(reply, "key", str)
+        log.info("worker %s joined (%d slot%s)", o.name, o.slots, "" if o.slots == 1 else "s")
+        self.job.report("worker_joined", worker=o.name)
+
+    def _send(self, kind: Msg, **fields: Any) -> None:
+        assert self.sock is not None
+        with self.send_lock:
+            send_msg(self.sock, kind, **fields)
+
+    def _serve(self) -> None:
+        assert self.sock is not None
+        sched = self.job.scheduler
+        while True:
+            msg = recv_msg(self.sock)     # a silent worker times out here (silence_timeout)
+            kind = msg["type"]
+            if kind is Msg.REQUEST:
+                if sched.finished.is_set():
+                    self._end()
+                    return
+                chunk = sched.take(self.offer.name, wait=WAIT_RETRY)
+                if chunk is None:
+                    self._send(Msg.WAIT, retry_after=WAIT_RETRY)
+                else:
+                    self._assign(chunk)
+            elif kind is Msg.PROGRESS:
+                sched.progress(int_field(msg, "chunk", 0, 10**7), self.offer.name,
+                               int_field(msg, "frames", 0, 10**9))
+            elif kind is Msg.DONE:
+                self._collect(msg)
+            elif kind is Msg.FAILED:
+                chunk = sched.assigned_to(int_field(msg, "chunk", 0, 10**7), self.offer.name)
+                reason = str(msg.get("reason", "unknown"))[:300]
+                if chunk is not None:
+                    log.warning("%s failed on %s: %s", chunk.name, self.offer.name, reason)
+                    self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=reason)
+                    sched.fail(chunk, self.offer.name, reason)
+            else:
+                self._send(Msg.ERROR, reason="unexpected message", in_reply_to=kind.value)
+
+    def _end(self) -> None:
+        self._send(Msg.END)
+        with contextlib.suppress(TranscoderError):
+            expect(self.sock, Msg.BYE)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ chunks
+
+    def _assign(self, chunk: Chunk) -> None:
+        try:
+            self._put(chunk)
+        except (TransferError, RequestRejected, ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
+            log.warning("could not send %s to %s: %s", chunk.name, self.offer.name, exc)
+            self.job.scheduler.fail(chunk, self.offer.name, f"upload failed: {exc}")
+            if isinstance(exc, RequestRejected):      # e.g. disk full: tell it to wait, others may take it
+                self._send(Msg.WAIT, retry_after=5.0)
+                return
+            raise
+        self._send(Msg.ASSIGN, chunk=chunk.index, size=chunk.size, sha256=chunk.sha256, frames=chunk.frames)
+        self.job.report("chunk_assigned", chunk=chunk.index, worker=self.offer.name)
+        log.debug("%s -> %s (attempt %d)", chunk.name, self.offer.name, chunk.attempts)
+
+    def _file_conn(self) -> socket.socket:
+        o = self.offer
+        sock = connect((o.host, o.file_port), deadline=CONNECT_TIMEOUT, io_timeout=TRANSFER_STALL_TIMEOUT)
+        try:
+            client_hello(sock, Role.BOSS, self.job.name)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _put(self, chunk: Chunk) -> None:
+        with self._file_conn() as sock:
+            send_msg(sock, Msg.PUT, session=self.session, key=self.key, chunk=chunk.index,
+                     size=chunk.size, sha256=chunk.sha256)
+            expect(sock, Msg.OK)          # room for it: send the bytes
+            send_file(sock, chunk.source, chunk.size)
+            reply = expect(sock, Msg.OK)
+            if reply.get("sha256") != chunk.sha256:
+                raise TransferError(f"{chunk.name}: worker confirmed the wrong checksum")
+
+    def _collect(self, msg: dict) -> None:
+        sched = self.job.scheduler
+        chunk = sched.assigned_to(int_field(msg, "chunk", 0, 10**7), self.offer.name)
+        if chunk is None:
+            return                        # cancelled or already done elsewhere
+        dest = self.job.work_dir / f"{chunk.name}.out.mkv"
+        tmp = self.job.work_dir / f"{chunk.name}.{self.offer.name.replace('/', '_')}.recv.mkv"
+        try:
+            size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)
+            sha = field(msg, "sha256", str)
+            with self._file_conn() as sock:
+                send_msg(sock, Msg.GET, session=self.session, key=self.key, chunk=chunk.index)
+                header = expect(sock, Msg.FILE)
+                if header.get("size") != size or header.get("sha256") != sha:
+                    raise TransferError(f"{chunk.name}: result differs from what the worker announced")
+                recv_file(sock, tmp, size, sha)
+        except (TransferError, RequestRejected, ProtocolError, ConnectionClosed, PeerUnreachable) as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("could not fetch %s from %s: %s", chunk.name, self.offer.name, exc)
+            self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=str(exc)[:300])
+            sched.fail(chunk, self.offer.name, f"download failed: {exc}")
+            return
+        self._send(Msg.COLLECTED, chunk=chunk.index)
+        self.job.verifier.submit(self._verify, chunk, tmp, dest, sha, float(msg.get("seconds") or 0))
+
+    def _verify(self, chunk: Chunk, tmp: Path, dest: Path, sha: str, seconds: float) -> None:
+        """Decode the result; it must have exactly the chunk's frame count."""
+        sched = self.job.scheduler
+        try:
+            frames = ffmpeg.decode_check(self.job.tools, tmp, timeout=600)
+            if frames != chunk.frames:
+                raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
+        except (FFmpegError, ChunkError) as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("result of %s from %s rejected: %s", chunk.name, self.offer.name, exc)
+            self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=str(exc)[:300])
+            sched.fail(chunk, self.offer.name, str(exc))
+            return
+        tmp.replace(dest)
+        if sched.done(chunk, self.offer.name, dest, sha):
+            self.chunks_done += 1
+            self.frames_done += frames
+            self.job.report("chunk_done", chunk=chunk.index, worker=self.offer.name, frames=frames,
+                            seconds=round(seconds, 3))

@@ -1,0 +1,193 @@
+"""What the boss knows about media: probing the input, planning chunk cuts, container rules.
+
+Pure functions where possible (plan_cuts, container checks) so they are unit-tested without ffmpeg.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import ffmpeg
+from common.errors import FFmpegError, UsageError
+
+log = logging.getLogger(__name__)
+
+BITMAP_SUBS = {"hdmv_pgs_subtitle", "dvd_subtitle", "dvb_subtitle", "xsub"}
+
+
+@dataclass(frozen=True)
+class Stream:
+    index: int
+    kind: str                 # video, audio, subtitle, data, attachment
+    codec: str
+    start: float
+    tags: dict[str, str] = field(default_factory=dict)
+    attached_pic: bool = False
+    width: int = 0
+    height: int = 0
+
+    @property
+    def label(self) -> str:
+        lang = self.tags.get("language")
+        return f"#{self.index} {self.kind} {self.codec}" + (f" ({lang})" if lang else "")
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: Path
+    format_name: str
+    start: float
+    duration: float
+    streams: list[Stream]
+    chapters: int
+    frames: int               # video packets = frames for the codecs we split
+    video_start: float        # first video timestamp
+    video_duration: float     # last timestamp + its duration - first
+    keyframes: list[float]    # video keyframe timestamps, in file order
+    frame_rate: float         # average, for tolerances
+
+    @property
+    def video(self) -> Stream:
+        return next(s for s in self.streams if s.kind == "video" and not s.attached_pic)
+
+    def of_kind(self, kind: str) -> list[Stream]:
+        return [s for s in self.streams if s.kind == kind and not s.attached_pic]
+
+
+def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
+    """Probe an input; UsageError with one clear line when it cannot be transcoded."""
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a regular file")
+    try:
+        info = ffmpeg.probe(tools, path)
+    except FFmpegError as exc:
+        reason = exc.detail.strip().splitlines()[-1] if exc.detail.strip() else "unknown format"
+        raise UsageError(f"{path}: not a media file ffmpeg can read ({reason})") from exc
+    streams = [_stream(s) for s in info.get("streams", [])]
+    fmt = info.get("format", {})
+    if not streams:
+        raise UsageError(f"{path}: not a media file ffmpeg can read (no streams)")
+    if not any(s.kind == "video" and not s.attached_pic for s in streams):
+        raise UsageError(f"{path}: has no video stream (audio-only or data); nothing to transcode")
+    packets = ffmpeg.video_packets(tools, path, "v:" + str(_video_position(streams)))
+    if not packets:
+        raise UsageError(f"{path}: the video stream has no frames (truncated or damaged file?)")
+    first = min(p.pts for p in packets)
+    last = max(packets, key=lambda p: p.pts)
+    frame_dur = _typical_duration(packets)
+    end = last.pts + (last.duration or frame_dur)
+    declared = _float(fmt.get("duration"))
+    if declared and end - first < 0.5 * declared - 1.0 and declared - (end - first) > 2.0:
+        raise UsageError(f"{path}: video ends at {end - first:.1f}s of a declared {declared:.1f}s "
+                         "(truncated file?)")
+    return MediaInfo(
+        path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
+        duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
+        frames=len(packets), video_start=first, video_duration=end - first,
+        keyframes=[p.pts for p in packets if p.key], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
+    )
+
+
+def _video_position(streams: list[Stream]) -> int:
+    """Position of the main video stream among video streams (for the `v:N` specifier)."""
+    videos = [s for s in streams if s.kind == "video"]
+    return next(i for i, s in enumerate(videos) if not s.attached_pic)
+
+
+def _typical_duration(packets: list[ffmpeg.Packet]) -> float:
+    pts = sorted(p.pts for p in packets)
+    gaps = sorted(b - a for a, b in zip(pts, pts[1:]) if b > a)
+    return gaps[len(gaps) // 2] if gaps else 1 / 25
+
+
+def _stream(s: dict[str, Any]) -> Stream:
+    return Stream(index=int(s.get("index", 0)), kind=s.get("codec_type", "data"), codec=s.get("codec_name", "none"),
+                  start=_float(s.get("start_time")) or 0.0, tags=dict(s.get("tags", {})),
+                  attached_pic=bool(s.get("disposition", {}).get("attached_pic")),
+                  width=int(s.get("width", 0) or 0), height=int(s.get("height", 0) or 0))
+
+
+def _float(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def plan_cuts(keyframes: list[float], start: float, end: float, target: float) -> list[float]:
+    """Keyframe timestamps to cut at so chunks last about `target` seconds.
+
+    Times are relative to `start` (ffmpeg shifts an input to begin at 0 before muxing). A last
+    chunk shorter than half the target is merged into the one before it.
+    """
+    cuts: list[float] = []
+    last = 0.0
+    for t in sorted(set(k - start for k in keyframes)):
+        if t - last >= target and end - start - t >= 0.5 * target:
+            cuts.append(t)
+            last = t
+    return cuts
+
+
+def auto_chunk_seconds(duration: float, workers: int) -> float:
+    """About four chunks per worker (so faster workers take more), between 2 s and 60 s each."""
+    return min(60.0, max(2.0, duration / max(1, workers * 4)))
+
+
+# ---------------------------------------------------------------- output containers
+
+@dataclass(frozen=True)
+class Container:
+    muxer: str
+    vcodecs: frozenset[str]
+    acodecs: frozenset[str] | None     # None: anything
+    default_vcodec: str
+    default_acodec: str
+    text_subs: str | None              # codec text subtitles become; None: copied as they are
+    bitmap_subs: bool
+    attachments: bool
+
+
+_MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"})
+CONTAINERS = {
+    ".mp4": Container("mp4", frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"}), _MP4_AUDIO, "libx264", "aac",
+                      "mov_text", False, False),
+    ".m4v": Container("mp4", frozenset({"h264", "hevc", "mpeg4"}), _MP4_AUDIO, "libx264", "aac",
+                      "mov_text", False, False),
+    ".mov": Container("mov", frozenset({"h264", "hevc", "mpeg4"}), _MP4_AUDIO | {"pcm_s16le", "pcm_s24le"},
+                      "libx264", "aac", "mov_text", False, False),
+    ".mkv": Container("matroska", frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"}), None, "libx264", "aac",
+                      None, True, True),
+    ".webm": Container("webm", frozenset({"vp9", "av1"}), frozenset({"opus", "vorbis"}), "libvpx-vp9", "libopus",
+                       "webvtt", False, False),
+}
+AUDIO_ENCODER_CODEC = {"aac": "aac", "libopus": "opus", "libvorbis": "vorbis", "libmp3lame": "mp3",
+                       "ac3": "ac3", "flac": "flac"}
+
+
+def container_for(output: Path) -> Container:
+    try:
+        return CONTAINERS[output.suffix.lower()]
+    except KeyError:
+        raise UsageError(f"cannot write {output.suffix or 'files without an extension'}: "
+                         f"use one of {', '.join(CONTAINERS)}") from None
+
+
+def check_combination(container: Container, vcodec_name: str, acodec: str, audio: list[Stream]) -> None:
+    """Refuse, before any work, a video/audio codec the output container cannot hold."""
+    if vcodec_name not in container.vcodecs:
+        raise UsageError(f"{container.muxer} cannot hold {vcodec_name} video; "
+                         f"pick another --vcodec or output extension")
+    if container.acodecs is None or not audio:
+        return
+    if acodec == "copy":
+        bad = [s for s in audio if s.codec not in container.acodecs]
+        if bad:
+            raise UsageError(f"--acodec copy: {container.muxer} cannot hold {bad[0].codec} audio; "
+                             "let the boss encode it (drop --acodec copy)")
+    elif AUDIO_ENCODER_CODEC.get(acodec, acodec) not in container.acodecs:
+        raise UsageError(f"{container.muxer} cannot hold {acodec} audio")

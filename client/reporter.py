@@ -1,0 +1,64 @@
+"""Reports a boss's events to the tracker from a background thread.
+
+The job never waits on the tracker: events queue up while it is away and are sent, in order,
+once it is back (the client reconnects and logs in again by itself).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from typing import Any
+
+from client.tracker_client import TrackerClient
+from common.errors import AuthError, RequestRejected, TranscoderError
+
+log = logging.getLogger("boss")
+
+
+class EventReporter(threading.Thread):
+    def __init__(self, tracker: TrackerClient, job: str) -> None:
+        super().__init__(name="reporter", daemon=True)
+        self.tracker, self.job = tracker, job
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._halt = threading.Event()
+        self.start()
+
+    def report(self, event: str, **fields: Any) -> None:
+        self._queue.put((event, fields))
+
+    def run(self) -> None:
+        delay = 0.5
+        warned = False
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            event, fields = item
+            while True:
+                try:
+                    self.tracker.event(self.job, event, **fields)
+                    if warned:
+                        log.info("tracker is back; audit events delivered")
+                    warned, delay = False, 0.5
+                    break
+                except RequestRejected as exc:       # the tracker refuses this one: don't retry it
+                    log.debug("tracker refused event %s: %s", event, exc)
+                    break
+                except (AuthError, TranscoderError) as exc:
+                    if not warned:
+                        log.warning("tracker unreachable (%s); the job goes on, events will be sent later", exc)
+                        warned = True
+                    if self._halt.wait(random.uniform(delay / 2, delay)):
+                        return
+                    delay = min(delay * 2, 10.0)
+
+    def flush_and_stop(self, timeout: float) -> bool:
+        """Send what is queued within `timeout` seconds; True if everything went out."""
+        self._queue.put(None)
+        self.join(timeout)
+        if self.is_alive():
+            self._halt.set()
+            return False
+        return True

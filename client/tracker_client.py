@@ -1,0 +1,103 @@
+"""Typed calls to the tracker over one authenticated connection (common/PROTOCOL.md, "Tracker").
+
+Thread-safe: one request/reply at a time. A broken connection is re-opened (and the login redone)
+on the next call.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from common import auth
+from common.config import CONNECT_DEADLINE
+from common.errors import ConnectionClosed, PeerUnreachable, ProtocolError
+from common.net import connect
+from common.protocol import Msg, Role, client_hello, field, request
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TrackerClient:
+    def __init__(self, addr: tuple[str, int], user: str, password: str, role: Role,
+                 *, deadline: float = CONNECT_DEADLINE) -> None:
+        self.addr, self.user, self.role = addr, user, role
+        self._password = password
+        self._deadline = deadline
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self.login: auth.Login | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.addr[0]}:{self.addr[1]}"
+
+    def connect(self) -> auth.Login:
+        """Connect and log in (again); AuthError on bad credentials, PeerUnreachable if down."""
+        with self._lock:
+            return self._connect()
+
+    def _connect(self) -> auth.Login:
+        self._close()
+        try:
+            sock = connect(self.addr, deadline=self._deadline)
+        except PeerUnreachable as exc:
+            raise PeerUnreachable(f"tracker {self.where} unreachable: {exc}") from None
+        try:
+            client_hello(sock, self.role, self.user)
+            self.login = auth.login(sock, self.user, self._password)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        return self.login
+
+    def call(self, kind: Msg, reply: Msg, **fields: Any) -> dict[str, Any]:
+        """One request; a lost connection is re-opened once before giving up."""
+        with self._lock:
+            for attempt in (1, 2):
+                if self._sock is None:
+                    self._connect()
+                assert self._sock is not None
+                try:
+                    return request(self._sock, kind, reply, **fields)
+                except (ConnectionClosed, ProtocolError):
+                    self._close()
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # ------------------------------------------------------------ typed calls
+
+    def register(self, host: str, msg_port: int, file_port: int, slots: int, ffmpeg: str,
+                 encoders: list[str]) -> dict[str, Any]:
+        return self.call(Msg.REGISTER, Msg.REGISTERED, host=host, msg_port=msg_port, file_port=file_port,
+                          slots=slots, ffmpeg=ffmpeg, encoders=encoders)
+
+    def heartbeat(self, busy: int) -> None:
+        self.call(Msg.HEARTBEAT, Msg.OK, busy=busy)
+
+    def job_start(self, input_name: str, settings: Settings, chunks: int | None = None) -> str:
+        reply = self.call(Msg.JOB_START, Msg.JOB, input=input_name, settings=settings.to_wire(), chunks=chunks)
+        return field(reply, "job", str)
+
+    def workers(self, job: str, count: int, encoder: str, exclude: list[str]) -> list[dict[str, Any]]:
+        reply = self.call(Msg.WORKERS, Msg.WORKER_LIST, job=job, count=count, encoder=encoder, exclude=exclude)
+        return [w for w in field(reply, "workers", list) if isinstance(w, dict)]
+
+    def event(self, job: str, event: str, **fields: Any) -> None:
+        self.call(Msg.EVENT, Msg.OK, job=job, event=event, **fields)
+
+    def job_end(self, job: str, status: str, **fields: Any) -> None:
+        self.call(Msg.JOB_END, Msg.OK, job=job, status=status, **fields)

@@ -1,0 +1,1 @@
+"""Code shared by the tracker, the boss and the workers: wire protocol, ffmpeg, transfers."""

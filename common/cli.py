@@ -1,0 +1,78 @@
+"""What the three command lines share: logging, passwords, the error-to-exit-code mapping."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from common.errors import TranscoderError, UsageError
+
+PASSWORD_HELP = ("password: the FFDT_PASSWORD environment variable, else --password-file, else a prompt "
+                 "(never on the command line)")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now, so progress bars that wrap stderr keep logs above them."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def setup_logging(prog: str, verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ffmpeg commands, messages)")
+
+
+def add_password_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="read the password from the first line of FILE")
+
+
+def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
+    """FFDT_PASSWORD, else --password-file, else an interactive prompt; never argv."""
+    password = os.environ.get("FFDT_PASSWORD")
+    if password is None and password_file is not None:
+        try:
+            password = password_file.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read a password from {password_file}: {exc}") from None
+    if password is None:
+        if not sys.stdin.isatty():
+            raise UsageError("no password: set FFDT_PASSWORD or use --password-file")
+        password = getpass.getpass("password: ")
+        if confirm and getpass.getpass("again: ") != password:
+            raise UsageError("the passwords do not match")
+    if not password:
+        raise UsageError("empty password")
+    return password
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """The one broad handler of a program: expected errors are one line and exit 1, Ctrl-C 130."""
+    try:
+        return body()
+    except TranscoderError as exc:
+        logging.getLogger(prog).error("error: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        logging.getLogger(prog).warning("interrupted")
+        return 130
+
+

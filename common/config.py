@@ -1,0 +1,36 @@
+"""Defaults and limits, in one place. Every timeout has a name; CLIs may override them."""
+from __future__ import annotations
+
+# Networking
+DEFAULT_TRACKER_PORT = 9000
+CONNECT_TIMEOUT = 5.0           # one TCP connect attempt
+CONNECT_DEADLINE = 20.0         # give up reaching a peer after this long
+IO_TIMEOUT = 30.0               # one recv/send on a control connection
+TRANSFER_STALL_TIMEOUT = 60.0   # one recv/send on the file port (a stall, not the whole file)
+HANDSHAKE_TIMEOUT = 10.0        # a new connection must say hello and log in within this
+
+# Liveness
+HEARTBEAT_INTERVAL = 5.0        # worker -> tracker
+PEER_TTL = 3 * HEARTBEAT_INTERVAL   # tracker drops a worker silent for this long
+PROGRESS_INTERVAL = 2.0         # worker -> boss while encoding; doubles as a liveness signal
+WORKER_SILENCE_TIMEOUT = 30.0   # boss gives up on a worker silent for this long
+WAIT_RETRY = 0.5                # worker asks again this soon after a `wait` reply
+
+# Tickets and sessions
+TICKET_TTL = 600.0              # a ticket opens a session within this many seconds
+TICKET_CLOCK_SKEW = 60.0        # tolerated clock difference between tracker and worker
+
+# Limits on what a peer may announce
+MAX_FRAME = 256 * 1024          # one control message
+MAX_CHUNK_BYTES = 8 * 1024**3   # one chunk on the file port
+MAX_WORKERS_PER_REQUEST = 256
+MAX_SLOTS = 64
+
+# ffmpeg
+FFMPEG_CHUNK_TIMEOUT = 60 * 60  # one chunk's encode
+FFMPEG_TOOL_TIMEOUT = 6 * 60 * 60   # split / audio / concat / verify of a whole input
+MAX_ATTEMPTS = 3                # a chunk failing this often fails the job
+
+# SCRAM
+SCRAM_MECHANISM = "SCRAM-SHA-256"
+SCRAM_ITERATIONS = 200_000

@@ -1,0 +1,358 @@
+"""All ffmpeg/ffprobe use: finding the binaries, pure argument builders, and the runners.
+
+Builders return argument lists (never shell strings); inputs get a `file:` prefix so a name
+like `-x.mp4` or `a:b.mp4` is never read as an option or a protocol.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from common.config import FFMPEG_TOOL_TIMEOUT
+from common.errors import FFmpegError, UsageError
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_FLAGS = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "client" / "ffmpeg"
+INSTALL_HINT = "install it (Debian/Ubuntu: sudo apt-get install ffmpeg) or pass --ffmpeg PATH"
+
+
+@dataclass(frozen=True)
+class Tools:
+    ffmpeg: str
+    ffprobe: str
+
+
+def find_tools(explicit: str | None = None, use_global: bool = False) -> Tools:
+    """--ffmpeg PATH, else a build dropped in client/ffmpeg/, else FFMPEG_PATH, else PATH."""
+    if explicit:
+        ffmpeg = Path(explicit)
+        candidates = [ffmpeg]
+    elif not use_global and (BUNDLED_DIR / "ffmpeg").is_file():
+        candidates = [BUNDLED_DIR / "ffmpeg"]
+    elif os.environ.get("FFMPEG_PATH") and not use_global:
+        candidates = [Path(os.environ["FFMPEG_PATH"])]
+    else:
+        found = shutil.which("ffmpeg")
+        if not found:
+            raise UsageError(f"ffmpeg not found on PATH: {INSTALL_HINT}")
+        candidates = [Path(found)]
+    ffmpeg = candidates[0]
+    if not (ffmpeg.is_file() and os.access(ffmpeg, os.X_OK)):
+        raise UsageError(f"ffmpeg not found at {ffmpeg}: {INSTALL_HINT}")
+    ffprobe = ffmpeg.with_name(ffmpeg.name.replace("ffmpeg", "ffprobe"))
+    if not ffprobe.is_file():
+        found = shutil.which("ffprobe") if (use_global or not explicit) else None
+        if not found:
+            raise UsageError(f"ffprobe not found beside {ffmpeg}: {INSTALL_HINT}")
+        ffprobe = Path(found)
+    return Tools(str(ffmpeg), str(ffprobe))
+
+
+def input_path(path: Path) -> str:
+    return "file:" + str(path)
+
+
+# ---------------------------------------------------------------- runners
+
+def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT) -> str:
+    """Run to completion; return stdout. FFmpegError with stderr's tail on failure or timeout."""
+    log.debug("running %s", shlex.join(cmd))
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired as exc:   # run() has already killed the child
+        raise FFmpegError(cmd, None, f"no result after {timeout:g}s") from exc
+    except OSError as exc:
+        raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise FFmpegError(cmd, done.returncode, tail(done.stderr))
+    return done.stdout
+
+
+def tail(stderr: str, lines: int = 5) -> str:
+    return "\n".join(stderr.strip().splitlines()[-lines:])
+
+
+class Cancel:
+    """A cancel switch for a running ffmpeg: set() kills the child it is attached to."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._set = False
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def attach(self, proc: subprocess.Popen | None) -> None:
+        with self._lock:
+            self._proc = proc
+            if proc is not None and self._set:
+                proc.kill()
+
+
+def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[int], None] = lambda n: None,
+                      cancel: Cancel | None = None) -> str:
+    """Run an ffmpeg that has `-progress pipe:1`, reporting `frame=` values as they come.
+
+    The child is killed on timeout, on cancel, and on any exception here (KeyboardInterrupt
+    included), so it never outlives the caller. Returns stderr (warnings) on success.
+    """
+    log.debug("running %s", shlex.join(cmd))
+    cancel = cancel or Cancel()
+    with tempfile.TemporaryFile("w+", errors="replace") as err:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=err, text=True, errors="replace")
+        except OSError as exc:
+            raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
+        cancel.attach(proc)
+        timed_out: list[bool] = []
+        timer = threading.Timer(timeout, lambda: (timed_out.append(True), proc.kill()))
+        timer.daemon = True
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith("frame="):
+                    value = line[6:].strip()
+                    if value.isdigit():
+                        on_frames(int(value))
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+            cancel.attach(None)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        err.seek(0)
+        stderr = err.read()
+    if returncode != 0:
+        if cancel.is_set():
+            raise FFmpegError(cmd, returncode, "cancelled")
+        if timed_out:
+            raise FFmpegError(cmd, None, f"no result after {timeout:g}s")
+        raise FFmpegError(cmd, returncode, tail(stderr) or "killed")
+    return stderr
+
+
+# ---------------------------------------------------------------- probing
+
+def probe(tools: Tools, path: Path) -> dict:
+    """ffprobe's JSON for format, streams and chapters."""
+    out = run([tools.ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+               "-show_chapters", input_path(path)], timeout=120)
+    try:
+        return json.loads(out)
+    except ValueError as exc:
+        raise FFmpegError([tools.ffprobe], 0, "unreadable ffprobe output") from exc
+
+
+@dataclass(frozen=True)
+class Packet:
+    pts: float
+    dts: float
+    duration: float
+    key: bool
+
+
+_PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
+
+
+def video_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet]:
+    """The packets of one video stream in file (decode) order, without decoding them."""
+    out = run([tools.ffprobe, "-v", "error", "-select_streams", stream, "-show_entries",
+               "packet=pts_time,dts_time,duration_time,flags", "-of", "compact=p=0", input_path(path)])
+    packets = []
+    for line in out.splitlines():
+        f = dict(_PKT_FIELD.findall(line))
+        pts, dts = _num(f.get("pts_time")), _num(f.get("dts_time"))
+        if pts is None:
+            pts = dts
+        if pts is None:
+            continue
+        packets.append(Packet(pts, dts if dts is not None else pts, _num(f.get("duration_time")) or 0.0,
+                              f.get("flags", "").startswith("K")))
+    return packets
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "", "N/A") else None
+    except ValueError:
+        return None
+
+
+def decode_check(tools: Tools, path: Path, *, with_audio: bool = False,
+                 timeout: float = FFMPEG_TOOL_TIMEOUT) -> int:
+    """Decode start to end; return the video frame count. Any decoder message is an error."""
+    cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-nostats", "-progress", "pipe:1",
+           "-i", input_path(path), "-map", "0:v:0"]
+    if with_audio:
+        cmd += ["-map", "0:a?"]
+    cmd += ["-fps_mode", "passthrough", "-f", "null", "-"]
+    frames = [0]
+    stderr = run_with_progress(cmd, timeout=timeout, on_frames=lambda n: frames.__setitem__(0, n))
+    if stderr.strip():
+        raise FFmpegError(cmd, 0, f"decode errors in {path.name}: {tail(stderr, 1)}")
+    return frames[0]
+
+
+def capabilities(tools: Tools) -> tuple[str, list[str]]:
+    """(ffmpeg version line, names of the video/audio encoders this build has)."""
+    version = run([tools.ffmpeg, "-hide_banner", "-version"], timeout=30).splitlines()[0]
+    listing = run([tools.ffmpeg, "-hide_banner", "-encoders"], timeout=30)
+    names = []
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VA" and parts[0] != "------":
+            names.append(parts[1])
+    return version, names
+
+
+# ---------------------------------------------------------------- builders
+
+def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[float]) -> list[str]:
+    """Split the first video stream at the given keyframe times (stream copy, video only)."""
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-i", input_path(src), "-map", "0:v:0", "-an", "-sn", "-dn",
+           "-c", "copy", "-f", "segment", "-reset_timestamps", "1",
+           # a cut time lands on a keyframe's own timestamp; the delta keeps float rounding from
+           # pushing the cut to the next keyframe
+           "-segment_time_delta", "0.001", "-segment_format", "matroska"]
+    if cut_times:
+        cmd += ["-segment_times", ",".join(f"{t:.6f}" for t in cut_times)]
+    else:
+        cmd += ["-segment_time", "1000000000"]
+    return cmd + [input_path(out_pattern)]
+
+
+def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0) -> list[str]:
+    """Encode one chunk (video only) into Matroska, reporting progress on stdout."""
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", "-i", input_path(src),
+           "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
+    filters = []
+    if s.scale_w is not None:
+        filters.append(f"scale={s.scale_w}:{s.scale_h}")
+    if s.fps is not None:
+        filters.append(f"fps={s.fps}")
+    if filters:
+        cmd += ["-vf", ",".join(filters)]
+    else:
+        cmd += ["-fps_mode", "passthrough"]   # keep the source's timestamps, VFR included
+    cmd += ["-c:v", s.vcodec]
+    cmd += _rate_control(s)
+    if s.pix_fmt:
+        cmd += ["-pix_fmt", s.pix_fmt]
+    if threads:
+        cmd += ["-threads", str(threads)]
+    return cmd + ["-f", "matroska", input_path(dst)]
+
+
+def _rate_control(s: Settings) -> list[str]:
+    args: list[str] = []
+    crf = s.crf
+    if s.vcodec == "mpeg4":
+        args += ["-q:v", str(crf if crf is not None else 4)] if s.vbitrate is None else []
+    elif s.vbitrate is None:
+        default_crf = {"libx264": 23, "libx265": 28, "libvpx-vp9": 33, "libsvtav1": 35, "libaom-av1": 32}
+        args += ["-crf", str(crf if crf is not None else default_crf[s.vcodec])]
+        if s.vcodec == "libvpx-vp9":
+            args += ["-b:v", "0"]         # constant-quality mode for VP9
+    if s.vbitrate is not None:
+        args += ["-b:v", str(s.vbitrate)]
+    if s.maxrate is not None:
+        args += ["-maxrate", str(s.maxrate)]
+    if s.bufsize is not None:
+        args += ["-bufsize", str(s.bufsize)]
+    if s.preset is not None:
+        if s.vcodec in ("libx264", "libx265", "libsvtav1"):
+            args += ["-preset", s.preset]
+        elif s.vcodec in ("libvpx-vp9", "libaom-av1"):
+            args += ["-cpu-used", s.preset]
+    if s.vcodec == "libvpx-vp9":
+        args += ["-row-mt", "1"]
+    return args
+
+
+def audio_cmd(tools: Tools, src: Path, dst: Path, acodec: str, abitrate: int | None) -> list[str]:
+    """Take every audio stream out once (encoded or copied) into Matroska, metadata kept."""
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-i", input_path(src), "-map", "0:a", "-vn", "-sn", "-dn",
+           "-c:a", acodec]
+    if abitrate is not None and acodec != "copy":
+        cmd += ["-b:a", str(abitrate)]
+    return cmd + ["-f", "matroska", input_path(dst)]
+
+
+def concat_list(names: Sequence[str]) -> str:
+    """An ffconcat script for files beside it, each name quoted for the concat demuxer."""
+    lines = ["ffconcat version 1.0"]
+    for name in names:
+        escaped = name.replace("'", "'\\''")   # close quote, escaped quote, reopen
+        lines.append(f"file '{escaped}'")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class MuxPlan:
+    """How the final output is assembled from the encoded video, the audio and the source."""
+    concat_list: Path
+    source: Path
+    source_offset: float            # shifts the source's streams onto the output video's timeline
+    video_index: int                # the source video stream whose metadata the output keeps
+    audio: Path | None = None       # every audio stream, encoded once by the boss
+    audio_offset: float = 0.0
+    audio_count: int = 0
+    subtitles: tuple[tuple[int, str], ...] = ()   # (source stream index, codec or "copy")
+    attachments: bool = False
+    muxer: str = "matroska"
+
+
+def mux_cmd(tools: Tools, plan: MuxPlan, dst: Path) -> list[str]:
+    """Join the chunks (concat demuxer) and mux in audio, subtitles, chapters and metadata."""
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-f", "concat", "-i", input_path(plan.concat_list)]
+    src = 1
+    if plan.audio is not None:
+        cmd += ["-itsoffset", f"{plan.audio_offset:.6f}", "-i", input_path(plan.audio)]
+        src = 2
+    cmd += ["-itsoffset", f"{plan.source_offset:.6f}", "-i", input_path(plan.source)]
+    cmd += ["-map", "0:v:0"]
+    # Any stream metadata mapping turns off ffmpeg's default per-stream copy, so map each one.
+    meta = ["-map_metadata", str(src), "-map_metadata:s:v:0", f"{src}:s:{plan.video_index}"]
+    if plan.audio is not None:
+        cmd += ["-map", "1:a"]
+        for i in range(plan.audio_count):
+            meta += [f"-map_metadata:s:a:{i}", f"1:s:a:{i}"]
+    codecs = ["-c", "copy"]
+    for n, (index, codec) in enumerate(plan.subtitles):
+        cmd += ["-map", f"{src}:{index}"]
+        meta += [f"-map_metadata:s:s:{n}", f"{src}:s:{index}"]
+        if codec != "copy":
+            codecs += [f"-c:s:{n}", codec]
+    if plan.attachments:
+        cmd += ["-map", f"{src}:t?"]
+    cmd += meta + ["-map_chapters", str(src)] + codecs
+    if plan.muxer in ("mp4", "mov"):
+        cmd += ["-movflags", "+faststart"]
+    return cmd + ["-f", plan.muxer, input_path(dst)]

@@ -1,0 +1,41 @@
+"""Connecting to peers: bounded attempts with jittered backoff until a deadline."""
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+from common.config import CONNECT_DEADLINE, CONNECT_TIMEOUT, IO_TIMEOUT
+from common.errors import PeerUnreachable, UsageError
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') -> (host, port); a clear UsageError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise UsageError(f"expected HOST:PORT, got {text!r}")
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,
+            io_timeout: float = IO_TIMEOUT) -> socket.socket:
+    """A connected socket with `io_timeout` set, or PeerUnreachable once `deadline` has passed."""
+    give_up_at = time.monotonic() + deadline
+    delay = 0.1
+    while True:
+        try:
+            sock = socket.create_connection(addr, timeout=min(CONNECT_TIMEOUT, max(deadline, 0.1)))
+        except OSError as exc:
+            if time.monotonic() + delay > give_up_at:
+                raise PeerUnreachable(f"cannot reach {addr[0]}:{addr[1]}: {exc.strerror or exc}") from exc
+            time.sleep(random.uniform(delay / 2, delay))   # retry backoff, not synchronisation
+            delay = min(delay * 2, 2.0)
+            continue
+        sock.settimeout(io_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock

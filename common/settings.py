@@ -1,0 +1,120 @@
+"""Encoding settings: the structured job description a boss sends and a worker validates.
+
+Nothing here is passed to ffmpeg as raw text from the wire: every value is checked against a
+whitelist or a numeric range, and the worker builds the command from the checked values.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from common.errors import ProtocolError, UsageError
+
+# Video encoders we know how to drive, with the presets each accepts.
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow", "placebo")
+VIDEO_ENCODERS: dict[str, dict[str, Any]] = {
+    "libx264": {"codec": "h264", "crf": (0, 51), "presets": X26X_PRESETS},
+    "libx265": {"codec": "hevc", "crf": (0, 51), "presets": X26X_PRESETS},
+    "libvpx-vp9": {"codec": "vp9", "crf": (0, 63), "presets": tuple(str(i) for i in range(9))},
+    "libsvtav1": {"codec": "av1", "crf": (0, 63), "presets": tuple(str(i) for i in range(14))},
+    "libaom-av1": {"codec": "av1", "crf": (0, 63), "presets": tuple(str(i) for i in range(9))},
+    "mpeg4": {"codec": "mpeg4", "crf": (1, 31), "presets": ()},   # built in; qscale for "crf"
+}
+PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le", "nv12")
+_FPS = re.compile(r"^[1-9][0-9]{0,5}(/[1-9][0-9]{0,5})?$")
+_RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kKmM]?)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every chunk of a job is encoded with."""
+    vcodec: str = "libx264"
+    crf: int | None = None
+    vbitrate: int | None = None      # bits per second
+    maxrate: int | None = None
+    bufsize: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+    scale_w: int | None = None       # -1/-2 keep aspect, as in ffmpeg's scale filter
+    scale_h: int | None = None
+    fps: str | None = None           # "30" or "30000/1001"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise UsageError unless every value is one we accept."""
+        spec = VIDEO_ENCODERS.get(self.vcodec)
+        if spec is None:
+            raise UsageError(f"unsupported video encoder {self.vcodec!r}; choose from {', '.join(VIDEO_ENCODERS)}")
+        if self.crf is not None and self.vbitrate is not None:
+            raise UsageError("use --crf or --vbitrate, not both")
+        if self.crf is not None:
+            lo, hi = spec["crf"]
+            if not lo <= self.crf <= hi:
+                raise UsageError(f"--crf for {self.vcodec} must be in {lo}..{hi}")
+        for name in ("vbitrate", "maxrate", "bufsize"):
+            value = getattr(self, name)
+            if value is not None and not 1000 <= value <= 10**10:
+                raise UsageError(f"--{name} must be between 1k and 10G bits per second")
+        if self.preset is not None and self.preset not in spec["presets"]:
+            choices = ", ".join(spec["presets"]) or "none"
+            raise UsageError(f"--preset {self.preset!r} is not valid for {self.vcodec} (choose from {choices})")
+        if self.pix_fmt is not None and self.pix_fmt not in PIX_FMTS:
+            raise UsageError(f"--pix-fmt must be one of {', '.join(PIX_FMTS)}")
+        for value in (self.scale_w, self.scale_h):
+            if value is not None and not (value in (-1, -2) or 2 <= value <= 16384):
+                raise UsageError("--scale takes W:H with sizes 2..16384, or -1/-2 to keep the aspect ratio")
+        if (self.scale_w is None) != (self.scale_h is None):
+            raise UsageError("--scale needs both W and H")
+        if self.fps is not None and not _FPS.match(self.fps):
+            raise UsageError("--fps takes a rate such as 30 or 30000/1001")
+
+    @property
+    def codec(self) -> str:
+        """The codec name (h264, vp9, ...) the encoder produces."""
+        return VIDEO_ENCODERS[self.vcodec]["codec"]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_wire(cls, data: object) -> Settings:
+        """Settings from a peer: unknown keys ignored, wrong types or values are a ProtocolError."""
+        if not isinstance(data, dict):
+            raise ProtocolError("settings must be an object")
+        kinds = {"vcodec": str, "crf": int, "vbitrate": int, "maxrate": int, "bufsize": int,
+                 "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str}
+        values: dict[str, Any] = {}
+        for key, kind in kinds.items():
+            value = data.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ProtocolError(f"settings: {key} must be {kind.__name__}")
+            values[key] = value
+        try:
+            return cls(**values)
+        except UsageError as exc:
+            raise ProtocolError(f"settings rejected: {exc}") from exc
+
+
+def parse_rate(text: str) -> int:
+    """'2.5M' -> 2500000 bits per second."""
+    m = _RATE.match(text.strip())
+    if not m:
+        raise UsageError(f"bad bit rate {text!r}; use a number with an optional k or M, e.g. 2500k")
+    return int(float(m.group(1)) * {"": 1, "k": 1000, "m": 1000**2}[m.group(2).lower()])
+
+
+def parse_scale(text: str) -> tuple[int, int]:
+    """'1280:-2' -> (1280, -2)."""
+    w, sep, h = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(w), int(h)
+    except ValueError:
+        raise UsageError(f"bad --scale {text!r}; use W:H, e.g. 1280:-2") from None

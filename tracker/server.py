@@ -1,0 +1,323 @@
+"""The tracker's socket side: a threaded TCP server that turns frames into TrackerState calls.
+
+Each connection: hello (version check), SCRAM login, then requests dispatched through HANDLERS.
+Protocol: common/PROTOCOL.md, sections "Tracker".
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+import secrets
+import socket
+import socketserver
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from common import auth as ticket_auth
+from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_SLOTS,
+                           MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
+from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
+from common.protocol import Msg, Role, field as get, int_field, recv_msg, send_msg, server_hello
+from tracker.audit import Recorder
+from tracker.auth import ScramLogin
+from tracker.state import TrackerState, WorkerInfo
+from tracker.store import Store
+
+log = logging.getLogger(__name__)
+
+_HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
+_NAME = re.compile(r"^[A-Za-z0-9._@:+-]{1,64}$")
+CHUNK_EVENTS = {"chunk_assigned", "chunk_done", "chunk_failed", "chunk_encoded", "chunk_retry",
+                "worker_lost", "worker_joined", "job_progress", "worker_dropped"}
+_conn_ids = itertools.count(1)
+
+
+@dataclass
+class TrackerContext:
+    state: TrackerState
+    store: Store
+    audit: Recorder
+    secret: bytes
+    ttl: float = PEER_TTL
+
+
+@dataclass
+class Session:
+    peer: str
+    conn_id: int = field(default_factory=lambda: next(_conn_ids))
+    claimed_role: Role | None = None
+    name: str = ""
+    user: str | None = None
+    role: Role | None = None
+    server_key: bytes = b""
+    login: ScramLogin | None = None
+    worker: str | None = None                   # registered worker name
+
+
+Reply = tuple[Msg, dict[str, Any]]
+
+
+# ---------------------------------------------------------------- handlers
+
+def handle_auth_start(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    s.login = ScramLogin(ctx.store, ctx.secret)
+    try:
+        return Msg.AUTH_CHALLENGE, {"data": s.login.start(get(msg, "user", str), get(msg, "data", str))}
+    except AuthError as exc:
+        raise RequestRejected(str(exc)) from exc
+
+
+def handle_auth_finish(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    login, s.login = s.login, None
+    if login is None:
+        raise RequestRejected("send auth_start first")
+    try:
+        final = login.finish(get(msg, "data", str))
+    except AuthError:
+        ctx.audit.record("auth_failed", peer=s.peer, user=login.user, role=_v(s.claimed_role),
+                         reason="bad credentials")
+        raise
+    assert login.record is not None
+    role = Role(login.record.role)
+    wanted = s.claimed_role
+    if wanted is not None and wanted is not role and role is not Role.ADMIN:
+        ctx.audit.record("auth_failed", peer=s.peer, user=login.user, role=wanted.value,
+                         reason=f"user has role {role.value}")
+        raise AuthError(f"user {login.user!r} may not act as {wanted.value}")
+    s.user, s.role, s.server_key = login.user, wanted or role, login.record.server_key
+    ctx.audit.record("auth_ok", peer=s.peer, user=s.user, role=s.role.value)
+    return Msg.AUTH_OK, {"data": final, "role": s.role.value}
+
+
+def handle_register(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    _need(s, Role.WORKER)
+    host = get(msg, "host", str)
+    if not _HOST.match(host):
+        raise RequestRejected("bad advertised host")
+    msg_port, file_port = int_field(msg, "msg_port", 1, 65535), int_field(msg, "file_port", 1, 65535)
+    encoders = get(msg, "encoders", list)
+    if len(encoders) > 1000 or not all(isinstance(e, str) and len(e) <= 64 for e in encoders):
+        raise RequestRejected("bad encoder list")
+    salt = secrets.token_hex(16)
+    name = f"{s.user}@{host}:{msg_port}"
+    if s.worker and s.worker != name:
+        ctx.state.drop(s.worker, s.conn_id)
+    worker = WorkerInfo(name=name, user=s.user or "", host=host, msg_port=msg_port, file_port=file_port,
+                        slots=int_field(msg, "slots", 1, MAX_SLOTS), ffmpeg=get(msg, "ffmpeg", str)[:200],
+                        encoders=tuple(encoders),
+                        ticket_key=ticket_auth.ticket_key(s.server_key, salt), connection=s.conn_id)
+    ctx.state.register(worker)
+    s.worker = name
+    ctx.audit.record("register", peer=s.peer, user=s.user, worker=name, slots=worker.slots,
+                     ffmpeg=worker.ffmpeg, file_port=file_port)
+    return Msg.REGISTERED, {"worker": name, "ticket_salt": salt, "heartbeat": HEARTBEAT_INTERVAL}
+
+
+def handle_heartbeat(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    _need(s, Role.WORKER)
+    if s.worker is None or not ctx.state.heartbeat(s.worker, s.conn_id):
+        raise RequestRejected("not registered")
+    return Msg.OK, {}
+
+
+def handle_job_start(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    _need(s, Role.BOSS)
+    name = Path(get(msg, "input", str)).name[:200]        # a base name is enough for the log
+    job = ctx.state.start_job(s.user or "", name)
+    settings = get(msg, "settings", dict, optional=True, default={})
+    ctx.audit.record("job_started", peer=s.peer, user=s.user, job=job.id, input=name,
+                     chunks=get(msg, "chunks", int, optional=True),
+                     settings={k: v for k, v in settings.items() if isinstance(v, (str, int, float))})
+    return Msg.JOB, {"job": job.id}
+
+
+def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    _need(s, Role.BOSS)
+    job = _job(ctx, s, msg)
+    count = int_field(msg, "count", 1, MAX_WORKERS_PER_REQUEST)
+    encoder = get(msg, "encoder", str)
+    exclude = get(msg, "exclude", list, optional=True, default=[])
+    picked = ctx.state.live_workers(ctx.ttl, encoder, frozenset(x for x in exclude if isinstance(x, str)))[:count]
+    expires = int(time.time() + TICKET_TTL)
+    boss = s.user or ""
+    workers = [{"name": w.name, "host": w.host, "msg_port": w.msg_port, "file_port": w.file_port,
+                "slots": w.slots, "ffmpeg": w.ffmpeg,
+                "ticket": ticket_auth.make_ticket(w.ticket_key, boss, job.id, w.name, expires)}
+               for w in picked]
+    job.workers.update(w.name for w in picked)
+    ctx.audit.record("workers_given", peer=s.peer, user=s.user, job=job.id, encoder=encoder,
+                     asked=count, count=len(workers), workers=[w.name for w in picked])
+    return Msg.WORKER_LIST, {"workers": workers}
+
+
+def handle_event(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    event = get(msg, "event", str)
+    if event not in CHUNK_EVENTS:
+        raise RequestRejected(f"unknown event {event[:40]!r}")
+    job_id = get(msg, "job", str)[:40]
+    if s.role is not Role.WORKER:
+        _job(ctx, s, msg)
+    detail = get(msg, "detail", str, optional=True)
+    ctx.audit.record(event, peer=s.peer, user=s.user, by=_v(s.role), job=job_id,
+                     chunk=get(msg, "chunk", int, optional=True),
+                     worker=(get(msg, "worker", str, optional=True) or s.worker or "")[:200] or None,
+                     detail=detail[:500] if detail else None,
+                     frames=get(msg, "frames", int, optional=True),
+                     seconds=get(msg, "seconds", float, optional=True))
+    return Msg.OK, {}
+
+
+def handle_job_end(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    _need(s, Role.BOSS)
+    job = _job(ctx, s, msg)
+    status = get(msg, "status", str)[:20]
+    detail = get(msg, "detail", str, optional=True)
+    ctx.audit.record("job_finished", peer=s.peer, user=s.user, job=job.id, status=status,
+                     detail=detail[:500] if detail else None,
+                     chunks=get(msg, "chunks", int, optional=True), frames=get(msg, "frames", int, optional=True),
+                     seconds=get(msg, "seconds", float, optional=True))
+    ctx.state.end_job(job.id)
+    return Msg.OK, {}
+
+
+def _need(s: Session, role: Role) -> None:
+    if s.role is not role and s.role is not Role.ADMIN:
+        raise RequestRejected(f"only a {role.value} may do this")
+
+
+def _job(ctx: TrackerContext, s: Session, msg: dict):
+    job = ctx.state.job(get(msg, "job", str)[:40], s.user or "")
+    if job is None:
+        raise RequestRejected("no such job for this boss")
+    return job
+
+
+def _v(role: Role | None) -> str | None:
+    return role.value if role else None
+
+
+HANDLERS: dict[Msg, Callable[[TrackerContext, Session, dict], Reply]] = {
+    Msg.AUTH_START: handle_auth_start,
+    Msg.AUTH_FINISH: handle_auth_finish,
+    Msg.REGISTER: handle_register,
+    Msg.HEARTBEAT: handle_heartbeat,
+    Msg.JOB_START: handle_job_start,
+    Msg.WORKERS: handle_workers,
+    Msg.EVENT: handle_event,
+    Msg.JOB_END: handle_job_end,
+    Msg.PING: lambda ctx, s, msg: (Msg.PONG, {}),
+}
+NO_AUTH_NEEDED = {Msg.AUTH_START, Msg.AUTH_FINISH, Msg.PING}
+
+
+# ---------------------------------------------------------------- server
+
+class TrackerHandler(socketserver.BaseRequestHandler):
+    server: TrackerServer
+
+    def setup(self) -> None:
+        self.request.settimeout(HANDSHAKE_TIMEOUT)
+        self.server.track(self.request, add=True)
+
+    def finish(self) -> None:
+        self.server.track(self.request, add=False)
+
+    def handle(self) -> None:
+        if self.server.stopping.is_set():
+            return
+        ctx = self.server.ctx
+        s = Session(peer="%s:%d" % self.client_address[:2])
+        try:
+            try:
+                s.claimed_role, s.name = server_hello(self.request, "tracker",
+                                                      {Role.BOSS, Role.WORKER, Role.ADMIN})
+                self._serve(ctx, s)
+            finally:
+                if s.worker and ctx.state.drop(s.worker, s.conn_id):
+                    ctx.audit.record("worker_lost", peer=s.peer, user=s.user, worker=s.worker,
+                                     reason="disconnected")
+        except ConnectionClosed:
+            pass
+        except AuthError as exc:
+            log.info("%s: %s", s.peer, exc)
+        except ProtocolError as exc:
+            ctx.audit.record("protocol_error", peer=s.peer, user=s.user, reason=str(exc)[:200])
+
+    def _serve(self, ctx: TrackerContext, s: Session) -> None:
+        sock = self.request
+        while True:
+            msg = recv_msg_or_reject(sock)
+            if msg is None:
+                continue
+            kind = msg["type"]
+            handler = HANDLERS.get(kind)
+            if handler is None:
+                send_msg(sock, Msg.ERROR, reason="unexpected message", in_reply_to=kind.value)
+                continue
+            if kind not in NO_AUTH_NEEDED and s.user is None:
+                send_msg(sock, Msg.ERROR, reason="authenticate first", in_reply_to=kind.value)
+                continue
+            try:
+                reply_kind, reply = handler(ctx, s, msg)
+            except AuthError as exc:
+                send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=kind.value)
+                raise                                   # a failed login ends the connection
+            except RequestRejected as exc:
+                reply_kind, reply = Msg.ERROR, {"reason": str(exc), "in_reply_to": kind.value}
+            send_msg(sock, reply_kind, **reply)
+            if s.user is not None and sock.gettimeout() == HANDSHAKE_TIMEOUT:
+                # logged in: a worker's heartbeat or a boss's next event may take a while
+                sock.settimeout(max(IO_TIMEOUT, ctx.ttl * 2))
+
+
+def recv_msg_or_reject(sock: socket.socket) -> dict | None:
+    """recv_msg, answering an unknown message type with an error instead of dropping the peer."""
+    try:
+        return recv_msg(sock)
+    except RequestRejected as exc:
+        send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to="?")
+        return None
+
+
+class TrackerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, addr: tuple[str, int], ctx: TrackerContext) -> None:
+        self.ctx = ctx
+        self.stopping = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(addr, TrackerHandler)
+        self._sweeper = threading.Thread(target=self._sweep, name="sweeper", daemon=True)
+        self._sweeper.start()
+
+    def track(self, sock: socket.socket, *, add: bool) -> None:
+        with self._conns_lock:
+            (self._conns.add if add else self._conns.discard)(sock)
+
+    def _sweep(self) -> None:
+        """Drop workers that missed their heartbeats."""
+        while not self.stopping.wait(HEARTBEAT_INTERVAL / 2):
+            for w in self.ctx.state.expire(self.ctx.ttl):
+                self.ctx.audit.record("worker_lost", worker=w.name, user=w.user, reason="missed heartbeats")
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("unexpected error serving %s", client_address)
+
+    def stop(self) -> None:
+        """Stop accepting, unblock every handler's recv, close the listening socket."""
+        self.stopping.set()
+        self.shutdown()
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""ffdt-tracker: run the tracker, add users, read the audit log."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+if __package__ in (None, ""):      # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.cli import (PASSWORD_HELP, add_common_options, add_password_option, read_password,
+                        run_main, setup_logging)
+from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
+from common.errors import UsageError
+from tracker.audit import AuditLog, format_event
+from tracker.auth import create_user, load_secret
+from tracker.server import TrackerContext, TrackerServer
+from tracker.state import TrackerState
+from tracker.store import Store
+
+DEFAULT_DATA_DIR = Path("tracker-data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ffdt-tracker", description="Tracker of the FFmpeg distributed transcoder: "
+                                "authenticates peers, lists live workers for bosses, keeps the audit log.",
+                                epilog="With no command, serves on port %d with data in ./%s." % (
+                                    DEFAULT_TRACKER_PORT, DEFAULT_DATA_DIR),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_options(p)
+    sub = p.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the tracker", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=int, default=DEFAULT_TRACKER_PORT, help="port (0: any free port)")
+    serve.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="users, audit log, secret")
+    serve.add_argument("--peer-ttl", type=float, default=PEER_TTL,
+                       help="seconds without a heartbeat before a worker is dropped")
+    add_common_options(serve)
+    user = sub.add_parser("add-user", help="create or update a user", epilog=PASSWORD_HELP)
+    user.add_argument("name")
+    user.add_argument("--role", choices=["boss", "worker", "admin"], required=True)
+    user.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    add_password_option(user)
+    logs = sub.add_parser("logs", help="print the audit log")
+    logs.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    logs.add_argument("--job", help="only this job's events")
+    logs.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    return p
+
+
+def open_store(data_dir: Path, *, create: bool) -> Store:
+    if not data_dir.is_dir():
+        if not create:
+            raise UsageError(f"{data_dir}: no tracker data here (run `add-user` or `serve` first)")
+        try:
+            data_dir.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise UsageError(f"cannot create {data_dir}: {exc.strerror}") from None
+    return Store(data_dir / "tracker.db")
+
+
+def serve(args: argparse.Namespace) -> int:
+    store = open_store(args.data_dir, create=True)
+    audit = AuditLog(args.data_dir / "audit.jsonl", store)
+    ctx = TrackerContext(TrackerState(), store, audit, load_secret(args.data_dir), ttl=args.peer_ttl)
+    try:
+        server = TrackerServer((args.host, args.port), ctx)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    host, port = server.server_address[:2]
+    print(f"listening on {host}:{port}", flush=True)
+    audit.record("tracker_started", peer=f"{host}:{port}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
+    thread.start()
+    stop.wait()
+    server.stop()
+    audit.record("tracker_stopped", peer=f"{host}:{port}")
+    audit.close()
+    store.close()
+    return 0
+
+
+def add_user(args: argparse.Namespace) -> int:
+    if not args.name or len(args.name) > 64 or not all(c.isalnum() or c in "._-" for c in args.name):
+        raise UsageError("user names are 1-64 letters, digits, '.', '_' or '-'")
+    password = read_password(args.password_file, confirm=True)
+    store = open_store(args.data_dir, create=True)
+    create_user(store, args.name, args.role, password)
+    store.close()
+    print(f"user {args.name} ({args.role}) saved in {args.data_dir}")
+    return 0
+
+
+def show_logs(args: argparse.Namespace) -> int:
+    import json
+    store = open_store(args.data_dir, create=False)
+    count = 0
+    for event in store.audit_events(args.job):
+        print(json.dumps(event, sort_keys=True) if args.json else format_event(event))
+        count += 1
+    store.close()
+    if args.job and not count:
+        raise UsageError(f"no events for job {args.job}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:     # bare `tracker.py`: serve with defaults
+        args = build_parser().parse_args(["serve", *(["-v"] if args.verbose else [])])
+    setup_logging("tracker", verbose=args.verbose)
+    command = {"serve": serve, "add-user": add_user, "logs": show_logs}[args.command]
+    return run_main("tracker", lambda: command(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
