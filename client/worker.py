@@ -109,6 +109,7 @@ class Worker:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.busy = 0
+        self.serving = False
         root = cfg.workdir or Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="ffdt-worker-", dir=root))
@@ -176,12 +177,14 @@ class Worker:
                    for s, n in ((self.msg_server, "msg"), (self.file_server, "file"))]
         for t in threads:
             t.start()
+        self.serving = True
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
 
     def stop(self) -> None:
         self.stopping.set()
         for server in (self.msg_server, self.file_server):
-            server.shutdown()
+            if self.serving:
+                server.shutdown()      # blocks until serve_forever() returns: only if it ran
             server.server_close()
         with self.lock:
             sessions = list(self.sessions.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 # Networking
 DEFAULT_TRACKER_PORT = 9000
 CONNECT_TIMEOUT = 5.0           # one TCP connect attempt
-CONNECT_DEADLINE = 20.0         # give up reaching a peer after this long
+CONNECT_DEADLINE = 10.0         # give up reaching a peer after this long
 IO_TIMEOUT = 30.0               # one recv/send on a control connection
 TRANSFER_STALL_TIMEOUT = 60.0   # one recv/send on the file port (a stall, not the whole file)
 HANDSHAKE_TIMEOUT = 10.0        # a new connection must say hello and log in within this

@@ -222,7 +222,10 @@ def decode_check(tools: Tools, path: Path, *, with_audio: bool = False,
 
 def capabilities(tools: Tools) -> tuple[str, list[str]]:
     """(ffmpeg version line, names of the video/audio encoders this build has)."""
-    version = run([tools.ffmpeg, "-hide_banner", "-version"], timeout=30).splitlines()[0]
+    first = run([tools.ffmpeg, "-hide_banner", "-version"], timeout=30).splitlines()[0]
+    # "ffmpeg version 5.1.9-0+deb12u1 Copyright ..." -> "ffmpeg 5.1.9-0+deb12u1"
+    words = first.split()
+    version = f"ffmpeg {words[2]}" if len(words) > 2 and words[1] == "version" else first[:100]
     listing = run([tools.ffmpeg, "-hide_banner", "-encoders"], timeout=30)
     names = []
     for line in listing.splitlines():

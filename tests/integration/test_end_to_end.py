@@ -1,0 +1,91 @@
+"""A real tracker, real workers and a real boss on loopback, transcoding real media."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_MEDIA, assert_same_media, probe, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_720p_clip_through_tracker_and_two_workers(cluster, clips, tmp_path):
+    cluster.start_worker()
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    report = tmp_path / "report.json"
+    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "4",
+                        "--report", str(report))
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["hd20.mp4"], out)
+    summary = json.loads(report.read_text())
+    assert sum(w["chunks"] for w in summary["workers"].values()) == 5
+    assert all(w["chunks"] > 0 for w in summary["workers"].values()), "both workers should share the work"
+    assert not list(tmp_path.glob(".*ffdt-work")), "the work directory is removed after success"
+
+    events = cluster.audit(summary["job"])
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "job_started" and kinds[-1] == "job_finished"
+    assert events[-1]["status"] == "done"
+    done_chunks = sorted(e["chunk"] for e in events if e["event"] == "chunk_done")
+    assert done_chunks == [0, 1, 2, 3, 4]
+    assigned = {e["chunk"] for e in events if e["event"] == "chunk_assigned"}
+    assert assigned == set(done_chunks)
+    encoded_by_workers = {e["chunk"] for e in events if e["event"] == "chunk_encoded" and e["by"] == "worker"}
+    assert encoded_by_workers == set(done_chunks)
+
+
+def test_local_mode_needs_no_tracker(clips, tmp_path):
+    out = tmp_path / "out.mkv"
+    done = run_cli("client/boss.py", str(clips["hd20.mp4"]), "-o", str(out), "--local", "2",
+                   "--preset", "ultrafast", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["hd20.mp4"], out)
+    assert probe(out)["format"]["format_name"].startswith("matroska")
+
+
+def test_scale_and_codec_settings_reach_every_chunk(cluster, clips, tmp_path):
+    cluster.start_worker()
+    cluster.start_worker()
+    out = tmp_path / "small.mkv"
+    done = cluster.boss(clips["small.mp4"], out, "--vcodec", "libx265", "--preset", "ultrafast",
+                        "--scale", "160:-2", "--chunk-seconds", "1")
+    assert done.returncode == 0, done.stderr
+    video = assert_same_media(clips["small.mp4"], out, vcodec="hevc")["streams"][0]
+    assert (video["width"], video["height"]) == (160, 120)
+
+
+def test_runs_from_any_directory_with_relative_paths(cluster, clips, tmp_path):
+    cluster.start_worker()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "in put 'é'.mp4").write_bytes(clips["small.mp4"].read_bytes())
+    done = run_cli("client/boss.py", "in put 'é'.mp4", "-o", "out 'é'.mp4", "--tracker", cluster.addr,
+                   "--user", "b", "--quiet", "--preset", "ultrafast", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["small.mp4"], elsewhere / "out 'é'.mp4")
+
+
+@pytest.mark.parametrize("name,out_ext,vcodec", [
+    ("chrome-ad-270p-h264-aac.mp4", ".mp4", "h264"),
+    ("pancake-240p-h264-opus.mkv", ".mkv", "h264"),
+    ("swans-phone-720p-h264-aac.mp4", ".mov", "h264"),
+])
+def test_shared_media(name, out_ext, vcodec, tmp_path):
+    src = SHARED_MEDIA / name
+    if not src.exists():
+        pytest.skip(f"{src} not available")
+    out = tmp_path / f"out{out_ext}"
+    done = run_cli("client/boss.py", str(src), "-o", str(out), "--local", "2", "--preset", "ultrafast",
+                   "--chunk-seconds", "2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert_same_media(src, out, vcodec=vcodec)
+
+
+def test_help_explains_each_program():
+    for script, words in (("tracker/tracker.py", "serve"), ("client/worker.py", "MSG_PORT"),
+                          ("client/boss.py", "--local")):
+        done = run_cli(script, "--help", timeout=30)
+        assert done.returncode == 0 and words in done.stdout
