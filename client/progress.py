@@ -16,11 +16,11 @@ def bars_wanted(quiet: bool) -> bool:
 
 
 class _Bar:
-    def __init__(self, total: int, widgets: list) -> None:
+    def __init__(self, total: int, widgets: list, **variables: object) -> None:
         progressbar.streams.wrap_stderr()
         self._lock = threading.Lock()
         self._bar = progressbar.ProgressBar(max_value=max(total, 1), widgets=widgets, fd=sys.stderr,
-                                            redirect_stderr=False)
+                                            redirect_stderr=False, variables=variables)
         self._bar.start()
 
     def _set(self, value: int, **variables: object) -> None:
@@ -39,7 +39,7 @@ class WorkerBar(_Bar):
     def __init__(self, chunk: int, frames: int) -> None:
         super().__init__(frames, [f"chunk {chunk:05d} ", progressbar.Percentage(), " ", progressbar.Bar(),
                                   " ", progressbar.SimpleProgress(), " frames ",
-                                  progressbar.AdaptiveTransferSpeed(unit="frames", prefixes=("",)),
+                                  progressbar.AdaptiveTransferSpeed(format="%(scaled)5.1f fps", prefixes=("",)),
                                   " ", progressbar.AdaptiveETA()])
 
     def update(self, frames: int) -> None:
@@ -54,8 +54,8 @@ class BossBar(_Bar):
         super().__init__(frames, [progressbar.Variable("chunks", format="chunks {formatted_value}", width=11),
                                   " ", progressbar.Percentage(), " ", progressbar.Bar(), " ",
                                   progressbar.SimpleProgress(), " frames ",
-                                  progressbar.AdaptiveTransferSpeed(unit="fps", prefixes=("",)),
-                                  " ", progressbar.AdaptiveETA()])
+                                  progressbar.AdaptiveTransferSpeed(format="%(scaled)5.1f fps", prefixes=("",)),
+                                  " ", progressbar.AdaptiveETA()], chunks=f"0/{chunks}")
 
     def update(self, frames: int, chunks_done: int) -> None:
         self._set(frames, chunks=f"{chunks_done}/{self.chunks}")
