@@ -130,6 +130,7 @@ class Job:
         self.links: list[WorkerLink] = []
         self.used: set[str] = set()
         self.id = ""
+        self.expected_frames = info.frames
         self.reporter: EventReporter | None = None
 
     def run(self) -> int:
@@ -260,24 +261,38 @@ class Job:
         files = sorted(src_dir.glob("chunk_*.mkv"))
         if len(files) != len(cuts) + 1:
             log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))
-        chunks = []
-        starts = [0.0, *cuts]
-        for i, path in enumerate(files):
-            frames = len(ffmpeg.video_packets(self.cfg.tools, path))
-            chunks.append(Chunk(index=i, source=path, size=path.stat().st_size, sha256=sha256_file(path),
-                                frames=frames, start=starts[i] if i < len(starts) else 0.0))
-        total = sum(c.frames for c in chunks)
-        if total != info.frames:
-            raise TranscoderError(f"splitting lost frames: chunks hold {total}, the input has {info.frames}")
+        packets = [len(ffmpeg.video_packets(self.cfg.tools, path)) for path in files]
+        # where each chunk starts on the input's video timeline: its earliest timestamp
+        bounds = [sum(packets[:i]) for i in range(len(files) + 1)]
+        starts = [min(info.pts[bounds[i]:bounds[i + 1]]) - info.video_start for i in range(len(files))]
+        if sum(packets) != info.frames:
+            raise TranscoderError(f"splitting lost frames: chunks hold {sum(packets)}, the input has {info.frames}")
+        frames = self.count_frames(files, packets)
+        chunks = [Chunk(index=i, source=path, size=path.stat().st_size, sha256=sha256_file(path), frames=frames[i],
+                        start=starts[i]) for i, path in enumerate(files)]
+        self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks
+
+    def count_frames(self, files: list[Path], packets: list[int]) -> list[int]:
+        """Frames per chunk. Usually one per packet; field-coded video (interlaced H.264 in
+        MPEG-TS) has two packets a frame, so if the first chunk decodes to another count,
+        decode every chunk to count its frames."""
+        first = ffmpeg.decode_check(self.cfg.tools, files[0], strict=False)
+        if first == packets[0]:
+            return packets
+        log.info("frames are not one per packet in this input: counting them by decoding")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return [first, *pool.map(lambda f: ffmpeg.decode_check(self.cfg.tools, f, strict=False), files[1:])]
 
     # ------------------------------------------------------------ join
 
     def join(self, chunks: list[Chunk], audio: AudioJob) -> dict[str, Any]:
         info, cfg, container = self.info, self.cfg, self.container
         listing = self.work / "chunks.ffconcat"
-        listing.write_text(ffmpeg.concat_list([c.result.name for c in chunks if c.result]), encoding="utf-8")
+        durations = [b.start - a.start for a, b in zip(chunks, chunks[1:])]
+        listing.write_text(ffmpeg.concat_list([c.result.name for c in chunks if c.result], durations),
+                           encoding="utf-8")
         subtitles = []
         for s in info.of_kind("subtitle"):
             bitmap = s.codec in media.BITMAP_SUBS
@@ -300,7 +315,7 @@ class Job:
             attachments=container.attachments and bool(info.of_kind("attachment")), muxer=container.muxer)
         tmp = self.work / f"output{cfg.output.suffix.lower()}"
         ffmpeg.run(ffmpeg.mux_cmd(cfg.tools, plan, tmp))
-        summary = verify_output(cfg.tools, info, tmp, cfg.settings)
+        summary = verify_output(cfg.tools, info, tmp, cfg.settings, self.expected_frames, len(chunks))
         tmp.replace(cfg.output)     # same file system: the output appears complete or not at all
         return summary
 
@@ -338,12 +353,21 @@ class AudioJob:
             raise TranscoderError(f"audio: {self.error}")
 
 
-def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settings: Settings) -> dict[str, Any]:
-    """The checks a user would make with ffprobe; a TranscoderError if any fails."""
+def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settings: Settings,
+                  expected: int, chunks: int = 1) -> dict[str, Any]:
+    """The checks a user would make with ffprobe; a TranscoderError if any fails.
+
+    `expected` is the input's frame count (decoded frames, which differ from packets for
+    field-coded video)."""
     out = media.inspect(tools, path)
-    expected = info.frames
     problems = []
-    if settings.fps is None and out.frames != expected:
+    if settings.fps is not None:
+        # a new rate: frames follow the duration, give or take one per chunk border
+        num, _, den = settings.fps.partition("/")
+        expected = round(info.video_duration * int(num) / int(den or 1))
+        if abs(out.frames - expected) > chunks + 1:
+            problems.append(f"{out.frames} video frames at {settings.fps} fps, expected about {expected}")
+    elif out.frames != expected:
         problems.append(f"{out.frames} video frames, the input has {expected}")
     one_frame = 1.0 / (info.frame_rate or 25.0)
     if settings.fps is None and abs(out.video_duration - info.video_duration) > one_frame + 0.002:
@@ -367,7 +391,7 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
         audio_end = media_end(tools, path, "a:0")
         av_offset = (audio_end - (out.video_start + out.video_duration)) * 1000
     return {"frames": out.frames, "video_duration": round(out.video_duration, 6),
-            "input_frames": info.frames, "input_video_duration": round(info.video_duration, 6),
+            "input_frames": expected, "input_video_duration": round(info.video_duration, 6),
             "audio_streams": len(out.of_kind("audio")), "av_offset_ms": round(av_offset, 1),
             "streams": [s.label for s in out.streams]}
 

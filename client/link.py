@@ -21,11 +21,15 @@ from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, TRANSFER_STALL_TIME
 from common.errors import (ChunkError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
                            RequestRejected, TransferError, TranscoderError)
 from common.net import connect
-from common.protocol import Msg, Role, client_hello, expect, field, int_field, recv_msg, send_msg
+from common.protocol import (Msg, Role, UnknownMessage, client_hello, expect, field, int_field, recv_msg,
+                             send_msg)
 from common.settings import Settings
 from common.transfer import recv_file, send_file
 
 log = logging.getLogger("boss")
+
+REFUSAL_BACKOFF = 5.0
+MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class WorkerLink(threading.Thread):
         self.chunks_done = 0
         self.frames_done = 0
         self.failure: str | None = None
+        self.refusals = 0
 
     # ------------------------------------------------------------ thread body
 
@@ -113,9 +118,20 @@ class WorkerLink(threading.Thread):
         assert self.sock is not None
         sched = self.job.scheduler
         while True:
-            msg = recv_msg(self.sock)     # a silent worker times out here (silence_timeout)
+            try:
+                msg = recv_msg(self.sock)     # a silent worker times out here (silence_timeout)
+            except UnknownMessage as exc:
+                self._send(Msg.ERROR, reason=str(exc), in_reply_to=exc.kind)
+                continue
             kind = msg["type"]
-            if kind is Msg.REQUEST:
+            if kind is Msg.ERROR:             # never answer an error with an error
+                log.warning("worker %s: %s", self.offer.name, str(msg.get("reason", "?"))[:200])
+            elif kind is Msg.REQUEST:
+                if self.refusals >= MAX_REFUSALS:
+                    log.warning("worker %s refused %d chunks; not using it for this job",
+                                self.offer.name, self.refusals)
+                    self._end()
+                    return
                 if sched.finished.is_set():
                     self._end()
                     return
@@ -149,13 +165,18 @@ class WorkerLink(threading.Thread):
     def _assign(self, chunk: Chunk) -> None:
         try:
             self._put(chunk)
-        except (TransferError, RequestRejected, ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
+        except RequestRejected as exc:
+            # the worker refused it (disk nearly full, the copy arrived damaged): not the chunk's
+            # fault, so it goes back to the queue uncounted and this worker waits a little
+            self.refusals += 1
+            log.warning("%s refused %s: %s", self.offer.name, chunk.name, exc)
+            self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=f"refused: {exc}"[:300])
+            self.job.scheduler.giveback(chunk, self.offer.name)
+            self._send(Msg.WAIT, retry_after=REFUSAL_BACKOFF)
+            return
+        except (TransferError, ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
             log.warning("could not send %s to %s: %s", chunk.name, self.offer.name, exc)
-            self.job.scheduler.fail(chunk, self.offer.name, f"upload failed: {exc}")
-            if isinstance(exc, RequestRejected):      # e.g. disk full: tell it to wait, others may take it
-                self._send(Msg.WAIT, retry_after=5.0)
-                return
-            raise
+            raise                         # the worker is unreachable: the link ends, its chunks go back
         self._send(Msg.ASSIGN, chunk=chunk.index, size=chunk.size, sha256=chunk.sha256, frames=chunk.frames)
         self.job.report("chunk_assigned", chunk=chunk.index, worker=self.offer.name)
         log.debug("%s -> %s (attempt %d)", chunk.name, self.offer.name, chunk.attempts)
@@ -210,7 +231,10 @@ class WorkerLink(threading.Thread):
         sched = self.job.scheduler
         try:
             frames = ffmpeg.decode_check(self.job.tools, tmp, timeout=600)
-            if frames != chunk.frames:
+            if self.job.settings.fps is not None:
+                if frames == 0:          # a new frame rate: the total is checked at the end
+                    raise ChunkError(f"{chunk.name}: no frames")
+            elif frames != chunk.frames:
                 raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)

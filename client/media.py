@@ -46,6 +46,7 @@ class MediaInfo:
     video_start: float        # first video timestamp
     video_duration: float     # last timestamp + its duration - first
     keyframes: list[float]    # video keyframe timestamps, in file order
+    pts: list[float]          # every video packet's timestamp, in file order
     frame_rate: float         # average, for tolerances
 
     @property
@@ -79,7 +80,8 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
     first = min(p.pts for p in packets)
     last = max(packets, key=lambda p: p.pts)
     frame_dur = _typical_duration(packets)
-    end = last.pts + (last.duration or frame_dur)
+    # some muxers store a bogus last duration (one tick): take the typical frame's instead
+    end = last.pts + (last.duration if last.duration >= 0.5 * frame_dur else frame_dur)
     declared = _float(fmt.get("duration"))
     if declared and end - first < 0.5 * declared - 1.0 and declared - (end - first) > 2.0:
         raise UsageError(f"{path}: video ends at {end - first:.1f}s of a declared {declared:.1f}s "
@@ -88,7 +90,7 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
         path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
         duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
         frames=len(packets), video_start=first, video_duration=end - first,
-        keyframes=[p.pts for p in packets if p.key], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
+        keyframes=[p.pts for p in packets if p.key], pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
     )
 
 

@@ -59,6 +59,9 @@ class Scheduler:
         """The next pending chunk for `worker`, waiting up to `wait` seconds for one to appear."""
         with self._cond:
             self._cond.wait_for(lambda: self._pending or self.finished.is_set(), timeout=wait)
+            # a chunk requeued by a lost worker may have been verified done since: skip it
+            while self._pending and self._pending[0].state is not ChunkState.PENDING:
+                self._pending.popleft()
             if not self._pending or self.finished.is_set():
                 return None
             chunk = self._pending.popleft()
@@ -123,6 +126,16 @@ class Scheduler:
                     self._pending.appendleft(chunk)
             self._cond.notify_all()
             return lost
+
+    def giveback(self, chunk: Chunk, worker: str) -> None:
+        """A worker could not start the chunk (refused the upload): requeue it, attempt uncounted."""
+        with self._cond:
+            chunk.workers.discard(worker)
+            if chunk.state is ChunkState.ASSIGNED and not chunk.workers:
+                chunk.state = ChunkState.PENDING
+                chunk.attempts = max(0, chunk.attempts - 1)
+                self._pending.appendleft(chunk)
+            self._cond.notify_all()
 
     def abort(self, reason: str) -> None:
         with self._cond:

@@ -35,9 +35,10 @@ from common.cli import PASSWORD_HELP, add_common_options, add_password_option, r
 from common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
                            MAX_SLOTS, PROGRESS_INTERVAL, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
 from common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
-                           RequestRejected, TranscoderError, UsageError)
+                           RequestRejected, TranscoderError, TransferError, UsageError)
 from common.net import parse_host_port
-from common.protocol import Msg, Role, field as get, int_field, recv_msg, send_msg, server_hello
+from common.protocol import (Msg, Role, UnknownMessage, field as get, int_field, recv_msg, send_msg,
+                             server_hello)
 from common.settings import Settings
 from common.transfer import recv_file, send_file, sha256_file
 
@@ -277,9 +278,15 @@ def run_session(worker: Worker, s: BossSession) -> None:
     for _ in range(worker.cfg.slots):
         s.send(Msg.REQUEST, count=1)
     while True:
-        msg = recv_msg(s.sock)
+        try:
+            msg = recv_msg(s.sock)
+        except UnknownMessage as exc:
+            s.send(Msg.ERROR, reason=str(exc), in_reply_to=exc.kind)
+            continue
         kind = msg["type"]
-        if kind is Msg.ASSIGN:
+        if kind is Msg.ERROR:           # never answer an error with an error
+            log.warning("boss %s: %s", s.boss, str(msg.get("reason", "?"))[:200])
+        elif kind is Msg.ASSIGN:
             start_assignment(worker, s, msg)
         elif kind is Msg.WAIT:
             retry = min(max(float(msg.get("retry_after", WAIT_RETRY) or WAIT_RETRY), 0.05), 10.0)
@@ -321,6 +328,7 @@ def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
         received = s.received.pop(chunk, None)
     if received != sha:
         s.send(Msg.FAILED, chunk=chunk, reason="chunk bytes were not received")
+        s.send(Msg.REQUEST, count=1)      # the slot is still free
         return
     a = Assignment(chunk, int_field(msg, "frames", 0, 10**9), s.path(chunk, "in"), s.path(chunk, "out"))
     with s.lock:
@@ -359,9 +367,10 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
         with s.lock:
             s.work.pop(a.chunk, None)
         a.output.unlink(missing_ok=True)
-        if s.closed.is_set() or a.cancel.is_set():
-            return
+        if a.cancel.is_set():
+            return                         # the boss cancelled it, or the session ended
         reason = exc.detail.strip().splitlines()[-1] if exc.detail.strip() else str(exc)
+        reason = reason.replace(str(s.dir) + "/", "")      # our temp paths are nobody's business
         log.warning("chunk %d failed: %s", a.chunk, reason)
         with contextlib.suppress(ConnectionClosed):
             s.send(Msg.FAILED, chunk=a.chunk, reason=reason[:300])
@@ -374,9 +383,9 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
             bar.finish()
         with worker.lock:
             worker.busy -= 1
-    if not s.closed.is_set():
-        with contextlib.suppress(ConnectionClosed):
-            s.send(Msg.REQUEST, count=1)
+        if not s.closed.is_set():          # the slot is free again: ask for the next chunk
+            with contextlib.suppress(ConnectionClosed):
+                s.send(Msg.REQUEST, count=1)
 
 
 def end_session(worker: Worker, s: BossSession) -> None:
@@ -415,7 +424,7 @@ class FileHandler(socketserver.BaseRequestHandler):
                     send_result(s, sock, msg)
                 else:
                     raise RequestRejected("the file port takes put or get")
-            except RequestRejected as exc:
+            except (RequestRejected, TransferError) as exc:
                 send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=msg["type"].value)
         except (ConnectionClosed, ProtocolError, TranscoderError, OSError) as exc:
             log.warning("file transfer with %s failed: %s", self.client_address[0], exc)

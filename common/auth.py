@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import scramp
+from scramp.utils import saslprep
 
 from common.config import SCRAM_MECHANISM, TICKET_CLOCK_SKEW
 from common.errors import AuthError, ProtocolError, RequestRejected
@@ -42,7 +43,8 @@ def login(sock: socket.socket, user: str, password: str) -> Login:
     except scramp.ScramException as exc:
         raise AuthError(f"login as {user!r} failed: the tracker could not prove it knows this user") from exc
     salt, iterations = _salt_and_iterations(server_first)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    # SCRAM normalises the password with SASLprep before hashing (RFC 5802 2.2); so must we
+    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(), salt, iterations)
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
     return Login(user, field(ok, "role", str), server_key)
 

@@ -205,16 +205,27 @@ def _num(text: str | None) -> float | None:
         return None
 
 
-def decode_check(tools: Tools, path: Path, *, with_audio: bool = False,
+def decode_check(tools: Tools, path: Path, *, with_audio: bool = False, strict: bool = True,
                  timeout: float = FFMPEG_TOOL_TIMEOUT) -> int:
-    """Decode start to end; return the video frame count. Any decoder message is an error."""
+    """Decode start to end; return the video frame count. Any message is an error, except that
+    with strict=False the null muxer's complaints about the input's timestamps are let through
+    (sources with broken DTS still decode every frame)."""
     cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-nostats", "-progress", "pipe:1",
            "-i", input_path(path), "-map", "0:v:0"]
     if with_audio:
         cmd += ["-map", "0:a?"]
-    cmd += ["-fps_mode", "passthrough", "-f", "null", "-"]
+    cmd += ["-fps_mode", "passthrough", "-enc_time_base", "-1", "-f", "null", "-"]
     frames = [0]
     stderr = run_with_progress(cmd, timeout=timeout, on_frames=lambda n: frames.__setitem__(0, n))
+    if not strict:
+        kept, skipping = [], False
+        for line in stderr.splitlines():
+            if line.startswith("[null @") or (skipping and "Last message repeated" in line):
+                skipping = True
+                continue
+            kept.append(line)
+            skipping = False
+        stderr = "\n".join(kept)
     if stderr.strip():
         raise FFmpegError(cmd, 0, f"decode errors in {path.name}: {tail(stderr, 1)}")
     return frames[0]
@@ -228,9 +239,10 @@ def capabilities(tools: Tools) -> tuple[str, list[str]]:
     version = f"ffmpeg {words[2]}" if len(words) > 2 and words[1] == "version" else first[:100]
     listing = run([tools.ffmpeg, "-hide_banner", "-encoders"], timeout=30)
     names = []
-    for line in listing.splitlines():
+    _, _, table = listing.partition("------")     # the legend above this line is not encoders
+    for line in table.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VA" and parts[0] != "------":
+        if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VA":
             names.append(parts[1])
     return version, names
 
@@ -262,8 +274,10 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
         filters.append(f"fps={s.fps}")
     if filters:
         cmd += ["-vf", ",".join(filters)]
-    else:
-        cmd += ["-fps_mode", "passthrough"]   # keep the source's timestamps, VFR included
+    # Keep every frame with its own timestamp (VFR included): by default ffmpeg would drop frames
+    # whose timestamps collide, and round the rest to 1/average-rate, which merges close frames
+    # of a variable-rate source. The boss checks the frame count.
+    cmd += ["-fps_mode", "passthrough", "-enc_time_base", "-1"]
     cmd += ["-c:v", s.vcodec]
     cmd += _rate_control(s)
     if s.pix_fmt:
@@ -308,12 +322,18 @@ def audio_cmd(tools: Tools, src: Path, dst: Path, acodec: str, abitrate: int | N
     return cmd + ["-f", "matroska", input_path(dst)]
 
 
-def concat_list(names: Sequence[str]) -> str:
-    """An ffconcat script for files beside it, each name quoted for the concat demuxer."""
+def concat_list(names: Sequence[str], durations: Sequence[float | None] = ()) -> str:
+    """An ffconcat script for files beside it, each name quoted for the concat demuxer.
+
+    A file's `duration` fixes where the next file starts: the source's own chunk borders, so a
+    variable-frame-rate input keeps its timestamps instead of trusting each chunk's last frame.
+    """
     lines = ["ffconcat version 1.0"]
-    for name in names:
+    for i, name in enumerate(names):
         escaped = name.replace("'", "'\\''")   # close quote, escaped quote, reopen
         lines.append(f"file '{escaped}'")
+        if i < len(durations) and durations[i] is not None:
+            lines.append(f"duration {durations[i]:.6f}")
     return "\n".join(lines) + "\n"
 
 

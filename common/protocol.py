@@ -113,15 +113,23 @@ def recv_msg(sock: socket.socket) -> dict[str, Any]:
     body = recv_exact(sock, length)
     try:
         msg = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:      # RecursionError: absurdly nested JSON
         raise ProtocolError(f"malformed message: {exc}") from exc
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("malformed message: not an object with a type")
     try:
         msg["type"] = Msg(msg["type"])
     except ValueError:
-        raise RequestRejected(f"unknown message type {msg['type'][:40]!r}") from None
+        raise UnknownMessage(msg["type"][:40]) from None
     return msg
+
+
+class UnknownMessage(RequestRejected):
+    """A well-formed frame of a type we do not know: answered with `error`, the connection stays."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"unknown message type {kind!r}")
+        self.kind = kind
 
 
 def field(msg: dict[str, Any], key: str, kind: type[T], *, optional: bool = False,
@@ -132,6 +140,8 @@ def field(msg: dict[str, Any], key: str, kind: type[T], *, optional: bool = Fals
             return default  # type: ignore[return-value]
         raise ProtocolError(f"{msg['type'].value}: missing field {key!r}")
     value = msg[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # type: ignore[return-value]   # JSON does not tell 2 from 2.0
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProtocolError(f"{msg['type'].value}: field {key!r} must be {kind.__name__}")
     return value
@@ -183,13 +193,12 @@ def server_hello(sock: socket.socket, me: str, accept: set[Role]) -> tuple[Role,
         send_msg(sock, Msg.ERROR, in_reply_to="hello",
                  reason=f"protocol version {version!r} not supported; this {me} speaks {PROTOCOL_VERSION}")
         raise ProtocolError(f"peer speaks protocol version {version!r}")
-    try:
-        peer_role = Role(field(msg, "role", str))
-    except ValueError:
-        peer_role = None
-    if peer_role not in accept:
-        send_msg(sock, Msg.ERROR, reason=f"this {me} does not serve role {str(msg.get('role'))[:20]!r}",
-                 in_reply_to="hello")
-        raise ProtocolError(f"unexpected role {msg.get('role')!r}")
+    role, name = msg.get("role"), msg.get("name")
+    peer_role = Role(role) if isinstance(role, str) and role in {r.value for r in Role} else None
+    if peer_role not in accept or not isinstance(name, str):
+        reason = (f"this {me} does not serve role {str(role)[:20]!r}" if peer_role not in accept
+                  else "hello needs a name")
+        send_msg(sock, Msg.ERROR, reason=reason, in_reply_to="hello")
+        raise ProtocolError(reason)
     send_msg(sock, Msg.HELLO, version=PROTOCOL_VERSION, role=me, name=me)
-    return peer_role, field(msg, "name", str)[:200]
+    return peer_role, name[:200]

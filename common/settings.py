@@ -6,6 +6,7 @@ whitelist or a numeric range, and the worker builds the command from the checked
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,7 +107,7 @@ def parse_rate(text: str) -> int:
     m = _RATE.match(text.strip())
     if not m:
         raise UsageError(f"bad bit rate {text!r}; use a number with an optional k or M, e.g. 2500k")
-    return int(float(m.group(1)) * {"": 1, "k": 1000, "m": 1000**2}[m.group(2).lower()])
+    return int(Decimal(m.group(1)) * {"": 1, "k": 1000, "m": 1000**2}[m.group(2).lower()])
 
 
 def parse_scale(text: str) -> tuple[int, int]:

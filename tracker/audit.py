@@ -57,4 +57,6 @@ def format_event(e: dict[str, Any]) -> str:
 
 def _show(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return json.dumps(text) if (" " in text or not text) else text
+    # quote anything that could pass for another field or line (values come from peers)
+    plain = text and text.isprintable() and not any(c in text for c in ' "=')
+    return text if plain else json.dumps(text)

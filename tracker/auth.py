@@ -31,13 +31,21 @@ def load_secret(data_dir: Path) -> bytes:
     """The tracker's own random secret (decoy records), created 0600 on first start."""
     path = data_dir / "secret.key"
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
     except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
+        pass
+    # new, or cut short by a crash while it was written: make one, and replace atomically
+    key = secrets.token_bytes(32)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return key
 
 
 class ScramLogin:

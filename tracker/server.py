@@ -22,7 +22,8 @@ from common import auth as ticket_auth
 from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_SLOTS,
                            MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
-from common.protocol import Msg, Role, field as get, int_field, recv_msg, send_msg, server_hello
+from common.protocol import (Msg, Role, UnknownMessage, field as get, int_field, recv_msg, send_msg,
+                             server_hello)
 from tracker.audit import Recorder
 from tracker.auth import ScramLogin
 from tracker.state import TrackerState, WorkerInfo
@@ -31,7 +32,6 @@ from tracker.store import Store
 log = logging.getLogger(__name__)
 
 _HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
-_NAME = re.compile(r"^[A-Za-z0-9._@:+-]{1,64}$")
 CHUNK_EVENTS = {"chunk_assigned", "chunk_done", "chunk_failed", "chunk_encoded", "chunk_retry",
                 "worker_lost", "worker_joined", "job_progress", "worker_dropped"}
 _conn_ids = itertools.count(1)
@@ -264,9 +264,9 @@ class TrackerHandler(socketserver.BaseRequestHandler):
                 continue
             try:
                 reply_kind, reply = handler(ctx, s, msg)
-            except AuthError as exc:
+            except (AuthError, ProtocolError) as exc:
                 send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=kind.value)
-                raise                                   # a failed login ends the connection
+                raise                  # a failed login or a malformed request ends the connection
             except RequestRejected as exc:
                 reply_kind, reply = Msg.ERROR, {"reason": str(exc), "in_reply_to": kind.value}
             send_msg(sock, reply_kind, **reply)
@@ -279,8 +279,8 @@ def recv_msg_or_reject(sock: socket.socket) -> dict | None:
     """recv_msg, answering an unknown message type with an error instead of dropping the peer."""
     try:
         return recv_msg(sock)
-    except RequestRejected as exc:
-        send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to="?")
+    except UnknownMessage as exc:
+        send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=exc.kind)
         return None
 
 

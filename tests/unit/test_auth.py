@@ -12,7 +12,7 @@ import scramp
 
 from common.auth import Login, login
 from common.config import SCRAM_ITERATIONS, SCRAM_MECHANISM
-from common.errors import AuthError, ProtocolError
+from common.errors import AuthError, ProtocolError, TranscoderError
 from common.protocol import Msg, field, recv_msg, send_msg
 from tracker.auth import ScramLogin, create_user, load_secret
 from tracker.store import Store
@@ -71,6 +71,19 @@ def test_login_succeeds_and_derives_the_stored_server_key(background, sock_pair,
     assert stored is not None
     assert result.server_key == stored.server_key      # both sides can key tickets the same way
     assert len(result.server_key) == 32
+
+
+def test_server_key_matches_for_a_password_that_saslprep_changes(background, sock_pair, store):
+    """SCRAM normalises passwords (SASLprep: a soft hyphen vanishes, a Roman numeral becomes
+    letters); the client's own ServerKey derivation has to do the same or tickets never verify."""
+    password = "pa\u00adss \u2168 caf\u00e9"
+    create_user(store, "carol", "worker", password, iterations=ITERATIONS)
+    a, b = sock_pair
+    server = background(serve_one_login, b, store)
+    result = login(a, "carol", password)
+    server.join()
+    stored = store.get_user("carol")
+    assert stored is not None and result.server_key == stored.server_key
 
 
 def test_wrong_password_is_refused_on_both_sides(background, sock_pair, store):
@@ -208,3 +221,12 @@ def test_load_secret_is_created_private_once_and_then_reused(tmp_path):
     assert len(first) == 32
     assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
     assert load_secret(tmp_path) == first
+
+
+def test_a_truncated_secret_file_is_never_used_as_the_key(tmp_path):
+    (tmp_path / "secret.key").write_bytes(b"")
+    try:
+        key = load_secret(tmp_path)
+    except TranscoderError:
+        return                       # refusing to start is fine too
+    assert len(key) >= 32

@@ -128,6 +128,15 @@ def test_eof_inside_the_body_is_a_protocol_error(sock_pair):
         recv_msg(b)
 
 
+def test_eof_right_after_the_header_is_a_protocol_error(sock_pair):
+    """A header promises a body: EOF before its first byte is not a clean close."""
+    a, b = sock_pair
+    a.sendall(struct.pack("!I", 100))
+    a.shutdown(socket.SHUT_WR)
+    with pytest.raises(ProtocolError, match="0/100"):
+        recv_msg(b)
+
+
 def test_eof_inside_the_header_is_a_protocol_error(sock_pair):
     a, b = sock_pair
     a.sendall(b"\x00\x00")
@@ -191,9 +200,6 @@ def test_json_that_is_not_an_object_with_a_string_type_is_a_protocol_error(sock_
         recv_msg(b)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG common/protocol.py recv_msg: json.loads raises RecursionError "
-                                       "(not ValueError) on deeply nested JSON; it escapes as a non-project "
-                                       "exception instead of ProtocolError")
 def test_deeply_nested_json_is_a_protocol_error(background, sock_pair):
     a, b = sock_pair
     depth = 100_000
@@ -257,10 +263,17 @@ def test_bool_is_not_accepted_as_int(value):
         field(msg_with(slots=value), "slots", int)
 
 
-@pytest.mark.parametrize("value, kind", [("4", int), (4.0, int), (4, str), ({"a": 1}, list), (1, float)])
+@pytest.mark.parametrize("value, kind", [("4", int), (4.0, int), (4, str), ({"a": 1}, list), ("1.5", float),
+                                          (True, float)])
 def test_field_of_the_wrong_type_is_a_protocol_error(value, kind):
     with pytest.raises(ProtocolError, match="must be"):
         field(msg_with(x=value), "x", kind)
+
+
+def test_float_field_accepts_a_json_integer_as_float():
+    value = field(msg_with(seconds=2), "seconds", float)     # JSON cannot tell 2 from 2.0
+    assert value == 2.0 and isinstance(value, float)
+    assert field(msg_with(seconds=2.5), "seconds", float) == 2.5
 
 
 def test_missing_field_is_a_protocol_error_unless_optional():
@@ -326,6 +339,21 @@ def test_server_refuses_a_role_it_does_not_serve(sock_pair):
         server_hello(b, "worker", {Role.WORKER})
     reply = recv_msg(a)
     assert reply["type"] is Msg.ERROR and "boss" in reply["reason"]
+
+
+@pytest.mark.parametrize("hello", [
+    {"role": "worker"},                 # no name
+    {"role": "worker", "name": 42},
+    {"role": 5, "name": "w1"},
+], ids=["no-name", "int-name", "int-role"])
+def test_malformed_hello_is_answered_with_an_error_not_accepted(sock_pair, hello):
+    a, b = sock_pair
+    b.settimeout(1.0)
+    send_msg(a, Msg.HELLO, version=PROTOCOL_VERSION, **hello)
+    with pytest.raises(ProtocolError):
+        server_hello(b, "tracker", {Role.WORKER})
+    b.close()
+    assert recv_msg(a)["type"] is Msg.ERROR
 
 
 def test_server_insists_on_hello_first(sock_pair):

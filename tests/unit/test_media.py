@@ -1,0 +1,138 @@
+"""Chunk planning and output-container rules (client/media.py), without ffmpeg."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.media import Stream, auto_chunk_seconds, check_combination, container_for, plan_cuts
+from common.errors import UsageError
+
+
+def every(step: float, until: float, start: float = 0.0) -> list[float]:
+    """Keyframe times start, start+step, ... below start+until."""
+    n = round(until / step)
+    return [start + i * step for i in range(n)]
+
+
+def audio(codec: str, index: int = 1) -> Stream:
+    return Stream(index=index, kind="audio", codec=codec, start=0.0)
+
+
+# ---------------------------------------------------------------- plan_cuts
+
+def test_keyframe_every_second_cut_every_three():
+    # chunks [0,3) [3,6) [6,10): a cut at 9 would leave a 1 s tail, shorter than half the target
+    assert plan_cuts(every(1.0, 10.0), start=0.0, end=10.0, target=3.0) == [3.0, 6.0]
+
+
+def test_last_chunk_is_kept_when_at_least_half_the_target():
+    # cut at 9 leaves 9..10.5 = 1.5 s, exactly half of 3: allowed
+    assert plan_cuts(every(1.0, 10.0), start=0.0, end=10.5, target=3.0) == [3.0, 6.0, 9.0]
+
+
+def test_cuts_are_relative_to_the_start():
+    keyframes = every(1.0, 10.0, start=10.0)          # an input whose timestamps begin at 10 s
+    assert plan_cuts(keyframes, start=10.0, end=20.0, target=3.0) == [3.0, 6.0]
+
+
+def test_chunks_are_at_least_target_long_with_irregular_keyframes():
+    keyframes = [0.0, 0.5, 2.9, 3.1, 4.0, 6.0, 6.2, 9.5, 12.0, 12.1, 15.0, 19.0]
+    target, end = 3.0, 20.0
+    cuts = plan_cuts(keyframes, start=0.0, end=end, target=target)
+    assert cuts == [3.1, 6.2, 9.5, 15.0]    # 12.0 and 12.1 are too close to 9.5
+    bounds = [0.0, *cuts, end]
+    assert all(b - a >= target for a, b in zip(bounds, bounds[1:-1]))   # every chunk but the last
+    assert end - cuts[-1] >= target / 2                                # no tiny last chunk
+    assert set(cuts) <= set(keyframes)                                 # only ever at keyframes
+
+
+def test_unsorted_and_repeated_keyframes_plan_the_same():
+    keyframes = every(1.0, 10.0)
+    shuffled = keyframes[::-1] + keyframes[:5]
+    assert plan_cuts(shuffled, 0.0, 10.0, 3.0) == plan_cuts(keyframes, 0.0, 10.0, 3.0)
+
+
+def test_no_keyframes_means_no_cuts():
+    assert plan_cuts([], start=0.0, end=10.0, target=3.0) == []
+
+
+def test_only_the_first_keyframe_means_no_cuts():
+    assert plan_cuts([0.0], start=0.0, end=60.0, target=3.0) == []
+
+
+def test_target_longer_than_the_input_means_no_cuts():
+    assert plan_cuts(every(1.0, 10.0), start=0.0, end=10.0, target=30.0) == []
+
+
+def test_never_cuts_at_the_very_start():
+    assert 0.0 not in plan_cuts(every(0.5, 10.0), start=0.0, end=10.0, target=0.5)
+
+
+# ---------------------------------------------------------------- auto_chunk_seconds
+
+@pytest.mark.parametrize("duration, workers, seconds", [
+    (120.0, 3, 10.0),      # 120 s over 3 workers * 4 chunks each
+    (10.0, 1, 2.5),
+    (1.0, 8, 2.0),         # floor: never shorter than 2 s
+    (36000.0, 1, 60.0),    # ceiling: never longer than 60 s
+])
+def test_auto_chunk_seconds(duration, workers, seconds):
+    assert auto_chunk_seconds(duration, workers) == pytest.approx(seconds)
+
+
+def test_auto_chunk_seconds_stays_in_bounds():
+    for duration in (0.0, 0.1, 7.0, 500.0, 1e6):
+        for workers in (0, 1, 2, 16, 256):      # 0: no division by zero
+            assert 2.0 <= auto_chunk_seconds(duration, workers) <= 60.0
+
+
+# ---------------------------------------------------------------- containers
+
+@pytest.mark.parametrize("name, muxer", [("out.mp4", "mp4"), ("OUT.MKV", "matroska"), ("a.b.webm", "webm"),
+                                         ("x.mov", "mov"), ("x.m4v", "mp4")])
+def test_container_for_known_extensions(name, muxer):
+    assert container_for(Path(name)).muxer == muxer
+
+
+@pytest.mark.parametrize("name", ["out.avi", "out", "out.mp4.part", "movie.ts"])
+def test_container_for_unknown_extension_is_a_usage_error(name):
+    with pytest.raises(UsageError, match="cannot write"):
+        container_for(Path(name))
+
+
+def test_vp9_in_mov_is_refused():
+    with pytest.raises(UsageError, match="vp9"):
+        check_combination(container_for(Path("o.mov")), "vp9", "aac", [audio("aac")])
+
+
+def test_h264_in_webm_is_refused():
+    with pytest.raises(UsageError, match="h264"):
+        check_combination(container_for(Path("o.webm")), "h264", "libopus", [audio("opus")])
+
+
+def test_copying_ac3_into_webm_is_refused():
+    with pytest.raises(UsageError, match="ac3"):
+        check_combination(container_for(Path("o.webm")), "vp9", "copy", [audio("opus", 1), audio("ac3", 2)])
+
+
+def test_copying_opus_into_webm_is_fine():
+    check_combination(container_for(Path("o.webm")), "vp9", "copy", [audio("opus")])
+
+
+def test_aac_into_mp4_is_fine():
+    check_combination(container_for(Path("o.mp4")), "h264", "aac", [audio("ac3")])
+
+
+def test_encoder_names_are_mapped_to_codecs():
+    check_combination(container_for(Path("o.webm")), "av1", "libopus", [audio("aac")])   # libopus -> opus
+    with pytest.raises(UsageError, match="libvorbis"):
+        check_combination(container_for(Path("o.mp4")), "h264", "libvorbis", [audio("aac")])
+
+
+def test_matroska_takes_any_audio():
+    check_combination(container_for(Path("o.mkv")), "hevc", "copy", [audio("truehd"), audio("dts", 2)])
+
+
+def test_audio_codec_does_not_matter_without_audio():
+    check_combination(container_for(Path("o.webm")), "vp9", "aac", [])

@@ -1,0 +1,204 @@
+"""The boss's chunk table (client/scheduler.py): assignment, retries, lost workers, completion."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from client.scheduler import Chunk, ChunkState, Scheduler
+
+NO_WAIT = 0.05
+
+
+def make_chunks(n: int) -> list[Chunk]:
+    return [Chunk(index=i, source=Path(f"src/chunk_{i:05d}.mkv"), size=1000 + i, sha256=f"{i:064x}",
+                  frames=25, start=float(i)) for i in range(n)]
+
+
+def finish(s: Scheduler, chunk: Chunk, worker: str) -> bool:
+    return s.done(chunk, worker, Path(f"out/{chunk.name}.mkv"), "f" * 64)
+
+
+def test_chunk_names_are_zero_padded_so_they_sort_in_order():
+    names = [c.name for c in make_chunks(12)]
+    assert names[3] == "chunk_00003"
+    assert sorted(names) == names
+
+
+def test_take_hands_out_chunks_in_order_and_marks_them_assigned():
+    s = Scheduler(make_chunks(3))
+    got = [s.take("w1", wait=NO_WAIT), s.take("w2", wait=NO_WAIT), s.take("w1", wait=NO_WAIT)]
+    assert [c.index for c in got] == [0, 1, 2]
+    assert all(c.state is ChunkState.ASSIGNED and c.attempts == 1 for c in got)
+    assert got[1].workers == {"w2"} and got[1].tried_on == ["w2"]
+
+
+def test_take_returns_none_when_nothing_is_pending():
+    s = Scheduler(make_chunks(1))
+    assert s.take("w1", wait=NO_WAIT) is not None
+    started = time.monotonic()
+    assert s.take("w2", wait=NO_WAIT) is None
+    assert time.monotonic() - started < 2.0      # waited about `wait`, not forever
+
+
+def test_done_records_the_result_and_finishing_the_last_chunk_sets_finished():
+    s = Scheduler(make_chunks(2))
+    a, b = s.take("w1", wait=NO_WAIT), s.take("w2", wait=NO_WAIT)
+    assert finish(s, a, "w1") is True
+    assert a.state is ChunkState.DONE and a.result == Path("out/chunk_00000.mkv") and a.result_sha256 == "f" * 64
+    assert a.workers == set() and a.progress == a.frames
+    assert not s.finished.is_set()
+    assert finish(s, b, "w2") is True
+    assert s.finished.is_set() and s.fatal is None
+    assert s.counts() == (2, 50)
+
+
+def test_a_duplicate_done_is_refused():
+    s = Scheduler(make_chunks(2))
+    chunk = s.take("w1", wait=NO_WAIT)
+    assert finish(s, chunk, "w1") is True
+    first_result = chunk.result
+    assert s.done(chunk, "w1", Path("out/other.mkv"), "0" * 64) is False
+    assert chunk.result == first_result and chunk.result_sha256 == "f" * 64
+
+
+def test_failed_chunk_is_retried_first_then_fails_the_job_after_max_attempts():
+    s = Scheduler(make_chunks(3), max_attempts=2)
+    chunk = s.take("w1", wait=NO_WAIT)
+    s.fail(chunk, "w1", "encoder crashed")
+    assert chunk.state is ChunkState.PENDING and s.fatal is None and not s.finished.is_set()
+    again = s.take("w2", wait=NO_WAIT)
+    assert again is chunk                         # the retry jumps the queue: it holds up the concat
+    assert chunk.attempts == 2 and chunk.tried_on == ["w1", "w2"]
+    s.fail(chunk, "w2", "out of memory")
+    assert chunk.state is ChunkState.FAILED
+    assert s.finished.is_set()
+    assert s.fatal is not None
+    assert "chunk_00000" in s.fatal and "2 times" in s.fatal
+    assert "w1" in s.fatal and "w2" in s.fatal and "out of memory" in s.fatal
+    assert chunk.errors == ["w1: encoder crashed", "w2: out of memory"]
+    assert s.take("w3", wait=NO_WAIT) is None     # a failed job hands out nothing more
+
+
+def test_max_attempts_one_fails_at_the_first_error():
+    s = Scheduler(make_chunks(1), max_attempts=1)
+    chunk = s.take("w1", wait=NO_WAIT)
+    s.fail(chunk, "w1", "bad")
+    assert chunk.state is ChunkState.FAILED and s.fatal and "chunk_00000" in s.fatal
+
+
+def test_release_requeues_a_lost_workers_chunks_without_counting_the_attempt():
+    s = Scheduler(make_chunks(3), max_attempts=1)
+    mine = s.take("w1", wait=NO_WAIT)
+    theirs = s.take("w2", wait=NO_WAIT)
+    lost = s.release("w1", "connection lost")
+    assert lost == [mine]
+    assert mine.state is ChunkState.PENDING and mine.workers == set() and mine.attempts == 0
+    assert theirs.state is ChunkState.ASSIGNED and theirs.workers == {"w2"}   # untouched
+    retry = s.take("w3", wait=NO_WAIT)
+    assert retry is mine and mine.attempts == 1
+    # max_attempts=1: had the lost worker counted, this success could never have been reached
+    assert finish(s, mine, "w3") is True
+    assert s.fatal is None
+
+
+def test_giveback_requeues_one_chunk_first_without_counting_the_attempt():
+    s = Scheduler(make_chunks(3), max_attempts=1)
+    refused = s.take("w1", wait=NO_WAIT)
+    kept = s.take("w1", wait=NO_WAIT)
+    s.giveback(refused, "w1")                     # e.g. the worker's disk was full
+    assert refused.state is ChunkState.PENDING and refused.attempts == 0 and refused.workers == set()
+    assert kept.state is ChunkState.ASSIGNED and kept.workers == {"w1"}    # only the one chunk
+    assert s.take("w2", wait=NO_WAIT) is refused  # ahead of chunk 2
+    assert finish(s, refused, "w2") is True and s.fatal is None
+
+
+def test_a_late_failure_from_a_released_worker_changes_nothing():
+    s = Scheduler(make_chunks(1), max_attempts=1)
+    chunk = s.take("w1", wait=NO_WAIT)
+    s.release("w1", "silent")
+    s.fail(chunk, "w1", "late report")
+    assert chunk.state is ChunkState.PENDING and s.fatal is None
+    taken = s.take("w2", wait=NO_WAIT)
+    s.fail(chunk, "w1", "even later")             # w1 no longer holds it; w2 does
+    assert taken is chunk and chunk.state is ChunkState.ASSIGNED and chunk.workers == {"w2"}
+
+
+def test_release_of_a_worker_with_no_chunks_is_harmless():
+    s = Scheduler(make_chunks(2))
+    chunk = s.take("w1", wait=NO_WAIT)
+    assert s.release("w9", "gone") == []
+    assert chunk.state is ChunkState.ASSIGNED and chunk.errors == []
+
+
+def test_a_waiting_take_wakes_when_a_chunk_comes_back(background):
+    s = Scheduler(make_chunks(1))
+    chunk = s.take("w1", wait=NO_WAIT)
+    waiter = background(s.take, "w2", 5.0)
+    s.fail(chunk, "w1", "try elsewhere")
+    got = waiter.join()
+    assert got is chunk and chunk.workers == {"w2"}
+
+
+def test_a_waiting_take_returns_none_when_the_job_is_aborted(background):
+    s = Scheduler(make_chunks(1))
+    s.take("w1", wait=NO_WAIT)
+    waiter = background(s.take, "w2", 5.0)
+    s.abort("user pressed ctrl-c")
+    assert waiter.join() is None
+    assert s.fatal == "user pressed ctrl-c" and s.finished.is_set()
+
+
+def test_abort_keeps_the_first_fatal_reason():
+    s = Scheduler(make_chunks(1), max_attempts=1)
+    chunk = s.take("w1", wait=NO_WAIT)
+    s.fail(chunk, "w1", "boom")
+    first = s.fatal
+    s.abort("later reason")
+    assert s.fatal == first
+
+
+def test_progress_is_clamped_and_ignored_from_other_workers():
+    s = Scheduler(make_chunks(1))
+    chunk = s.take("w1", wait=NO_WAIT)
+    s.progress(0, "w1", 10)
+    assert chunk.progress == 10
+    s.progress(0, "w2", 20)                        # not its chunk
+    assert chunk.progress == 10
+    s.progress(0, "w1", 999)
+    assert chunk.progress == chunk.frames
+    s.progress(7, "w1", 5)                         # no such chunk: ignored, no IndexError
+
+
+def test_assigned_to_checks_the_worker():
+    s = Scheduler(make_chunks(2))
+    chunk = s.take("w1", wait=NO_WAIT)
+    assert s.assigned_to(0, "w1") is chunk
+    assert s.assigned_to(0, "w2") is None
+    assert s.assigned_to(1, "w1") is None
+    assert s.assigned_to(-1, "w1") is None
+
+
+@pytest.mark.parametrize("chunks", [[], "all-done"], ids=["empty", "all-done"])
+def test_a_table_with_nothing_to_do_is_finished_at_once(chunks):
+    if chunks == "all-done":
+        chunks = make_chunks(2)
+        for c in chunks:
+            c.state = ChunkState.DONE
+    s = Scheduler(chunks)
+    assert s.finished.is_set()
+    assert s.take("w1", wait=NO_WAIT) is None
+
+
+def test_a_result_that_lands_after_its_worker_was_released_is_not_handed_out_again():
+    """The boss verifies a downloaded result in the background; the worker's link may die (release)
+    before that verification finishes and calls done()."""
+    s = Scheduler(make_chunks(2))
+    chunk = s.take("w1", wait=NO_WAIT)
+    s.release("w1", "connection lost")            # back in the queue
+    assert finish(s, chunk, "w1") is True         # ...but its result was good after all
+    nxt = s.take("w2", wait=NO_WAIT)
+    assert nxt is not chunk
+    assert chunk.state is ChunkState.DONE
+    assert s.counts()[0] == 1
