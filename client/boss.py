@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -90,6 +91,10 @@ def run_boss(cfg: BossConfig) -> int:
         info = media.inspect(cfg.tools, cfg.input)
     audio = info.of_kind("audio")
     media.check_combination(container, cfg.settings.codec, cfg.acodec, audio)
+    turn = media.clockwise_turn(info.video.rotation)
+    if turn:
+        log.info("the input is displayed turned by %d degrees: the output is turned the same way", turn)
+        cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, rotate=turn))
     work = prepare_work_dir(cfg)
     cluster = None
     try:

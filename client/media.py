@@ -27,6 +27,7 @@ class Stream:
     attached_pic: bool = False
     width: int = 0
     height: int = 0
+    rotation: int = 0         # display matrix, as ffprobe reports it (counter-clockwise degrees)
 
     @property
     def label(self) -> str:
@@ -110,7 +111,20 @@ def _stream(s: dict[str, Any]) -> Stream:
     return Stream(index=int(s.get("index", 0)), kind=s.get("codec_type", "data"), codec=s.get("codec_name", "none"),
                   start=_float(s.get("start_time")) or 0.0, tags=dict(s.get("tags", {})),
                   attached_pic=bool(s.get("disposition", {}).get("attached_pic")),
-                  width=int(s.get("width", 0) or 0), height=int(s.get("height", 0) or 0))
+                  width=int(s.get("width", 0) or 0), height=int(s.get("height", 0) or 0),
+                  rotation=_rotation(s))
+
+
+def _rotation(s: dict[str, Any]) -> int:
+    for side in s.get("side_data_list", []) or []:
+        if side.get("side_data_type") == "Display Matrix" and "rotation" in side:
+            return int(round(float(side["rotation"])))
+    return 0
+
+
+def clockwise_turn(rotation: int) -> int:
+    """The clockwise turn (0/90/180/270) that shows a picture with this display rotation upright."""
+    return (-rotation) % 360 // 90 * 90
 
 
 def _float(text: Any) -> float | None:

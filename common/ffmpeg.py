@@ -267,7 +267,9 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     """Encode one chunk (video only) into Matroska, reporting progress on stdout."""
     cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", "-i", input_path(src),
            "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
-    filters = []
+    # Chunks carry no display matrix, so turn the picture as ffmpeg's autorotate would in a
+    # single run; then scale the picture the viewer sees.
+    filters = {0: [], 90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}[s.rotate]
     if s.scale_w is not None:
         filters.append(f"scale={s.scale_w}:{s.scale_h}")
     if s.fps is not None:

@@ -41,6 +41,7 @@ class Settings:
     scale_w: int | None = None       # -1/-2 keep aspect, as in ffmpeg's scale filter
     scale_h: int | None = None
     fps: str | None = None           # "30" or "30000/1001"
+    rotate: int = 0                  # clockwise degrees to turn the picture (the source's display matrix)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -70,6 +71,8 @@ class Settings:
                 raise UsageError("--scale takes W:H with sizes 2..16384, or -1/-2 to keep the aspect ratio")
         if (self.scale_w is None) != (self.scale_h is None):
             raise UsageError("--scale needs both W and H")
+        if self.rotate not in (0, 90, 180, 270):
+            raise UsageError("rotate must be 0, 90, 180 or 270")
         if self.fps is not None and not _FPS.match(self.fps):
             raise UsageError("--fps takes a rate such as 30 or 30000/1001")
 
@@ -79,7 +82,7 @@ class Settings:
         return VIDEO_ENCODERS[self.vcodec]["codec"]
 
     def to_wire(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and not (k == "rotate" and v == 0)}
 
     @classmethod
     def from_wire(cls, data: object) -> Settings:
@@ -87,7 +90,7 @@ class Settings:
         if not isinstance(data, dict):
             raise ProtocolError("settings must be an object")
         kinds = {"vcodec": str, "crf": int, "vbitrate": int, "maxrate": int, "bufsize": int,
-                 "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str}
+                 "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str, "rotate": int}
         values: dict[str, Any] = {}
         for key, kind in kinds.items():
             value = data.get(key)
