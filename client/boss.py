@@ -12,9 +12,11 @@ import dataclasses
 import json
 import logging
 import shutil
+import socket
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,8 @@ from client import media
 from client.link import JobContext, WorkerLink, WorkerOffer
 from client.progress import BossBar, bars_wanted
 from client.reporter import EventReporter
-from client.scheduler import Chunk, Scheduler
+from client.jobstate import Identity, JobState
+from client.scheduler import Chunk, ChunkState, Scheduler
 from client.tracker_client import TrackerClient
 from common import ffmpeg
 from common.cli import PASSWORD_HELP, add_common_options, add_password_option, read_password, run_main, setup_logging
@@ -39,6 +42,9 @@ from common.settings import Settings, parse_rate, parse_scale
 from common.transfer import sha256_file
 
 log = logging.getLogger("boss")
+
+WORKER_REFRESH = 15.0      # ask the tracker for more workers this often while we have fewer than wanted
+WAIT_WORKERS_POLL = 2.0    # ... and this often while we have none
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class BossConfig:
     silence_timeout: float
     work_dir: Path | None
     keep_work: bool
+    restart: bool
+    allow_mixed: bool
     bars: bool
     report: Path | None
 
@@ -97,6 +105,7 @@ def run_boss(cfg: BossConfig) -> int:
         cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, rotate=turn))
     work = prepare_work_dir(cfg)
     cluster = None
+    ok = False
     try:
         tracker_addr, user, password = cfg.tracker, cfg.user, cfg.password
         if cfg.local:
@@ -108,20 +117,28 @@ def run_boss(cfg: BossConfig) -> int:
         tracker = TrackerClient(tracker_addr, user, password, Role.BOSS)
         tracker.connect()
         job = Job(cfg, info, container, work, tracker, phases)
-        return job.run()
+        result = job.run()
+        ok = True
+        return result
     finally:
         if cluster is not None:
             cluster.close()
-        if not cfg.keep_work and work.exists() and not (work / "KEEP").exists():
+        if ok and not cfg.keep_work:
             shutil.rmtree(work, ignore_errors=True)
+        elif not ok and (work / "state.json").exists():
+            log.warning("the work so far is kept in %s: run the same command again to resume", work)
+        elif not ok:
+            shutil.rmtree(work, ignore_errors=True)     # nothing worth keeping yet
 
 
 def prepare_work_dir(cfg: BossConfig) -> Path:
+    """The work directory; an earlier run's is kept for resuming unless --restart."""
     work = cfg.work_dir or cfg.output.parent / f".{cfg.output.name}.ffdt-work"
-    if work.exists():
+    if work.exists() and cfg.restart:
+        log.info("--restart: removing the earlier run's work in %s", work)
         shutil.rmtree(work)
     try:
-        work.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the work directory {work}: {exc.strerror}") from None
     return work
@@ -133,10 +150,11 @@ class Job:
         self.cfg, self.info, self.container, self.work = cfg, info, container, work
         self.tracker, self.phases = tracker, phases
         self.links: list[WorkerLink] = []
-        self.used: set[str] = set()
         self.id = ""
         self.expected_frames = info.frames
         self.reporter: EventReporter | None = None
+        self.ctx: JobContext | None = None
+        self.ffmpeg_build: str | None = None      # every chunk is encoded by this build
 
     def run(self) -> int:
         cfg, info = self.cfg, self.info
@@ -152,15 +170,16 @@ class Job:
                 raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
             audio = AudioJob(cfg, self.work, bool(self.info.of_kind("audio")))
             with self.phases.timed("split"):
-                chunks = self.split(len(offers))
-            scheduler = Scheduler(chunks)
+                chunks, state = self.plan(len(offers))
+            scheduler = Scheduler(chunks, on_done=lambda _c: state.save(chunks, self.expected_frames))
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as verifier:
-                ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
-                                 work_dir=self.work, tools=cfg.tools, verifier=verifier, report=self.report,
-                                 silence_timeout=cfg.silence_timeout)
+                self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
+                                      work_dir=self.work, tools=cfg.tools, verifier=verifier, report=self.report,
+                                      silence_timeout=cfg.silence_timeout)
                 with self.phases.timed("encode"):
-                    self.start_links(ctx, offers)
-                    self.wait(scheduler)
+                    if not scheduler.finished.is_set():
+                        self.start_links(offers)
+                        self.wait(scheduler)
             if scheduler.fatal:
                 raise TranscoderError(scheduler.fatal)
             with self.phases.timed("audio_wait"):
@@ -169,6 +188,7 @@ class Job:
                 summary = self.join(chunks, audio)
             summary["phases"] = self.phases.times
             summary["seconds"] = round(time.monotonic() - started, 3)
+            summary["chunks"] = len(chunks)
             summary["workers"] = {link.offer.name: {"chunks": link.chunks_done, "frames": link.frames_done}
                                   for link in self.links}
             self.print_summary(summary)
@@ -178,12 +198,13 @@ class Job:
             detail = str(exc)
             raise
         except KeyboardInterrupt:
-            detail = "interrupted"
+            status, detail = "interrupted", "interrupted by the user"
             raise
         finally:
-            for link in self.links:
+            for link in self.links:          # workers see the session end and stop encoding
                 if link.sock is not None:
                     with contextlib.suppress(OSError):
+                        link.sock.shutdown(socket.SHUT_RDWR)
                         link.sock.close()
             with contextlib.suppress(TranscoderError):
                 self.reporter.flush_and_stop(timeout=5.0)
@@ -198,50 +219,61 @@ class Job:
     # ------------------------------------------------------------ workers
 
     def ask_workers(self, count: int) -> list[WorkerOffer]:
+        """Up to `count` more workers from the tracker, not counting those working for us now."""
+        busy = sorted(link.offer.name for link in self.links if link.is_alive() or link.dropped)
         offers = []
-        for w in self.tracker.workers(self.id, min(count, MAX_WORKERS_PER_REQUEST), self.cfg.settings.vcodec,
-                                      sorted(self.used)):
+        for w in self.tracker.workers(self.id, min(max(count, 1), MAX_WORKERS_PER_REQUEST),
+                                      self.cfg.settings.vcodec, busy):
             try:
                 offers.append(WorkerOffer.from_wire(w))
             except ProtocolError as exc:
                 log.warning("ignoring a malformed worker entry: %s", exc)
         return offers
 
-    def start_links(self, ctx: JobContext, offers: list[WorkerOffer]) -> None:
-        versions = {o.ffmpeg for o in offers}
-        if len(versions) > 1:
-            log.warning("workers run different ffmpeg builds (%s); chunks may differ slightly",
-                        "; ".join(sorted(versions)))
+    def start_links(self, offers: list[WorkerOffer]) -> None:
+        """Open sessions with these workers: all on the same ffmpeg build, unless allowed to mix."""
+        assert self.ctx is not None
+        if self.ffmpeg_build is None and offers:
+            builds = Counter(o.ffmpeg for o in offers)
+            self.ffmpeg_build = builds.most_common(1)[0][0]
         for offer in offers:
-            self.used.add(offer.name)
-            link = WorkerLink(ctx, offer)
+            if offer.ffmpeg != self.ffmpeg_build:
+                if not self.cfg.allow_mixed:
+                    log.warning("not using %s: it runs %s, this job's chunks are encoded with %s "
+                                "(--allow-mixed-encoders to use it anyway)", offer.name, offer.ffmpeg,
+                                self.ffmpeg_build)
+                    continue
+                log.warning("%s runs %s, other chunks %s: chunks may differ slightly", offer.name, offer.ffmpeg,
+                            self.ffmpeg_build)
+            link = WorkerLink(self.ctx, offer)
             self.links.append(link)
             link.start()
 
     def wait(self, scheduler: Scheduler) -> None:
-        """Until every chunk is done or the job fails; refreshes the bar and replaces lost workers."""
+        """Until every chunk is done or the job fails. Refreshes the bar; asks the tracker for more
+        workers now and then (new ones may have registered), and at once when all are lost."""
         bar = BossBar(self.info.frames, len(scheduler.chunks)) if self.cfg.bars else None
         alone_since: float | None = None
+        next_ask = time.monotonic() + WORKER_REFRESH
         try:
             while not scheduler.finished.wait(0.5):
                 done, frames = scheduler.counts()
                 if bar:
                     bar.update(frames, done)
-                if any(link.is_alive() for link in self.links):
-                    alone_since = None
-                    continue
+                alive = sum(link.is_alive() for link in self.links)
                 now = time.monotonic()
-                if alone_since is None:
+                if alive:
+                    alone_since = None
+                elif alone_since is None:
                     alone_since = now
+                    next_ask = now
                     log.warning("all workers lost; asking the tracker for others (waiting up to %gs)",
                                 self.cfg.wait_workers)
-                with contextlib.suppress(TranscoderError):
-                    self.used = {n for n in self.used if False}   # lost workers may come back restarted
-                    offers = self.ask_workers(self.cfg.workers)
-                    if offers:
-                        self.start_links(self.links[0].job, offers)
-                        continue
-                if now - alone_since > self.cfg.wait_workers:
+                if alive < self.cfg.workers and now >= next_ask:
+                    next_ask = now + (WAIT_WORKERS_POLL if not alive else WORKER_REFRESH)
+                    with contextlib.suppress(TranscoderError):     # the tracker may be away: go on
+                        self.start_links(self.ask_workers(self.cfg.workers - alive))
+                if alone_since is not None and now - alone_since > self.cfg.wait_workers:
                     scheduler.abort(f"no live workers for {self.cfg.wait_workers:g}s; "
                                     f"{len(scheduler.chunks) - done} chunk(s) left")
             if bar:
@@ -253,6 +285,26 @@ class Job:
             link.join(timeout=2.0)
 
     # ------------------------------------------------------------ split
+
+    def plan(self, workers: int) -> tuple[list[Chunk], JobState]:
+        """The chunks: an interrupted run's, with its finished results, or a fresh split."""
+        identity = Identity.of(self.cfg.input, {**self.cfg.settings.to_wire(), "acodec": self.cfg.acodec,
+                                                "chunk_seconds": self.cfg.chunk_seconds})
+        state = JobState(self.work, identity)
+        loaded = state.load()
+        if loaded is not None:
+            chunks, self.expected_frames = loaded
+            done = sum(c.state is ChunkState.DONE for c in chunks)
+            log.info("resuming: %d of %d chunks already done", done, len(chunks))
+            return chunks, state
+        if state.path.exists():
+            log.info("the input or the settings changed since the interrupted run: starting fresh")
+        for old in list(self.work.iterdir()):
+            if old.name not in ("audio.mka",):
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        chunks = self.split(workers)
+        state.save(chunks, self.expected_frames)
+        return chunks, state
 
     def split(self, workers: int) -> list[Chunk]:
         """Cut the video at keyframes into chunk files and take each one's manifest."""
@@ -443,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seconds", type=float, help="target chunk length (default: about 4 chunks per worker)")
     p.add_argument("--work-dir", type=Path, help="where chunks are kept (default: beside OUTPUT)")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
+    p.add_argument("--restart", action="store_true",
+                   help="throw away an interrupted run's work instead of resuming it")
+    p.add_argument("--allow-mixed-encoders", action="store_true",
+                   help="also use workers whose ffmpeg build differs from the others' (chunks may differ)")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
     p.add_argument("--ffmpeg", help="ffmpeg binary to use (ffprobe beside it)")
     p.add_argument("--use-global", "-use_global", action="store_true",
@@ -481,7 +537,8 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         user=args.user or "", password="" if args.local else read_password(args.password_file),
         workers=args.local or args.workers, local=args.local, chunk_seconds=args.chunk_seconds,
         wait_workers=max(0.0, args.wait_workers), silence_timeout=max(1.0, args.worker_timeout),
-        work_dir=args.work_dir, keep_work=args.keep_work, bars=bars_wanted(args.quiet), report=args.report)
+        work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
+        allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet), report=args.report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +29,7 @@ from common.transfer import recv_file, send_file
 log = logging.getLogger("boss")
 
 REFUSAL_BACKOFF = 5.0
+MAX_BAD_RESULTS = 2       # results failing verification before the job stops using a worker
 MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
 
 
@@ -62,6 +63,7 @@ class JobContext:
     verifier: ThreadPoolExecutor
     report: Callable[..., None]     # report(event, **fields) to the tracker, best effort
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
+    links: dict[str, WorkerLink] = dataclass_field(default_factory=dict)   # by worker name, for cancels
 
 
 class WorkerLink(threading.Thread):
@@ -76,6 +78,9 @@ class WorkerLink(threading.Thread):
         self.frames_done = 0
         self.failure: str | None = None
         self.refusals = 0
+        self.bad_results = 0
+        self.dropped = False
+        job.links[offer.name] = self
 
     # ------------------------------------------------------------ thread body
 
@@ -127,9 +132,12 @@ class WorkerLink(threading.Thread):
             if kind is Msg.ERROR:             # never answer an error with an error
                 log.warning("worker %s: %s", self.offer.name, str(msg.get("reason", "?"))[:200])
             elif kind is Msg.REQUEST:
-                if self.refusals >= MAX_REFUSALS:
-                    log.warning("worker %s refused %d chunks; not using it for this job",
-                                self.offer.name, self.refusals)
+                if self.refusals >= MAX_REFUSALS or self.bad_results >= MAX_BAD_RESULTS:
+                    why = (f"refused {self.refusals} chunks" if self.refusals >= MAX_REFUSALS
+                           else f"returned {self.bad_results} bad results")
+                    log.warning("worker %s %s; not using it for this job", self.offer.name, why)
+                    self.job.report("worker_dropped", worker=self.offer.name, detail=why)
+                    self.dropped = True
                     self._end()
                     return
                 if sched.finished.is_set():
@@ -238,13 +246,25 @@ class WorkerLink(threading.Thread):
                 raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
+            self.bad_results += 1
             log.warning("result of %s from %s rejected: %s", chunk.name, self.offer.name, exc)
             self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=str(exc)[:300])
             sched.fail(chunk, self.offer.name, str(exc))
             return
-        tmp.replace(dest)
-        if sched.done(chunk, self.offer.name, dest, sha):
-            self.chunks_done += 1
-            self.frames_done += frames
-            self.job.report("chunk_done", chunk=chunk.index, worker=self.offer.name, frames=frames,
-                            seconds=round(seconds, 3))
+        others = sched.done(chunk, self.offer.name, dest, sha, received=tmp)
+        if others is None:
+            tmp.unlink(missing_ok=True)       # a straggler copy finished second
+            return
+        self.chunks_done += 1
+        self.frames_done += frames
+        self.job.report("chunk_done", chunk=chunk.index, worker=self.offer.name, frames=frames,
+                        seconds=round(seconds, 3))
+        for name in others:                   # the slower copy is no longer needed
+            link = self.job.links.get(name)
+            if link is not None:
+                link.cancel(chunk.index)
+
+    def cancel(self, index: int) -> None:
+        with contextlib.suppress(TranscoderError, AssertionError):
+            self._send(Msg.CANCEL, chunk=index)
+        log.debug("cancelled the copy of chunk %d on %s", index, self.offer.name)

@@ -10,6 +10,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from common.config import MAX_ATTEMPTS
 
@@ -45,9 +46,12 @@ class Chunk:
 
 
 class Scheduler:
-    def __init__(self, chunks: list[Chunk], max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(self, chunks: list[Chunk], max_attempts: int = MAX_ATTEMPTS, max_copies: int = 2,
+                 on_done: Callable[[Chunk], None] | None = None) -> None:
         self.chunks = chunks
         self.max_attempts = max_attempts
+        self.max_copies = max_copies      # straggler copies: a chunk runs on at most this many workers
+        self.on_done = on_done            # called under the lock, e.g. to save the job state
         self._pending: deque[Chunk] = deque(c for c in chunks if c.state is ChunkState.PENDING)
         self._cond = threading.Condition()
         self.finished = threading.Event()
@@ -56,14 +60,24 @@ class Scheduler:
             self.finished.set()
 
     def take(self, worker: str, wait: float) -> Chunk | None:
-        """The next pending chunk for `worker`, waiting up to `wait` seconds for one to appear."""
+        """The next pending chunk for `worker`, waiting up to `wait` seconds for one to appear.
+
+        With the queue empty, an idle worker gets a copy of the slowest chunk still being
+        encoded elsewhere (a straggler); the first valid result wins.
+        """
         with self._cond:
             self._cond.wait_for(lambda: self._pending or self.finished.is_set(), timeout=wait)
             # a chunk requeued by a lost worker may have been verified done since: skip it
             while self._pending and self._pending[0].state is not ChunkState.PENDING:
                 self._pending.popleft()
-            if not self._pending or self.finished.is_set():
+            if self.finished.is_set():
                 return None
+            if not self._pending:
+                chunk = self._straggler(worker)
+                if chunk is not None:
+                    chunk.workers.add(worker)
+                    chunk.tried_on.append(worker)
+                return chunk
             chunk = self._pending.popleft()
             chunk.state = ChunkState.ASSIGNED
             chunk.workers.add(worker)
@@ -71,6 +85,11 @@ class Scheduler:
             chunk.attempts += 1
             chunk.progress = 0
             return chunk
+
+    def _straggler(self, worker: str) -> Chunk | None:
+        running = [c for c in self.chunks if c.state is ChunkState.ASSIGNED
+                   and len(c.workers) < self.max_copies and worker not in c.workers]
+        return min(running, key=lambda c: c.progress / max(1, c.frames), default=None)
 
     def progress(self, index: int, worker: str, frames: int) -> None:
         with self._cond:
@@ -83,18 +102,26 @@ class Scheduler:
             chunk = self._get(index)
             return chunk if chunk is not None and worker in chunk.workers else None
 
-    def done(self, chunk: Chunk, worker: str, result: Path, sha256: str) -> bool:
-        """Record a verified result. False if the chunk was already done (a duplicate)."""
+    def done(self, chunk: Chunk, worker: str, result: Path, sha256: str,
+             received: Path | None = None) -> set[str] | None:
+        """Record a verified result (moving the `received` file to `result` if given). Returns the
+        other workers still encoding a copy (to be cancelled), or None if the chunk was already
+        done: this result is a duplicate and is left where it is."""
         with self._cond:
             chunk.workers.discard(worker)
             if chunk.state is ChunkState.DONE:
-                return False
+                return None
+            if received is not None:
+                received.replace(result)     # under the lock: a second copy cannot overwrite it
+            others, chunk.workers = set(chunk.workers), set()
             chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, sha256
             chunk.progress = chunk.frames
+            if self.on_done is not None:
+                self.on_done(chunk)
             if all(c.state is ChunkState.DONE for c in self.chunks):
                 self.finished.set()
             self._cond.notify_all()
-            return True
+            return others
 
     def fail(self, chunk: Chunk, worker: str, reason: str) -> None:
         """A failed attempt: back to the queue, or the job fails after max_attempts."""

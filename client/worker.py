@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import itertools
 import logging
+import os
 import random
 import secrets
 import shutil
@@ -45,6 +46,8 @@ from common.transfer import recv_file, send_file, sha256_file
 log = logging.getLogger("worker")
 
 MAX_CHUNK_INDEX = 10_000_000
+# Fault switches for the test suite only: off unless this environment variable names them.
+FAULTS = frozenset(os.environ.get("FFDT_TEST_FAULTS", "").split(","))
 BOSS_SILENCE_TIMEOUT = FFMPEG_CHUNK_TIMEOUT + 60   # a boss is quiet while we encode
 DISK_HEADROOM = 256 * 1024 * 1024                   # keep this much free beyond a chunk's needs
 
@@ -358,6 +361,8 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
         ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, on_frames=on_frames, cancel=a.cancel)
         if a.cancel.is_set() and s.closed.is_set():
             return
+        if "corrupt-results" in FAULTS:
+            _corrupt(a.output)
         size = a.output.stat().st_size
         a.result = (size, sha256_file(a.output))
         s.send(Msg.DONE, chunk=a.chunk, size=size, sha256=a.result[1], frames=a.frames,
@@ -386,6 +391,14 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
         if not s.closed.is_set():          # the slot is free again: ask for the next chunk
             with contextlib.suppress(ConnectionClosed):
                 s.send(Msg.REQUEST, count=1)
+
+
+def _corrupt(path: Path) -> None:
+    """Test fault: overwrite the middle of a result with garbage (its hash is taken after)."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.seek(size // 3)
+        f.write(os.urandom(max(64, size // 3)))
 
 
 def end_session(worker: Worker, s: BossSession) -> None:
@@ -434,7 +447,7 @@ def receive_chunk(worker: Worker, s: BossSession, sock: socket.socket, msg: dict
     chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
     size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)
     sha = get(msg, "sha256", str)
-    free = shutil.disk_usage(s.dir).free
+    free = 0 if "disk-full" in FAULTS else shutil.disk_usage(s.dir).free
     if free < 3 * size + DISK_HEADROOM:            # input, output and some slack
         raise RequestRejected(f"disk nearly full on this worker ({free // 2**20} MiB free)")
     send_msg(sock, Msg.OK)                         # go ahead: the bytes may follow

@@ -17,7 +17,8 @@ def make_chunks(n: int) -> list[Chunk]:
 
 
 def finish(s: Scheduler, chunk: Chunk, worker: str) -> bool:
-    return s.done(chunk, worker, Path(f"out/{chunk.name}.mkv"), "f" * 64)
+    """True if the result was recorded (first valid result), False if it was a duplicate."""
+    return s.done(chunk, worker, Path(f"out/{chunk.name}.mkv"), "f" * 64) is not None
 
 
 def test_chunk_names_are_zero_padded_so_they_sort_in_order():
@@ -35,7 +36,7 @@ def test_take_hands_out_chunks_in_order_and_marks_them_assigned():
 
 
 def test_take_returns_none_when_nothing_is_pending():
-    s = Scheduler(make_chunks(1))
+    s = Scheduler(make_chunks(1), max_copies=1)     # no straggler copies
     assert s.take("w1", wait=NO_WAIT) is not None
     started = time.monotonic()
     assert s.take("w2", wait=NO_WAIT) is None
@@ -59,7 +60,7 @@ def test_a_duplicate_done_is_refused():
     chunk = s.take("w1", wait=NO_WAIT)
     assert finish(s, chunk, "w1") is True
     first_result = chunk.result
-    assert s.done(chunk, "w1", Path("out/other.mkv"), "0" * 64) is False
+    assert s.done(chunk, "w1", Path("out/other.mkv"), "0" * 64) is None
     assert chunk.result == first_result and chunk.result_sha256 == "f" * 64
 
 
@@ -202,3 +203,24 @@ def test_a_result_that_lands_after_its_worker_was_released_is_not_handed_out_aga
     assert nxt is not chunk
     assert chunk.state is ChunkState.DONE
     assert s.counts()[0] == 1
+
+
+def test_an_idle_worker_gets_a_copy_of_the_slowest_chunk_and_the_first_result_wins():
+    s = Scheduler(make_chunks(2))
+    a, b = s.take("w1", wait=NO_WAIT), s.take("w2", wait=NO_WAIT)
+    s.progress(a.index, "w1", 20)
+    s.progress(b.index, "w2", 5)                   # b is the straggler
+    copy = s.take("w3", wait=NO_WAIT)
+    assert copy is b and b.workers == {"w2", "w3"} and b.attempts == 1
+    assert s.take("w4", wait=NO_WAIT) is a          # b already has two copies
+    others = s.done(b, "w3", Path("out/b.mkv"), "f" * 64)
+    assert others == {"w2"}                          # the slower copy is to be cancelled
+    assert s.done(b, "w2", Path("out/b2.mkv"), "e" * 64) is None and b.result == Path("out/b.mkv")
+
+
+def test_a_failed_copy_does_not_requeue_a_chunk_still_encoding_elsewhere():
+    s = Scheduler(make_chunks(1))
+    chunk = s.take("w1", wait=NO_WAIT)
+    assert s.take("w2", wait=NO_WAIT) is chunk
+    s.fail(chunk, "w2", "boom")
+    assert chunk.state is ChunkState.ASSIGNED and chunk.workers == {"w1"} and s.fatal is None
