@@ -295,7 +295,7 @@ class Job:
         if loaded is not None:
             chunks, self.expected_frames = loaded
             done = sum(c.state is ChunkState.DONE for c in chunks)
-            log.info("resuming: %d of %d chunks already done", done, len(chunks))
+            log.warning("resuming: %d of %d chunks already done", done, len(chunks))
             return chunks, state
         if state.path.exists():
             log.info("the input or the settings changed since the interrupted run: starting fresh")

@@ -165,7 +165,12 @@ class Scheduler:
             self._cond.notify_all()
 
     def abort(self, reason: str) -> None:
+        """Fail the job; the reason names the last chunk that failed, where, and why."""
         with self._cond:
+            failed = [c for c in self.chunks if c.state is not ChunkState.DONE and c.errors]
+            if failed:
+                last = failed[-1]
+                reason += f"; {last.name} last failed on {last.errors[-1]}"
             self.fatal = self.fatal or reason
             self.finished.set()
             self._cond.notify_all()

@@ -211,3 +211,34 @@ def assert_same_media(src: Path, out: Path, *, vcodec: str = "h264") -> dict:
     assert kinds(o_info, "video")[0]["codec_name"] == vcodec
     assert decode_errors(out) == ""
     return o_info
+
+
+def poll_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Wait until predicate() is truthy (returns it) or fail saying what did not happen."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)      # polling an external process's file; not synchronisation within ours
+
+
+def audit_events(data: Path) -> list[dict]:
+    """The tracker's audit log as it stands (it is flushed after every event)."""
+    path = data / "audit.jsonl"
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
+
+
+def start_boss(cluster: "Cluster", src: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "client/boss.py"), str(src), "-o", str(out),
+                             "--tracker", cluster.addr, "--user", "b", "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())

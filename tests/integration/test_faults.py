@@ -1,0 +1,173 @@
+"""Faults against real processes: each job must still end with an output that passes the checks."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import assert_same_media, audit_events, poll_for, start_boss
+
+pytestmark = pytest.mark.integration
+
+# x264 at `medium` on 720p takes a few seconds a chunk here: long enough to strike mid-chunk
+SLOW = ("--preset", "medium", "--chunk-seconds", "4")
+
+
+def worker_name(port: int) -> str:
+    return f"w@127.0.0.1:{port}"
+
+
+def events(cluster, kind: str, **match) -> list[dict]:
+    return [e for e in audit_events(cluster.data) if e["event"] == kind
+            and all(e.get(k) == v for k, v in match.items())]
+
+
+def finish(boss: subprocess.Popen, timeout: float = 240) -> str:
+    _, err = boss.communicate(timeout=timeout)
+    assert boss.returncode == 0, err
+    return err
+
+
+def test_worker_killed_mid_chunk(cluster, clips, tmp_path):
+    victim, port, _ = cluster.start_worker()
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW)
+    assigned = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
+                        "a chunk assigned to the victim")
+    victim.kill()
+    finish(boss)
+    assert_same_media(clips["hd20.mp4"], out)
+    lost = events(cluster, "worker_lost", worker=worker_name(port))
+    assert lost, "the tracker should log the lost worker"
+    chunk = assigned[0]["chunk"]
+    redone = [e for e in events(cluster, "chunk_done", chunk=chunk) if e["worker"] != worker_name(port)]
+    assert redone, f"chunk {chunk} should have been done by the other worker"
+
+
+def test_frozen_worker_is_replaced_and_not_trusted_when_it_wakes(cluster, clips, tmp_path):
+    frozen, port, _ = cluster.start_worker()
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW, "--worker-timeout", "4")
+    first = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
+                     "a chunk assigned to the worker to freeze")[0]["chunk"]
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        poll_for(lambda: [e for e in events(cluster, "chunk_assigned", chunk=first)
+                          if e["worker"] != worker_name(port)], 60, "the frozen worker's chunk reassigned")
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    finish(boss)
+    assert_same_media(clips["hd20.mp4"], out)
+    done_by = {e["worker"] for e in events(cluster, "chunk_done", chunk=first)}
+    assert worker_name(port) not in done_by
+    assert frozen.poll() is None, "the woken worker keeps running for the next boss"
+
+
+def test_corrupt_results_are_retried_elsewhere_and_the_worker_dropped(cluster, clips, tmp_path):
+    _, bad_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "corrupt-results"})
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2")
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["hd20.mp4"], out)
+    bad = worker_name(bad_port)
+    assert events(cluster, "chunk_failed", worker=bad, by="boss")
+    assert not events(cluster, "chunk_done", worker=bad)
+    assert events(cluster, "worker_dropped", worker=bad)
+
+
+def test_a_chunk_failing_everywhere_fails_the_job_clearly(cluster, clips, tmp_path):
+    cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "corrupt-results"})
+    out = tmp_path / "out.mp4"
+    done = cluster.boss(clips["small.mp4"], out, "--preset", "ultrafast", "--wait-workers", "3")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    error = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1, done.stderr
+    # names the chunk, the worker, and ffmpeg's own complaint about the result
+    assert "chunk_0000" in error[0] and "w@127.0.0.1" in error[0] and "decod" in error[0], error[0]
+    assert not out.exists()
+
+
+def test_full_disk_on_one_worker_sends_its_chunks_elsewhere(cluster, clips, tmp_path):
+    _, full_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "disk-full"})
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "4")
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["hd20.mp4"], out)
+    refused = events(cluster, "chunk_failed", worker=worker_name(full_port))
+    assert refused and "disk nearly full" in refused[0]["detail"]
+
+
+def test_killed_boss_resumes_without_redoing_finished_chunks(cluster, clips, tmp_path):
+    cluster.start_worker()
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    args = ("--preset", "fast", "--chunk-seconds", "2")
+    boss = start_boss(cluster, clips["hd20.mp4"], out, *args)
+    poll_for(lambda: len(events(cluster, "chunk_done")) >= 3, 120, "three chunks done")
+    boss.kill()
+    boss.communicate(timeout=30)
+    first_job = events(cluster, "job_started")[-1]["job"]
+    finished = {e["chunk"] for e in events(cluster, "chunk_done", job=first_job)}
+    assert not out.exists()
+
+    again = start_boss(cluster, clips["hd20.mp4"], out, *args)
+    err = finish(again)
+    assert "resuming:" in err
+    resumed_done = int(err.split("resuming:")[1].split()[0])
+    assert resumed_done >= len(finished) - 1 >= 2     # the last result may have died with the boss
+    second_job = events(cluster, "job_started")[-1]["job"]
+    redone = {e["chunk"] for e in events(cluster, "chunk_assigned", job=second_job)}
+    assert len(redone & finished) <= 1 and len(redone) <= 10 - resumed_done
+    assert_same_media(clips["hd20.mp4"], out)
+    assert not list(tmp_path.glob(".*ffdt-work")), "removed after success"
+
+
+def test_ctrl_c_stops_cleanly_and_the_job_resumes(cluster, clips, tmp_path):
+    worker, _, _ = cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW)
+    poll_for(lambda: events(cluster, "chunk_done"), 120, "a chunk done")
+    boss.send_signal(signal.SIGINT)
+    _, err = boss.communicate(timeout=60)
+    assert boss.returncode == 130, err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert list(tmp_path.glob(".*ffdt-work/state.json")), "the work directory stays resumable"
+    poll_for(lambda: not children_of(worker.pid), 30, "the worker's ffmpeg to end")
+    assert worker.poll() is None
+    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "medium", "--chunk-seconds", "4")
+    assert done.returncode == 0 and "resuming:" in done.stderr, done.stderr
+    assert_same_media(clips["hd20.mp4"], out)
+
+
+def test_tracker_restart_mid_job(cluster, clips, tmp_path):
+    cluster.start_worker()
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW)
+    poll_for(lambda: events(cluster, "chunk_assigned"), 60, "the job under way")
+    cluster.tracker.terminate()
+    cluster.tracker.wait(timeout=30)
+    cluster.start_tracker()                    # same port, same data dir
+    finish(boss)
+    assert_same_media(clips["hd20.mp4"], out)
+    log = audit_events(cluster.data)
+    restart = max(i for i, e in enumerate(log) if e["event"] == "tracker_started")
+    after = [e["event"] for e in log[restart:]]
+    assert after.count("register") >= 2, "both workers registered again"
+    assert "job_finished" in after, "the boss reported the end of the job to the restarted tracker"
+
+
+def children_of(pid: int) -> list[str]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += f.read().split()
+    return found
