@@ -53,6 +53,11 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=20",
          "-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p",
          "-c:a", "aac", "-shortest")
+    # 20 s 640x360 with audio: fault tests encode it slowly enough to strike mid-chunk
+    make("mid20.mp4", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=20",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=20",
+         "-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-shortest")
     # small and quick, 6 s
     make("small.mp4", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=6",
          "-f", "lavfi", "-i", "sine=frequency=300:duration=6",

@@ -11,7 +11,7 @@ from tests.conftest import assert_same_media, audit_events, poll_for, start_boss
 
 pytestmark = pytest.mark.integration
 
-# x264 at `medium` on 720p takes a few seconds a chunk here: long enough to strike mid-chunk
+# x264 at `medium` on 360p takes a second or two a chunk here: long enough to strike mid-chunk
 SLOW = ("--preset", "medium", "--chunk-seconds", "4")
 
 
@@ -34,12 +34,12 @@ def test_worker_killed_mid_chunk(cluster, clips, tmp_path):
     victim, port, _ = cluster.start_worker()
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW)
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW)
     assigned = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
                         "a chunk assigned to the victim")
     victim.kill()
     finish(boss)
-    assert_same_media(clips["hd20.mp4"], out)
+    assert_same_media(clips["mid20.mp4"], out)
     lost = events(cluster, "worker_lost", worker=worker_name(port))
     assert lost, "the tracker should log the lost worker"
     chunk = assigned[0]["chunk"]
@@ -51,7 +51,7 @@ def test_frozen_worker_is_replaced_and_not_trusted_when_it_wakes(cluster, clips,
     frozen, port, _ = cluster.start_worker()
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW, "--worker-timeout", "4")
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW, "--worker-timeout", "4")
     first = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
                      "a chunk assigned to the worker to freeze")[0]["chunk"]
     os.kill(frozen.pid, signal.SIGSTOP)
@@ -61,7 +61,7 @@ def test_frozen_worker_is_replaced_and_not_trusted_when_it_wakes(cluster, clips,
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
     finish(boss)
-    assert_same_media(clips["hd20.mp4"], out)
+    assert_same_media(clips["mid20.mp4"], out)
     done_by = {e["worker"] for e in events(cluster, "chunk_done", chunk=first)}
     assert worker_name(port) not in done_by
     assert frozen.poll() is None, "the woken worker keeps running for the next boss"
@@ -71,9 +71,9 @@ def test_corrupt_results_are_retried_elsewhere_and_the_worker_dropped(cluster, c
     _, bad_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "corrupt-results"})
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2")
+    done = cluster.boss(clips["mid20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2")
     assert done.returncode == 0, done.stderr
-    assert_same_media(clips["hd20.mp4"], out)
+    assert_same_media(clips["mid20.mp4"], out)
     bad = worker_name(bad_port)
     assert events(cluster, "chunk_failed", worker=bad, by="boss")
     assert not events(cluster, "chunk_done", worker=bad)
@@ -97,9 +97,9 @@ def test_full_disk_on_one_worker_sends_its_chunks_elsewhere(cluster, clips, tmp_
     _, full_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "disk-full"})
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "4")
+    done = cluster.boss(clips["mid20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "4")
     assert done.returncode == 0, done.stderr
-    assert_same_media(clips["hd20.mp4"], out)
+    assert_same_media(clips["mid20.mp4"], out)
     refused = events(cluster, "chunk_failed", worker=worker_name(full_port))
     assert refused and "disk nearly full" in refused[0]["detail"]
 
@@ -109,7 +109,7 @@ def test_killed_boss_resumes_without_redoing_finished_chunks(cluster, clips, tmp
     cluster.start_worker()
     out = tmp_path / "out.mp4"
     args = ("--preset", "fast", "--chunk-seconds", "2")
-    boss = start_boss(cluster, clips["hd20.mp4"], out, *args)
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *args)
     poll_for(lambda: len(events(cluster, "chunk_done")) >= 3, 120, "three chunks done")
     boss.kill()
     boss.communicate(timeout=30)
@@ -117,7 +117,7 @@ def test_killed_boss_resumes_without_redoing_finished_chunks(cluster, clips, tmp
     finished = {e["chunk"] for e in events(cluster, "chunk_done", job=first_job)}
     assert not out.exists()
 
-    again = start_boss(cluster, clips["hd20.mp4"], out, *args)
+    again = start_boss(cluster, clips["mid20.mp4"], out, *args)
     err = finish(again)
     assert "resuming:" in err
     resumed_done = int(err.split("resuming:")[1].split()[0])
@@ -125,14 +125,14 @@ def test_killed_boss_resumes_without_redoing_finished_chunks(cluster, clips, tmp
     second_job = events(cluster, "job_started")[-1]["job"]
     redone = {e["chunk"] for e in events(cluster, "chunk_assigned", job=second_job)}
     assert len(redone & finished) <= 1 and len(redone) <= 10 - resumed_done
-    assert_same_media(clips["hd20.mp4"], out)
+    assert_same_media(clips["mid20.mp4"], out)
     assert not list(tmp_path.glob(".*ffdt-work")), "removed after success"
 
 
 def test_ctrl_c_stops_cleanly_and_the_job_resumes(cluster, clips, tmp_path):
     worker, _, _ = cluster.start_worker()
     out = tmp_path / "out.mp4"
-    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW)
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW)
     poll_for(lambda: events(cluster, "chunk_done"), 120, "a chunk done")
     boss.send_signal(signal.SIGINT)
     _, err = boss.communicate(timeout=60)
@@ -142,22 +142,22 @@ def test_ctrl_c_stops_cleanly_and_the_job_resumes(cluster, clips, tmp_path):
     assert list(tmp_path.glob(".*ffdt-work/state.json")), "the work directory stays resumable"
     poll_for(lambda: not children_of(worker.pid), 30, "the worker's ffmpeg to end")
     assert worker.poll() is None
-    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "medium", "--chunk-seconds", "4")
+    done = cluster.boss(clips["mid20.mp4"], out, "--preset", "medium", "--chunk-seconds", "4")
     assert done.returncode == 0 and "resuming:" in done.stderr, done.stderr
-    assert_same_media(clips["hd20.mp4"], out)
+    assert_same_media(clips["mid20.mp4"], out)
 
 
 def test_tracker_restart_mid_job(cluster, clips, tmp_path):
     cluster.start_worker()
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW)
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW)
     poll_for(lambda: events(cluster, "chunk_assigned"), 60, "the job under way")
     cluster.tracker.terminate()
     cluster.tracker.wait(timeout=30)
     cluster.start_tracker()                    # same port, same data dir
     finish(boss)
-    assert_same_media(clips["hd20.mp4"], out)
+    assert_same_media(clips["mid20.mp4"], out)
     log = audit_events(cluster.data)
     restart = max(i for i, e in enumerate(log) if e["event"] == "tracker_started")
     after = [e["event"] for e in log[restart:]]
