@@ -103,6 +103,12 @@ def run_boss(cfg: BossConfig) -> int:
     if turn:
         log.info("the input is displayed turned by %d degrees: the output is turned the same way", turn)
         cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, rotate=turn))
+    v = info.video
+    if cfg.settings.scale_w is None and (v.width % 2 or v.height % 2) and \
+            (cfg.settings.pix_fmt or "yuv420p").startswith(("yuv420", "nv12")):
+        log.warning("odd size %dx%d: padding to an even size for 4:2:0 video "
+                    "(--scale W:-2 to resize instead, or --pix-fmt yuv444p)", v.width, v.height)
+        cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, pad_even=True))
     work = prepare_work_dir(cfg)
     cluster = None
     ok = False
@@ -313,9 +319,9 @@ class Job:
         cuts = media.plan_cuts(info.keyframes, info.start, info.start + info.video_duration + (info.video_start - info.start), target)
         src_dir = self.work / "src"
         src_dir.mkdir()
-        ffmpeg.run(ffmpeg.segment_cmd(self.cfg.tools, self.cfg.input, src_dir / "chunk_%05d.mkv", cuts),
+        ffmpeg.run(ffmpeg.segment_cmd(self.cfg.tools, self.cfg.input, src_dir / "piece_%05d.mkv", cuts),
                    timeout=FFMPEG_TOOL_TIMEOUT)
-        files = sorted(src_dir.glob("chunk_*.mkv"))
+        files = sorted(src_dir.glob("piece_*.mkv"))
         if len(files) != len(cuts) + 1:
             log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))
         packets = [len(ffmpeg.video_packets(self.cfg.tools, path)) for path in files]
@@ -325,8 +331,19 @@ class Job:
         if sum(packets) != info.frames:
             raise TranscoderError(f"splitting lost frames: chunks hold {sum(packets)}, the input has {info.frames}")
         frames = self.count_frames(files, packets)
-        chunks = [Chunk(index=i, source=path, size=path.stat().st_size, sha256=sha256_file(path), frames=frames[i],
-                        start=starts[i]) for i, path in enumerate(files)]
+        chunks: list[Chunk] = []
+        for i, path in enumerate(files):
+            size, sha = path.stat().st_size, sha256_file(path)
+            pts = sorted(info.pts[bounds[i]:bounds[i + 1]])          # presentation order
+            ranges = media.split_piece(frames[i], pts[-1] - pts[0] + 1 / info.frame_rate, target) \
+                if frames[i] == packets[i] else [(0, frames[i])]
+            if len(ranges) > 1:
+                log.info("keyframes %.1fs apart: cutting piece %d into %d chunks by frame range "
+                         "(each worker decodes from the keyframe)", pts[-1] - pts[0], i, len(ranges))
+            for skip, count in ranges:
+                chunks.append(Chunk(index=len(chunks), source=path, size=size, sha256=sha, frames=count,
+                                    start=pts[skip] - info.video_start if skip else starts[i], skip=skip,
+                                    whole=len(ranges) == 1))
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks

@@ -57,11 +57,11 @@ class JobState:
             return None
         chunks = []
         for c in data.get("chunks", []):
-            source = self.work / "src" / f"chunk_{c['index']:05d}.mkv"
+            source = self.work / "src" / Path(str(c.get("source", ""))).name
             if not source.is_file() or source.stat().st_size != c["size"]:
                 return None                 # the split itself is incomplete: redo it
             chunk = Chunk(index=c["index"], source=source, size=c["size"], sha256=c["sha256"], frames=c["frames"],
-                          start=c["start"])
+                          start=c["start"], skip=c.get("skip", 0), whole=c.get("whole", True))
             result = self.work / f"{chunk.name}.out.mkv"
             if c.get("result_sha256") and result.is_file() and sha256_file(result) == c["result_sha256"]:
                 chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, c["result_sha256"]
@@ -76,8 +76,8 @@ class JobState:
 
     def save(self, chunks: list[Chunk], expected_frames: int) -> None:
         data = {"version": STATE_VERSION, "identity": self.identity.to_json(), "expected_frames": expected_frames,
-                "chunks": [{"index": c.index, "size": c.size, "sha256": c.sha256, "frames": c.frames,
-                            "start": c.start,
+                "chunks": [{"index": c.index, "source": c.source.name, "size": c.size, "sha256": c.sha256,
+                            "frames": c.frames, "start": c.start, "skip": c.skip, "whole": c.whole,
                             "result_sha256": c.result_sha256 if c.state is ChunkState.DONE else None}
                            for c in chunks]}
         with self._lock:

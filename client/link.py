@@ -185,7 +185,8 @@ class WorkerLink(threading.Thread):
         except (TransferError, ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
             log.warning("could not send %s to %s: %s", chunk.name, self.offer.name, exc)
             raise                         # the worker is unreachable: the link ends, its chunks go back
-        self._send(Msg.ASSIGN, chunk=chunk.index, size=chunk.size, sha256=chunk.sha256, frames=chunk.frames)
+        self._send(Msg.ASSIGN, chunk=chunk.index, size=chunk.size, sha256=chunk.sha256, frames=chunk.frames,
+                   **({} if chunk.whole else {"skip": chunk.skip, "limit": chunk.frames}))
         self.job.report("chunk_assigned", chunk=chunk.index, worker=self.offer.name)
         log.debug("%s -> %s (attempt %d)", chunk.name, self.offer.name, chunk.attempts)
 

@@ -149,6 +149,15 @@ def plan_cuts(keyframes: list[float], start: float, end: float, target: float) -
     return cuts
 
 
+def split_piece(frames: int, seconds: float, target: float) -> list[tuple[int, int]]:
+    """(skip, count) frame ranges cutting one keyframe-to-keyframe piece into chunks of about
+    `target` seconds; a piece not much longer than the target stays whole."""
+    parts = max(1, round(seconds / target)) if seconds > 1.5 * target else 1
+    parts = min(parts, frames)
+    bounds = [frames * k // parts for k in range(parts + 1)]
+    return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
+
+
 def auto_chunk_seconds(duration: float, workers: int) -> float:
     """About four chunks per worker (so faster workers take more), between 2 s and 60 s each."""
     return min(60.0, max(2.0, duration / max(1, workers * 4)))

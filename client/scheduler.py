@@ -31,6 +31,8 @@ class Chunk:
     sha256: str
     frames: int                 # expected frame count, from the source chunk's packets
     start: float                # first timestamp within the input's video, seconds
+    skip: int = 0               # frames to decode and drop first (a chunk cut inside a long GOP)
+    whole: bool = True          # the chunk is its whole source piece (else: `frames` after `skip`)
     state: ChunkState = ChunkState.PENDING
     attempts: int = 0
     workers: set[str] = field(default_factory=set)        # where it is being encoded now

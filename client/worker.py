@@ -74,6 +74,8 @@ class Assignment:
     frames: int
     input: Path
     output: Path
+    skip: int = 0                             # frames to decode and drop first
+    limit: int | None = None                  # frames to encode after them (None: all)
     cancel: ffmpeg.Cancel = field(default_factory=ffmpeg.Cancel)
     result: tuple[int, str] | None = None     # (size, sha256) once encoded
 
@@ -333,7 +335,9 @@ def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
         s.send(Msg.FAILED, chunk=chunk, reason="chunk bytes were not received")
         s.send(Msg.REQUEST, count=1)      # the slot is still free
         return
-    a = Assignment(chunk, int_field(msg, "frames", 0, 10**9), s.path(chunk, "in"), s.path(chunk, "out"))
+    a = Assignment(chunk, int_field(msg, "frames", 0, 10**9), s.path(chunk, "in"), s.path(chunk, "out"),
+                   skip=int_field(msg, "skip", 0, 10**9) if "skip" in msg else 0,
+                   limit=int_field(msg, "limit", 1, 10**9) if "limit" in msg else None)
     with s.lock:
         s.work[chunk] = a
     threading.Thread(target=encode_chunk, args=(worker, s, a), name=f"encode-{chunk}", daemon=True).start()
@@ -356,7 +360,8 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
                 s.send(Msg.PROGRESS, chunk=a.chunk, frames=n)
 
     started = time.monotonic()
-    cmd = ffmpeg.encode_cmd(worker.cfg.tools, a.input, a.output, s.settings, worker.cfg.threads)
+    cmd = ffmpeg.encode_cmd(worker.cfg.tools, a.input, a.output, s.settings, worker.cfg.threads,
+                            frame_range=(a.skip, a.limit) if a.limit is not None else None)
     try:
         ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, on_frames=on_frames, cancel=a.cancel)
         if a.cancel.is_set() and s.closed.is_set():

@@ -263,13 +263,23 @@ def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[
     return cmd + [input_path(out_pattern)]
 
 
-def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0) -> list[str]:
-    """Encode one chunk (video only) into Matroska, reporting progress on stdout."""
+def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0,
+               frame_range: tuple[int, int] | None = None) -> list[str]:
+    """Encode one chunk (video only) into Matroska, reporting progress on stdout.
+
+    frame_range=(skip, count): decode from the start, drop `skip` frames, encode the next `count`
+    (a chunk cut inside a long GOP)."""
     cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", "-i", input_path(src),
            "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
     # Chunks carry no display matrix, so turn the picture as ffmpeg's autorotate would in a
     # single run; then scale the picture the viewer sees.
     filters = {0: [], 90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}[s.rotate]
+    if frame_range is not None:
+        skip, count = frame_range
+        filters = [f"trim=start_frame={int(skip)}:end_frame={int(skip) + int(count)}", "setpts=PTS-STARTPTS",
+                   *filters]
+    if s.pad_even:
+        filters.append("pad=ceil(iw/2)*2:ceil(ih/2)*2")     # 4:2:0 needs even sizes; keep every pixel
     if s.scale_w is not None:
         filters.append(f"scale={s.scale_w}:{s.scale_h}")
     if s.fps is not None:

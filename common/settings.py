@@ -42,6 +42,7 @@ class Settings:
     scale_h: int | None = None
     fps: str | None = None           # "30" or "30000/1001"
     rotate: int = 0                  # clockwise degrees to turn the picture (the source's display matrix)
+    pad_even: bool = False           # pad an odd width/height by one pixel (4:2:0 encoders need even)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,7 +83,8 @@ class Settings:
         return VIDEO_ENCODERS[self.vcodec]["codec"]
 
     def to_wire(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and not (k == "rotate" and v == 0)}
+        return {k: v for k, v in asdict(self).items() if v is not None and v is not False
+                and not (k == "rotate" and v == 0)}
 
     @classmethod
     def from_wire(cls, data: object) -> Settings:
@@ -90,13 +92,13 @@ class Settings:
         if not isinstance(data, dict):
             raise ProtocolError("settings must be an object")
         kinds = {"vcodec": str, "crf": int, "vbitrate": int, "maxrate": int, "bufsize": int,
-                 "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str, "rotate": int}
+                 "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str, "rotate": int, "pad_even": bool}
         values: dict[str, Any] = {}
         for key, kind in kinds.items():
             value = data.get(key)
             if value is None:
                 continue
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise ProtocolError(f"settings: {key} must be {kind.__name__}")
             values[key] = value
         try:
