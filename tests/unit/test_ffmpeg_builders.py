@@ -352,3 +352,15 @@ def test_concat_list_duration_keeps_microseconds():
     assert len(duration) == 1
     assert float(duration[0].split()[1]) == pytest.approx(1001 / 30000 * 7, abs=1e-6)
     assert "e" not in duration[0]
+
+
+def test_encode_cmd_frame_range_turn_and_pad_filters_in_order():
+    from pathlib import Path as _P
+
+    from common.ffmpeg import Tools as _T, encode_cmd as _enc
+    from common.settings import Settings as _S
+    cmd = _enc(_T("ffmpeg", "ffprobe"), _P("/w/in.mkv"), _P("/w/out.mkv"),
+               _S(rotate=90, pad_even=True, scale_w=320, scale_h=-2), frame_range=(50, 25))
+    chain = cmd[cmd.index("-vf") + 1].split(",")
+    assert chain == ["trim=start_frame=50:end_frame=75", "setpts=PTS-STARTPTS", "transpose=clock",
+                     "pad=ceil(iw/2)*2:ceil(ih/2)*2", "scale=320:-2"]

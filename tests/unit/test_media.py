@@ -136,3 +136,17 @@ def test_matroska_takes_any_audio():
 
 def test_audio_codec_does_not_matter_without_audio():
     check_combination(container_for(Path("o.webm")), "vp9", "aac", [])
+
+
+def test_split_piece_cuts_a_long_gop_into_frame_ranges():
+    from client.media import split_piece
+    ranges = split_piece(frames=1140, seconds=45.6, target=8.0)
+    assert len(ranges) == 6
+    assert ranges[0][0] == 0 and sum(n for _, n in ranges) == 1140
+    assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))    # contiguous, no gap or overlap
+
+
+def test_split_piece_keeps_a_short_piece_whole():
+    from client.media import split_piece
+    assert split_piece(frames=60, seconds=2.0, target=2.0) == [(0, 60)]
+    assert split_piece(frames=3, seconds=100.0, target=1.0) == [(0, 1), (1, 1), (2, 1)]   # never empty ranges
