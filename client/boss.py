@@ -43,6 +43,7 @@ from common.transfer import sha256_file
 
 log = logging.getLogger("boss")
 
+AV_SYNC_TOLERANCE_MS = 50.0   # audio end vs video end may differ from the input's by this much
 WORKER_REFRESH = 15.0      # ask the tracker for more workers this often while we have fewer than wanted
 WAIT_WORKERS_POLL = 2.0    # ... and this often while we have none
 
@@ -195,7 +196,9 @@ class Job:
             summary["phases"] = self.phases.times
             summary["seconds"] = round(time.monotonic() - started, 3)
             summary["chunks"] = len(chunks)
-            summary["workers"] = {link.offer.name: {"chunks": link.chunks_done, "frames": link.frames_done}
+            summary["workers"] = {link.offer.name: {"chunks": link.chunks_done, "frames": link.frames_done,
+                                                    "fps": round(link.frames_done / link.encode_seconds, 1)
+                                                    if link.encode_seconds else 0.0}
                                   for link in self.links}
             self.print_summary(summary)
             status = "done"
@@ -394,11 +397,13 @@ class Job:
         return summary
 
     def print_summary(self, summary: dict[str, Any]) -> None:
-        log.info("wrote %s: %d frames, %.3fs, %d audio stream(s), A/V end offset %+.0f ms, in %.1fs",
-                 self.cfg.output, summary["frames"], summary["video_duration"], summary["audio_streams"],
-                 summary["av_offset_ms"], summary["seconds"])
+        log.info("wrote %s: %d frames, %.3fs, %d audio stream(s), A/V end offset %+.0f ms (input %+.0f ms), "
+                 "in %.1fs", self.cfg.output, summary["frames"], summary["video_duration"],
+                 summary["audio_streams"], summary["av_offset_ms"], summary["input_av_offset_ms"], summary["seconds"])
+        log.info("  streams: %s -> %s", ", ".join(summary["input_streams"]), ", ".join(summary["streams"]))
+        log.info("  phases: %s", ", ".join(f"{k} {v:.1f}s" for k, v in summary["phases"].items()))
         for name, w in summary["workers"].items():
-            log.info("  %s: %d chunk(s), %d frames", name, w["chunks"], w["frames"])
+            log.info("  %s: %d chunk(s), %d frames, %.1f fps", name, w["chunks"], w["frames"], w["fps"])
         if self.cfg.report:
             self.cfg.report.write_text(json.dumps({"job": self.id, **summary}, indent=2) + "\n", encoding="utf-8")
 
@@ -457,17 +462,20 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
         decoded = -1
     if decoded >= 0 and settings.fps is None and decoded != expected:
         problems.append(f"{decoded} frames decode, expected {expected}")
+    av_offset = src_offset = 0.0
+    if out.of_kind("audio") and info.of_kind("audio"):
+        # where the first audio track ends against where the video ends, in both files
+        av_offset = (media_end(tools, path, "a:0") - (out.video_start + out.video_duration)) * 1000
+        src_offset = (media_end(tools, info.path, "a:0") - (info.video_start + info.video_duration)) * 1000
+        if abs(av_offset - src_offset) > AV_SYNC_TOLERANCE_MS:
+            problems.append(f"audio ends {av_offset:+.0f} ms from the video's end, the input's {src_offset:+.0f} ms")
     if problems:
         raise TranscoderError(f"output check failed: {'; '.join(problems)}")
-    audio_end = max((s.start for s in out.of_kind("audio")), default=None)
-    av_offset = 0.0
-    if out.of_kind("audio"):
-        audio_end = media_end(tools, path, "a:0")
-        av_offset = (audio_end - (out.video_start + out.video_duration)) * 1000
     return {"frames": out.frames, "video_duration": round(out.video_duration, 6),
             "input_frames": expected, "input_video_duration": round(info.video_duration, 6),
             "audio_streams": len(out.of_kind("audio")), "av_offset_ms": round(av_offset, 1),
-            "streams": [s.label for s in out.streams]}
+            "input_av_offset_ms": round(src_offset, 1),
+            "input_streams": [s.label for s in info.streams], "streams": [s.label for s in out.streams]}
 
 
 def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:

@@ -75,6 +75,7 @@ class WorkerLink(threading.Thread):
         self.sock: socket.socket | None = None
         self.send_lock = threading.Lock()
         self.chunks_done = 0
+        self.encode_seconds = 0.0
         self.frames_done = 0
         self.failure: str | None = None
         self.refusals = 0
@@ -258,6 +259,7 @@ class WorkerLink(threading.Thread):
             return
         self.chunks_done += 1
         self.frames_done += frames
+        self.encode_seconds += seconds
         self.job.report("chunk_done", chunk=chunk.index, worker=self.offer.name, frames=frames,
                         seconds=round(seconds, 3))
         for name in others:                   # the slower copy is no longer needed
