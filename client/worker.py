@@ -118,7 +118,8 @@ class Worker:
         self.serving = False
         root = cfg.workdir or Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="ffdt-worker-", dir=root))
+        remove_stale_dirs(root)
+        self.root = Path(tempfile.mkdtemp(prefix=f"ffdt-worker-{os.getpid()}-", dir=root))
         self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER)
         self.msg_server = self._bind(cfg.msg_port, MessageHandler, "message")
         self.file_server = self._bind(cfg.file_port, FileHandler, "file")
@@ -205,6 +206,16 @@ class Worker:
         if s is None or not hmac.compare_digest(s.key, key):
             raise RequestRejected("unknown session")
         return s
+
+
+def remove_stale_dirs(root: Path) -> None:
+    """Remove what workers killed with SIGKILL left behind (their directory names carry their pid)."""
+    if not Path("/proc/self").exists():       # no way to tell a live pid here: leave them
+        return
+    for d in root.glob("ffdt-worker-*-*"):
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class WorkerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):

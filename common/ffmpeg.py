@@ -5,8 +5,12 @@ like `-x.mp4` or `a:b.mp4` is never read as an option or a protocol.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
+import signal
+import sys
 import os
 import re
 import shlex
@@ -110,6 +114,20 @@ class Cancel:
                 proc.kill()
 
 
+PR_SET_PDEATHSIG = 1
+try:                     # loaded here, not in the forked child, where loading could deadlock
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform.startswith("linux") else None
+except OSError:
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies, so an ffmpeg
+    never outlives a worker killed with SIGKILL. Elsewhere a no-op."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[int], None] = lambda n: None,
                       cancel: Cancel | None = None) -> str:
     """Run an ffmpeg that has `-progress pipe:1`, reporting `frame=` values as they come.
@@ -122,7 +140,7 @@ def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[in
     with tempfile.TemporaryFile("w+", errors="replace") as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=err, text=True, errors="replace")
+                                    stderr=err, text=True, errors="replace", preexec_fn=_die_with_parent)
         except OSError as exc:
             raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
         cancel.attach(proc)

@@ -38,6 +38,8 @@ def test_worker_killed_mid_chunk(cluster, clips, tmp_path):
     assigned = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
                         "a chunk assigned to the victim")
     victim.kill()
+    # its ffmpeg must not live on as an orphan (PR_SET_PDEATHSIG)
+    poll_for(lambda: not ffmpeg_of(victim.pid), 1.0, "the killed worker's ffmpeg to end")
     finish(boss)
     assert_same_media(clips["mid20.mp4"], out)
     lost = events(cluster, "worker_lost", worker=worker_name(port))
@@ -171,3 +173,40 @@ def children_of(pid: int) -> list[str]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             found += f.read().split()
     return found
+
+
+def ffmpeg_of(worker_pid: int) -> list[int]:
+    """ffmpeg processes working in that worker's directory, wherever they have been reparented."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"ffmpeg") and any(f"ffdt-worker-{worker_pid}-".encode() in a for a in cmd):
+            found.append(int(pid))
+    return found
+
+
+def resources(pid: int) -> tuple[int, int, int]:
+    """(threads, open file descriptors, resident KiB) of a process."""
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    return int(status["Threads"]), len(os.listdir(f"/proc/{pid}/fd")), int(status["VmRSS"].split()[0])
+
+
+def test_no_thread_fd_or_memory_growth_across_jobs(cluster, clips, tmp_path):
+    worker, _, _ = cluster.start_worker()
+    seen = []
+    for n in range(7):
+        done = cluster.boss(clips["small.mp4"], tmp_path / f"out{n}.mp4", "--preset", "ultrafast",
+                            "--chunk-seconds", "2")
+        assert done.returncode == 0, done.stderr
+        # the session ends just after the boss exits: wait until the worker is idle again
+        if n:
+            poll_for(lambda: resources(worker.pid)[0] <= seen[0][0], 10, "the worker's session threads to end")
+        seen.append(resources(worker.pid))
+    first, last = seen[1], seen[-1]       # after the first job: imports and caches are warm
+    assert last[0] == first[0], f"threads {first[0]} -> {last[0]}"
+    assert last[1] <= first[1] + 2, f"file descriptors {first[1]} -> {last[1]}"
+    assert last[2] <= first[2] + 8 * 1024, f"memory {first[2]} KiB -> {last[2]} KiB"

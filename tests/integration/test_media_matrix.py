@@ -17,9 +17,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -261,24 +260,18 @@ WEBM = ("--vcodec", "libvpx-vp9", "--preset", "8")
 SMALL = ("--preset", "ultrafast", "--scale", "320:-2")
 
 ODD_CLEAR = r"(?i)\b(odd|even|divisible)\b"      # what a clear refusal of an odd size mentions
-ODD_GAP = ("odd 4:2:0 size: libx264 cannot encode 321x241 in 4:2:0 (x264: 'width not divisible by 2'); the "
-           "boss neither pads it to 322x242 nor refuses it up front: every chunk fails 3 times on the workers "
-           "and the job ends with ffmpeg's generic 'Error while opening encoder ... width or height'")
-
 CASES = [
     # ---- the shared real-footage set
     _case("bbb-vp8-vorbis-webm-to-webm", "shared:bbb-720p-vp8-vorbis.webm", "out.webm", *WEBM, "--scale", "160:-2",
-          chunk=2, vcodec="vp9"),
+          chunk=5, vcodec="vp9"),
     _case("chrome-h264-aac-mp4-to-mp4", "shared:chrome-ad-270p-h264-aac.mp4", "out.mp4", chunk=4),
     _case("swans-h264-aac-mp4-to-mkv", "shared:swans-phone-720p-h264-aac.mp4", "out.mkv", *SMALL),
     _case("flir-vfr-mp4-to-mp4", "shared:flir-thermal-1080x1440-h264-aac-vfr.mp4", "out.mp4", *SMALL, chunk=2),
     _case("iphone-rot90-h264-mov-to-mp4", "shared:iphone-320p-h264-aac-rot90.mov", "out.mp4",
           "--preset", "ultrafast", "--scale", "160:-2"),
-    _case("iphone-rot90-hevc-mov-to-mkv", "shared:iphone-720p-hevc-aac-rot90.mov", "out.mkv", *SMALL),
-    _case("office-vp9-1-keyframe-webm-to-mkv", "shared:office-720p-vp9-noaudio.webm", "out.mkv", *SMALL, chunk=2,
-          xfail="a single keyframe (at 0 s) in 45.6 s: media.plan_cuts only cuts at keyframes (segment_cmd is a "
-                "stream copy), so the boss makes 1 chunk and one worker encodes everything; splitting by frame "
-                "range is not built"),
+    _case("iphone-rot90-hevc-mov-to-mkv", "shared:iphone-720p-hevc-aac-rot90.mov", "out.mkv", *SMALL, chunk=0.5),
+    # one keyframe in 45.6 s: frame-range chunks, each decoded from the keyframe, so 10 s chunks (5)
+    _case("office-vp9-1-keyframe-webm-to-mkv", "shared:office-720p-vp9-noaudio.webm", "out.mkv", *SMALL, chunk=10),
     _case("pancake-h264-opus-mkv-to-mkv", "shared:pancake-240p-h264-opus.mkv", "out.mkv", chunk=2),
     # 139 s: 20 s chunks (7 of them) keep the run short
     _case("people-h264-noaudio-mp4-to-mkv", "shared:people-432p-h264-noaudio.mp4", "out.mkv", *SMALL, chunk=20),
@@ -309,8 +302,8 @@ CASES = [
     # H.264 at an odd size is 4:4:4, which libx264 keeps by default: nothing to pad
     _case("odd-321x241-h264-444-to-mkv", "odd-321x241-h264.mp4", "out.mkv"),
     _case("odd-321x241-h264-to-mp4-yuv420p", "odd-321x241-h264.mp4", "out.mp4", "--preset", "ultrafast",
-          "--pix-fmt", "yuv420p", clear_failure=ODD_CLEAR, xfail=ODD_GAP),
-    _case("odd-321x241-vp9-420-to-mkv", "odd-321x241-vp9.webm", "out.mkv", clear_failure=ODD_CLEAR, xfail=ODD_GAP),
+          "--pix-fmt", "yuv420p", clear_failure=ODD_CLEAR),
+    _case("odd-321x241-vp9-420-to-mkv", "odd-321x241-vp9.webm", "out.mkv", clear_failure=ODD_CLEAR),
     _case("short-half-second-mp4-to-mkv", "short-0.5s.mp4", "out.mkv"),
     _case("weird-name-mkv-to-mp4", WEIRD_NAME, "out «it's» \"q\" ü 日本.mp4"),
 ]
