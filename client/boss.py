@@ -105,6 +105,16 @@ def run_boss(cfg: BossConfig) -> int:
         log.info("the input is displayed turned by %d degrees: the output is turned the same way", turn)
         cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, rotate=turn))
     v = info.video
+    colour = dict(v.color)
+    if colour.get("color_trc") in ("smpte2084", "arib-std-b67"):
+        colour.update(media.hdr10_metadata(cfg.tools, cfg.input))
+        if cfg.settings.vcodec != "libx265" and ("master_display" in colour or "max_cll" in colour):
+            log.warning("HDR10 mastering metadata is only carried with --vcodec libx265; it is dropped")
+    if colour:
+        try:
+            cfg = dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, **colour))
+        except UsageError as exc:
+            log.warning("not carrying the input's colour description: %s", exc)
     if cfg.settings.scale_w is None and (v.width % 2 or v.height % 2) and \
             (cfg.settings.pix_fmt or "yuv420p").startswith(("yuv420", "nv12")):
         log.warning("odd size %dx%d: padding to an even size for 4:2:0 video "

@@ -4,6 +4,7 @@ Pure functions where possible (plan_cuts, container checks) so they are unit-tes
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class Stream:
     width: int = 0
     height: int = 0
     rotation: int = 0         # display matrix, as ffprobe reports it (counter-clockwise degrees)
+    color: dict[str, str] = field(default_factory=dict)   # color_primaries/trc/space/range, ffmpeg's names
 
     @property
     def label(self) -> str:
@@ -112,7 +114,12 @@ def _stream(s: dict[str, Any]) -> Stream:
                   start=_float(s.get("start_time")) or 0.0, tags=dict(s.get("tags", {})),
                   attached_pic=bool(s.get("disposition", {}).get("attached_pic")),
                   width=int(s.get("width", 0) or 0), height=int(s.get("height", 0) or 0),
-                  rotation=_rotation(s))
+                  rotation=_rotation(s),
+                  color={key: s[probe_key] for key, probe_key in (("color_primaries", "color_primaries"),
+                                                                   ("color_trc", "color_transfer"),
+                                                                   ("colorspace", "color_space"),
+                                                                   ("color_range", "color_range"))
+                         if s.get(probe_key) not in (None, "unknown", "reserved")})
 
 
 def _rotation(s: dict[str, Any]) -> int:
@@ -120,6 +127,37 @@ def _rotation(s: dict[str, Any]) -> int:
         if side.get("side_data_type") == "Display Matrix" and "rotation" in side:
             return int(round(float(side["rotation"])))
     return 0
+
+
+def hdr10_metadata(tools: ffmpeg.Tools, path: Path) -> dict[str, str]:
+    """Mastering display and content light level of the first video frame, in x265's syntax."""
+    out = ffmpeg.run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
+                      "-show_entries", "frame_side_data", "-of", "json", ffmpeg.input_path(path)], timeout=60)
+    try:
+        frames = json.loads(out).get("frames", [])
+    except ValueError:
+        return {}
+    found: dict[str, str] = {}
+    for side in (frames[0].get("side_data_list", []) if frames else []):
+        kind = side.get("side_data_type", "")
+        try:
+            if kind == "Mastering display metadata":
+                c = {k: round(_ratio(side[k]) * 50000) for k in ("green_x", "green_y", "blue_x", "blue_y", "red_x",
+                                                                  "red_y", "white_point_x", "white_point_y")}
+                lmax, lmin = (round(_ratio(side[k]) * 10000) for k in ("max_luminance", "min_luminance"))
+                found["master_display"] = (f"G({c['green_x']},{c['green_y']})B({c['blue_x']},{c['blue_y']})"
+                                           f"R({c['red_x']},{c['red_y']})WP({c['white_point_x']},"
+                                           f"{c['white_point_y']})L({lmax},{lmin})")
+            elif kind == "Content light level metadata":
+                found["max_cll"] = f"{int(side['max_content'])},{int(side['max_average'])}"
+        except (KeyError, ValueError, ZeroDivisionError):
+            continue
+    return found
+
+
+def _ratio(text: str) -> float:
+    num, _, den = str(text).partition("/")
+    return float(num) / float(den or 1)
 
 
 def clockwise_turn(rotation: int) -> int:

@@ -312,6 +312,19 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     cmd += _rate_control(s)
     if s.pix_fmt:
         cmd += ["-pix_fmt", s.pix_fmt]
+    for option, value in (("-color_primaries", s.color_primaries), ("-color_trc", s.color_trc),
+                          ("-colorspace", s.colorspace), ("-color_range", s.color_range)):
+        if value:
+            cmd += [option, value]
+    if s.vcodec == "libx265":
+        params = ["log-level=error"]
+        if s.master_display or s.max_cll:
+            params.append("hdr10=1")
+            if s.master_display:
+                params.append(f"master-display={s.master_display}")
+            if s.max_cll:
+                params.append(f"max-cll={s.max_cll}")
+        cmd += ["-x265-params", ":".join(params)]
     if threads:
         cmd += ["-threads", str(threads)]
     return cmd + ["-f", "matroska", input_path(dst)]

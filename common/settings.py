@@ -24,6 +24,17 @@ VIDEO_ENCODERS: dict[str, dict[str, Any]] = {
     "mpeg4": {"codec": "mpeg4", "crf": (1, 31), "presets": ()},   # built in; qscale for "crf"
 }
 PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le", "nv12")
+COLOR_PRIMARIES = ("bt709", "bt470m", "bt470bg", "smpte170m", "smpte240m", "film", "bt2020", "smpte428",
+                   "smpte431", "smpte432", "jedec-p22")
+COLOR_TRC = ("bt709", "gamma22", "gamma28", "smpte170m", "smpte240m", "linear", "log100", "log316",
+             "iec61966-2-4", "bt1361e", "iec61966-2-1", "bt2020-10", "bt2020-12", "smpte2084", "smpte428",
+             "arib-std-b67")
+COLORSPACES = ("rgb", "bt709", "fcc", "bt470bg", "smpte170m", "smpte240m", "ycgco", "bt2020nc", "bt2020c",
+               "smpte2085", "chroma-derived-nc", "chroma-derived-c", "ictcp")
+COLOR_RANGES = ("tv", "pc")
+_MASTER_DISPLAY = re.compile(r"^G\(\d{1,5},\d{1,5}\)B\(\d{1,5},\d{1,5}\)R\(\d{1,5},\d{1,5}\)"
+                             r"WP\(\d{1,5},\d{1,5}\)L\(\d{1,9},\d{1,9}\)$")
+_MAX_CLL = re.compile(r"^\d{1,5},\d{1,5}$")
 _FPS = re.compile(r"^[1-9][0-9]{0,5}(/[1-9][0-9]{0,5})?$")
 _RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kKmM]?)$")
 
@@ -43,6 +54,14 @@ class Settings:
     fps: str | None = None           # "30" or "30000/1001"
     rotate: int = 0                  # clockwise degrees to turn the picture (the source's display matrix)
     pad_even: bool = False           # pad an odd width/height by one pixel (4:2:0 encoders need even)
+    # the source's colour description, carried to the output (ffmpeg's names)
+    color_primaries: str | None = None
+    color_trc: str | None = None
+    colorspace: str | None = None
+    color_range: str | None = None
+    # HDR10 static metadata in x265's syntax, for encoders that take it (libx265)
+    master_display: str | None = None    # "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)"
+    max_cll: str | None = None           # "max_content,max_average"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,6 +93,16 @@ class Settings:
             raise UsageError("--scale needs both W and H")
         if self.rotate not in (0, 90, 180, 270):
             raise UsageError("rotate must be 0, 90, 180 or 270")
+        for value, allowed, name in ((self.color_primaries, COLOR_PRIMARIES, "color_primaries"),
+                                     (self.color_trc, COLOR_TRC, "color_trc"),
+                                     (self.colorspace, COLORSPACES, "colorspace"),
+                                     (self.color_range, COLOR_RANGES, "color_range")):
+            if value is not None and value not in allowed:
+                raise UsageError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        if self.master_display is not None and not _MASTER_DISPLAY.match(self.master_display):
+            raise UsageError("master_display must look like G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)")
+        if self.max_cll is not None and not _MAX_CLL.match(self.max_cll):
+            raise UsageError("max_cll must look like 1000,400")
         if self.fps is not None and not _FPS.match(self.fps):
             raise UsageError("--fps takes a rate such as 30 or 30000/1001")
 
@@ -92,7 +121,9 @@ class Settings:
         if not isinstance(data, dict):
             raise ProtocolError("settings must be an object")
         kinds = {"vcodec": str, "crf": int, "vbitrate": int, "maxrate": int, "bufsize": int,
-                 "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str, "rotate": int, "pad_even": bool}
+                 "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str, "rotate": int, "pad_even": bool,
+                 "color_primaries": str, "color_trc": str, "colorspace": str, "color_range": str,
+                 "master_display": str, "max_cll": str}
         values: dict[str, Any] = {}
         for key, kind in kinds.items():
             value = data.get(key)

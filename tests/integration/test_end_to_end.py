@@ -89,3 +89,28 @@ def test_help_explains_each_program():
                           ("client/boss.py", "--local")):
         done = run_cli(script, "--help", timeout=30)
         assert done.returncode == 0 and words in done.stdout
+
+
+def test_hdr10_and_colour_tags_are_carried_with_libx265(tmp_path):
+    from tests.conftest import ffmpeg as make
+    src = tmp_path / "hdr.mkv"
+    make("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=3", "-c:v", "libx265",
+         "-pix_fmt", "yuv420p10le", "-preset", "ultrafast", "-color_primaries", "bt2020", "-color_trc", "smpte2084",
+         "-colorspace", "bt2020nc", "-x265-params",
+         "hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50):"
+         "max-cll=1000,400:log-level=error", str(src))
+    out = tmp_path / "out.mkv"
+    done = run_cli("client/boss.py", str(src), "-o", str(out), "--local", "2", "--vcodec", "libx265",
+                   "--preset", "ultrafast", "--chunk-seconds", "1", "--quiet")
+    assert done.returncode == 0, done.stderr
+    video = assert_same_media(src, out, vcodec="hevc")["streams"][0]
+    assert (video["pix_fmt"], video["color_primaries"], video["color_transfer"], video["color_space"]) == \
+        ("yuv420p10le", "bt2020", "smpte2084", "bt2020nc")
+    import subprocess
+    side = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1", "-show_entries",
+         "frame_side_data", "-of", "json", str(out)], capture_output=True, text=True, check=True).stdout)
+    kinds = {d["side_data_type"]: d for d in side["frames"][0]["side_data_list"]}
+    assert kinds["Mastering display metadata"]["red_x"] == "34000/50000"
+    assert kinds["Mastering display metadata"]["max_luminance"] == "10000000/10000"
+    assert kinds["Content light level metadata"]["max_content"] == 1000

@@ -195,3 +195,14 @@ def test_parse_scale(text, size):
 def test_parse_scale_refuses_nonsense(text):
     with pytest.raises(UsageError, match="--scale"):
         parse_scale(text)
+
+
+def test_colour_and_hdr_values_are_whitelisted():
+    ok = Settings(vcodec="libx265", color_primaries="bt2020", color_trc="smpte2084", colorspace="bt2020nc",
+                  color_range="tv", master_display="G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)"
+                  "L(10000000,50)", max_cll="1000,400")
+    assert Settings.from_wire(ok.to_wire()) == ok
+    for bad in ({"color_trc": "smpte2084:x265-params=evil"}, {"colorspace": "nope"},
+                {"master_display": "G(1,2)B(3,4)R(5,6)WP(7,8)L(9,10):hdr=1"}, {"max_cll": "1000;400"}):
+        with pytest.raises(ProtocolError):
+            Settings.from_wire({"vcodec": "libx265", **bad})
