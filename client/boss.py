@@ -43,8 +43,9 @@ from common.transfer import sha256_file
 
 log = logging.getLogger("boss")
 
+ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1"}   # when the first chunk confirms it
 AV_SYNC_TOLERANCE_MS = 50.0   # audio end vs video end may differ from the input's by this much
-WORKER_REFRESH = 15.0      # ask the tracker for more workers this often while we have fewer than wanted
+WORKER_REFRESH = 5.0      # ask the tracker for more workers this often while we have fewer than wanted
 WAIT_WORKERS_POLL = 2.0    # ... and this often while we have none
 
 
@@ -362,11 +363,12 @@ class Job:
         return chunks
 
     def count_frames(self, files: list[Path], packets: list[int]) -> list[int]:
-        """Frames per chunk. Usually one per packet; field-coded video (interlaced H.264 in
-        MPEG-TS) has two packets a frame, so if the first chunk decodes to another count,
-        decode every chunk to count its frames."""
+        """Frames per chunk. Usually one per packet; but field-coded video (interlaced H.264 in
+        MPEG-TS) has two packets a frame, and MPEG-4 Part 2 in AVI has placeholder packets that
+        decode to nothing. Unless the codec is one we trust and the first chunk agrees, decode
+        every chunk to count its frames."""
         first = ffmpeg.decode_check(self.cfg.tools, files[0], strict=False)
-        if first == packets[0]:
+        if first == packets[0] and self.info.video.codec in ONE_FRAME_PER_PACKET:
             return packets
         log.info("frames are not one per packet in this input: counting them by decoding")
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -394,12 +396,16 @@ class Job:
                     (s.kind == "attachment" and not container.attachments):
                 log.warning("dropping stream %s: not carried to the output", s.label)
         audio_streams = info.of_kind("audio")
+        kept = {index for index, _ in subtitles}
+        kept_subs = [s for s in info.of_kind("subtitle") if s.index in kept]
         plan = ffmpeg.MuxPlan(
             concat_list=listing, source=cfg.input, source_offset=info.start - info.video_start,
             video_index=info.video.index, audio=audio.path if audio.path else None,
             audio_offset=(min(s.start for s in audio_streams) - info.video_start) if audio_streams else 0.0,
             audio_count=len(audio_streams), subtitles=tuple(subtitles),
-            attachments=container.attachments and bool(info.of_kind("attachment")), muxer=container.muxer)
+            attachments=tuple(s.index for s in info.of_kind("attachment")) if container.attachments else (),
+            titles=mp4_titles(audio_streams, kept_subs) if container.muxer in ("mp4", "mov") else (),
+            muxer=container.muxer)
         tmp = self.work / f"output{cfg.output.suffix.lower()}"
         ffmpeg.run(ffmpeg.mux_cmd(cfg.tools, plan, tmp))
         summary = verify_output(cfg.tools, info, tmp, cfg.settings, self.expected_frames, len(chunks))
@@ -416,6 +422,12 @@ class Job:
             log.info("  %s: %d chunk(s), %d frames, %.1f fps", name, w["chunks"], w["frames"], w["fps"])
         if self.cfg.report:
             self.cfg.report.write_text(json.dumps({"job": self.id, **summary}, indent=2) + "\n", encoding="utf-8")
+
+
+def mp4_titles(audio: list[media.Stream], subtitles: list[media.Stream]) -> tuple[tuple[str, int, str], ...]:
+    """(kind, position, title) of each titled output track: mp4 keeps names only as handler names."""
+    return tuple((kind, n, s.tags["title"]) for kind, streams in (("a", audio), ("s", subtitles))
+                 for n, s in enumerate(streams) if s.tags.get("title"))
 
 
 class AudioJob:

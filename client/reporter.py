@@ -5,6 +5,7 @@ once it is back (the client reconnects and logs in again by itself).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -12,9 +13,13 @@ import threading
 from typing import Any
 
 from client.tracker_client import TrackerClient
+from common.config import HEARTBEAT_INTERVAL
 from common.errors import AuthError, RequestRejected, TranscoderError
+from common.protocol import Msg
 
 log = logging.getLogger("boss")
+
+KEEPALIVE = 2 * HEARTBEAT_INTERVAL     # ping the tracker after this long without an event
 
 
 class EventReporter(threading.Thread):
@@ -32,7 +37,12 @@ class EventReporter(threading.Thread):
         delay = 0.5
         warned = False
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=KEEPALIVE)
+            except queue.Empty:                     # keep the tracker connection from timing out
+                with contextlib.suppress(TranscoderError):
+                    self.tracker.call(Msg.PING, Msg.PONG)
+                continue
             if item is None:
                 return
             event, fields = item

@@ -201,7 +201,7 @@ _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
 
 def video_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet]:
     """The packets of one video stream in file (decode) order, without decoding them."""
-    out = run([tools.ffprobe, "-v", "error", "-select_streams", stream, "-show_entries",
+    out = run([tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-select_streams", stream, "-show_entries",
                "packet=pts_time,dts_time,duration_time,flags", "-of", "compact=p=0", input_path(path)])
     packets = []
     for line in out.splitlines():
@@ -269,8 +269,9 @@ def capabilities(tools: Tools) -> tuple[str, list[str]]:
 
 def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[float]) -> list[str]:
     """Split the first video stream at the given keyframe times (stream copy, video only)."""
-    cmd = [tools.ffmpeg, *BASE_FLAGS, "-i", input_path(src), "-map", "0:v:0", "-an", "-sn", "-dn",
-           "-c", "copy", "-f", "segment", "-reset_timestamps", "1",
+    # +genpts: AVI with B-frames stores no presentation timestamps, which Matroska needs
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-fflags", "+genpts", "-i", input_path(src), "-map", "0:v:0", "-an", "-sn",
+           "-dn", "-c", "copy", "-f", "segment", "-reset_timestamps", "1",
            # a cut time lands on a keyframe's own timestamp; the delta keeps float rounding from
            # pushing the cut to the next keyframe
            "-segment_time_delta", "0.001", "-segment_format", "matroska"]
@@ -391,7 +392,8 @@ class MuxPlan:
     audio_offset: float = 0.0
     audio_count: int = 0
     subtitles: tuple[tuple[int, str], ...] = ()   # (source stream index, codec or "copy")
-    attachments: bool = False
+    attachments: tuple[int, ...] = ()             # source stream indices of attachments (fonts)
+    titles: tuple[tuple[str, int, str], ...] = ()  # (kind a/s, position, title) for mp4/mov handler names
     muxer: str = "matroska"
 
 
@@ -416,8 +418,12 @@ def mux_cmd(tools: Tools, plan: MuxPlan, dst: Path) -> list[str]:
         meta += [f"-map_metadata:s:s:{n}", f"{src}:s:{index}"]
         if codec != "copy":
             codecs += [f"-c:s:{n}", codec]
-    if plan.attachments:
-        cmd += ["-map", f"{src}:t?"]
+    for n, index in enumerate(plan.attachments):
+        cmd += ["-map", f"{src}:{index}"]
+        meta += [f"-map_metadata:s:t:{n}", f"{src}:s:{index}"]     # filename and mimetype travel as tags
+    for kind, position, title in plan.titles:
+        # mp4 keeps a track's name only as its handler name
+        meta += [f"-metadata:s:{kind}:{position}", f"handler_name={title}"]
     cmd += meta + ["-map_chapters", str(src)] + codecs
     if plan.muxer in ("mp4", "mov"):
         cmd += ["-movflags", "+faststart"]

@@ -210,3 +210,16 @@ def test_no_thread_fd_or_memory_growth_across_jobs(cluster, clips, tmp_path):
     assert last[0] == first[0], f"threads {first[0]} -> {last[0]}"
     assert last[1] <= first[1] + 2, f"file descriptors {first[1]} -> {last[1]}"
     assert last[2] <= first[2] + 8 * 1024, f"memory {first[2]} KiB -> {last[2]} KiB"
+
+
+def test_a_worker_that_registers_during_a_job_joins_it(cluster, clips, tmp_path):
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW)
+    poll_for(lambda: events(cluster, "chunk_assigned"), 60, "the job under way")
+    _, port, _ = cluster.start_worker()
+    finish(boss)
+    assert_same_media(clips["mid20.mp4"], out)
+    job = events(cluster, "job_started")[-1]["job"]
+    assert events(cluster, "worker_joined", job=job, worker=worker_name(port))
+    assert events(cluster, "chunk_done", job=job, worker=worker_name(port)), "the newcomer did some of the work"

@@ -32,7 +32,7 @@ def inputs_of(cmd: list[str]) -> list[str]:
 def test_segment_cmd_golden():
     cmd = segment_cmd(TOOLS, Path("/in/movie.mp4"), Path("/work/src/chunk_%05d.mkv"), [3.0, 6.5])
     assert cmd == [
-        "ffmpeg", *BASE, "-i", "file:/in/movie.mp4",
+        "ffmpeg", *BASE, "-fflags", "+genpts", "-i", "file:/in/movie.mp4",
         "-map", "0:v:0", "-an", "-sn", "-dn",
         "-c", "copy", "-f", "segment", "-reset_timestamps", "1",
         "-segment_time_delta", "0.001", "-segment_format", "matroska",
@@ -216,7 +216,7 @@ def test_audio_without_bitrate_lets_the_encoder_choose():
 def full_plan(**overrides) -> MuxPlan:
     plan = dict(concat_list=Path("/w/list.ffconcat"), source=Path("/in/movie.mkv"), source_offset=-0.04,
                 video_index=0, audio=Path("/w/audio.mka"), audio_offset=0.021, audio_count=2,
-                subtitles=((3, "copy"), (4, "mov_text")), attachments=False, muxer="mp4")
+                subtitles=((3, "copy"), (4, "mov_text")), attachments=(), muxer="mp4")
     plan.update(overrides)
     return MuxPlan(**plan)
 
@@ -278,10 +278,18 @@ def test_mux_cmd_without_audio_reads_the_source_as_input_1():
     assert values_of(cmd, "-itsoffset") == ["-0.040000"]
 
 
-def test_mux_cmd_attachments_are_optional_maps_from_the_source():
-    cmd = mux_cmd(TOOLS, full_plan(attachments=True, muxer="matroska"), Path("o.mkv"))
-    assert "2:t?" in values_of(cmd, "-map")
-    assert "2:t?" not in values_of(mux_cmd(TOOLS, full_plan(muxer="matroska"), Path("o.mkv")), "-map")
+def test_mux_cmd_maps_each_attachment_with_its_tags():
+    cmd = mux_cmd(TOOLS, full_plan(attachments=(5, 6), muxer="matroska"), Path("o.mkv"))
+    assert {"2:5", "2:6"} <= set(values_of(cmd, "-map"))
+    # Matroska refuses an attachment without its filename tag: the tags must be mapped too
+    assert value_of(cmd, "-map_metadata:s:t:0") == "2:s:5" and value_of(cmd, "-map_metadata:s:t:1") == "2:s:6"
+    plain = mux_cmd(TOOLS, full_plan(muxer="matroska"), Path("o.mkv"))
+    assert not any(v in ("2:5", "2:6") for v in values_of(plain, "-map"))
+
+
+def test_mux_cmd_puts_track_titles_in_mp4_handler_names():
+    cmd = mux_cmd(TOOLS, full_plan(titles=(("a", 1, "Director's commentary"),)), Path("o.mp4"))
+    assert value_of(cmd, "-metadata:s:a:1") == "handler_name=Director's commentary"
 
 
 # ---------------------------------------------------------------- concat list
