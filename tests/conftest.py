@@ -20,7 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SHARED_MEDIA = (ROOT.parent / "shared" / "media").resolve()
+def _shared_media() -> Path:
+    """The team's real clips: $FFDT_SHARED_MEDIA, else ../shared/media beside the checkout, else /work's."""
+    for candidate in (os.environ.get("FFDT_SHARED_MEDIA"), ROOT.parent / "shared" / "media", "/work/shared/media"):
+        if candidate and Path(candidate, "MANIFEST.md").is_file():
+            return Path(candidate).resolve()
+    return (ROOT.parent / "shared" / "media").resolve()
+
+
+SHARED_MEDIA = _shared_media()
 PASSWORD = "correct horse battery staple"
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 LISTENING = re.compile(r"listening on (\S+):(\d+)(?: file port (\d+))?")
