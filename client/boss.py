@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -33,7 +35,8 @@ from client.jobstate import Identity, JobState
 from client.scheduler import Chunk, ChunkState, Scheduler
 from client.tracker_client import TrackerClient
 from common import ffmpeg
-from common.cli import PASSWORD_HELP, add_common_options, add_password_option, read_password, run_main, setup_logging
+from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option, read_password,
+                        run_main, setup_logging)
 from common.config import FFMPEG_TOOL_TIMEOUT, MAX_WORKERS_PER_REQUEST, WORKER_SILENCE_TIMEOUT
 from common.errors import FFmpegError, ProtocolError, TranscoderError, UsageError
 from common.net import parse_host_port
@@ -60,7 +63,7 @@ class BossConfig:
     ffmpeg_args: list[str]          # passed on to --local workers
     tracker: tuple[str, int] | None
     user: str
-    password: str
+    password: str = field(repr=False)
     workers: int
     local: int
     chunk_seconds: float | None
@@ -96,6 +99,12 @@ def run_boss(cfg: BossConfig) -> int:
         raise UsageError("the output would overwrite the input")
     if not cfg.output.parent.is_dir():
         raise UsageError(f"{cfg.output.parent}: no such directory for the output")
+    if cfg.output.is_dir():
+        raise UsageError(f"{cfg.output} is a directory")
+    if not os.access(cfg.output.parent, os.W_OK):
+        raise UsageError(f"{cfg.output.parent}: cannot write there")
+    if cfg.report is not None and not cfg.report.parent.is_dir():
+        raise UsageError(f"{cfg.report.parent}: no such directory for --report")
     phases = Phases()
     with phases.timed("probe"):
         info = media.inspect(cfg.tools, cfg.input)
@@ -151,7 +160,10 @@ def run_boss(cfg: BossConfig) -> int:
 
 def prepare_work_dir(cfg: BossConfig) -> Path:
     """The work directory; an earlier run's is kept for resuming unless --restart."""
-    work = cfg.work_dir or cfg.output.parent / f".{cfg.output.name}.ffdt-work"
+    # always a directory of our own, even inside --work-dir: we delete it when done
+    work = (cfg.work_dir or cfg.output.parent) / f".{cfg.output.name}.ffdt-work"
+    if work.exists() and not work.is_dir():
+        raise UsageError(f"{work} exists and is not a directory")
     if work.exists() and cfg.restart:
         log.info("--restart: removing the earlier run's work in %s", work)
         shutil.rmtree(work)
@@ -178,7 +190,7 @@ class Job:
         cfg, info = self.cfg, self.info
         started = time.monotonic()
         self.id = self.tracker.job_start(cfg.input.name, cfg.settings)
-        self.reporter = EventReporter(self.tracker, self.id)
+        self.reporter = EventReporter(self.tracker)
         log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.frames,
                  info.video_duration, info.video.codec, cfg.settings.vcodec)
         status, detail = "failed", ""
@@ -234,7 +246,7 @@ class Job:
 
     def report(self, event: str, **fields: Any) -> None:
         if self.reporter is not None:
-            self.reporter.report(event, **fields)
+            self.reporter.report(self.id, event, **fields)
 
     # ------------------------------------------------------------ workers
 
@@ -406,10 +418,16 @@ class Job:
             attachments=tuple(s.index for s in info.of_kind("attachment")) if container.attachments else (),
             titles=mp4_titles(audio_streams, kept_subs) if container.muxer in ("mp4", "mov") else (),
             muxer=container.muxer)
-        tmp = self.work / f"output{cfg.output.suffix.lower()}"
-        ffmpeg.run(ffmpeg.mux_cmd(cfg.tools, plan, tmp))
-        summary = verify_output(cfg.tools, info, tmp, cfg.settings, self.expected_frames, len(chunks))
-        tmp.replace(cfg.output)     # same file system: the output appears complete or not at all
+        # beside the output, so the rename is atomic: OUTPUT appears complete or not at all
+        tmp = cfg.output.with_name(f".{cfg.output.name}.ffdt-partial{cfg.output.suffix.lower()}")
+        try:
+            ffmpeg.run(ffmpeg.mux_cmd(cfg.tools, plan, tmp))
+            summary = verify_output(cfg.tools, info, tmp, cfg.settings, self.expected_frames, len(chunks))
+            tmp.replace(cfg.output)
+        except OSError as exc:
+            raise TranscoderError(f"cannot write {cfg.output}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return summary
 
     def print_summary(self, summary: dict[str, Any]) -> None:
@@ -421,7 +439,11 @@ class Job:
         for name, w in summary["workers"].items():
             log.info("  %s: %d chunk(s), %d frames, %.1f fps", name, w["chunks"], w["frames"], w["fps"])
         if self.cfg.report:
-            self.cfg.report.write_text(json.dumps({"job": self.id, **summary}, indent=2) + "\n", encoding="utf-8")
+            try:
+                self.cfg.report.write_text(json.dumps({"job": self.id, **summary}, indent=2) + "\n",
+                                           encoding="utf-8")
+            except OSError as exc:      # the output is written: say so, don't fail the job over the report
+                log.warning("could not write the report %s: %s", self.cfg.report, exc.strerror or exc)
 
 
 def mp4_titles(audio: list[media.Stream], subtitles: list[media.Stream]) -> tuple[tuple[str, int, str], ...]:
@@ -480,7 +502,7 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
     try:
         decoded = ffmpeg.decode_check(tools, path, with_audio=True)
     except FFmpegError as exc:
-        problems.append(exc.detail.strip().splitlines()[-1] if exc.detail.strip() else str(exc))
+        problems.append(exc.last_line or str(exc))
         decoded = -1
     if decoded >= 0 and settings.fps is None and decoded != expected:
         problems.append(f"{decoded} frames decode, expected {expected}")
@@ -547,10 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-mixed-encoders", action="store_true",
                    help="also use workers whose ffmpeg build differs from the others' (chunks may differ)")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
-    p.add_argument("--ffmpeg", help="ffmpeg binary to use (ffprobe beside it)")
-    p.add_argument("--use-global", "-use_global", action="store_true",
-                   help="use ffmpeg from PATH even if client/ffmpeg/ has a build")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
+    add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_password_option(p)
     add_common_options(p)
     return p
@@ -591,6 +610,8 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("boss", verbose=args.verbose, quiet=args.quiet)
+    # `kill` stops the boss the way Ctrl-C does: workers told, children ended, work kept
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return run_main("boss", lambda: run_boss(config_from_args(args)))
 
 

@@ -21,7 +21,7 @@ from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, TRANSFER_STALL_TIME
 from common.errors import (ChunkError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
                            RequestRejected, TransferError, TranscoderError)
 from common.net import connect
-from common.protocol import (Msg, Role, UnknownMessage, client_hello, expect, field, int_field, recv_msg,
+from common.protocol import (Msg, Role, client_hello, expect, field, int_field, recv_msg_or_reject,
                              send_msg)
 from common.settings import Settings
 from common.transfer import recv_file, send_file
@@ -124,10 +124,8 @@ class WorkerLink(threading.Thread):
         assert self.sock is not None
         sched = self.job.scheduler
         while True:
-            try:
-                msg = recv_msg(self.sock)     # a silent worker times out here (silence_timeout)
-            except UnknownMessage as exc:
-                self._send(Msg.ERROR, reason=str(exc), in_reply_to=exc.kind)
+            msg = recv_msg_or_reject(self.sock, self._send)   # a silent worker times out here
+            if msg is None:
                 continue
             kind = msg["type"]
             if kind is Msg.ERROR:             # never answer an error with an error
@@ -186,6 +184,9 @@ class WorkerLink(threading.Thread):
         except (TransferError, ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
             log.warning("could not send %s to %s: %s", chunk.name, self.offer.name, exc)
             raise                         # the worker is unreachable: the link ends, its chunks go back
+        if self.job.scheduler.assigned_to(chunk.index, self.offer.name) is None:
+            self._send(Msg.WAIT, retry_after=WAIT_RETRY)    # finished elsewhere during the upload
+            return
         self._send(Msg.ASSIGN, chunk=chunk.index, size=chunk.size, sha256=chunk.sha256, frames=chunk.frames,
                    **({} if chunk.whole else {"skip": chunk.skip, "limit": chunk.frames}))
         self.job.report("chunk_assigned", chunk=chunk.index, worker=self.offer.name)
@@ -213,9 +214,11 @@ class WorkerLink(threading.Thread):
 
     def _collect(self, msg: dict) -> None:
         sched = self.job.scheduler
-        chunk = sched.assigned_to(int_field(msg, "chunk", 0, 10**7), self.offer.name)
-        if chunk is None:
-            return                        # cancelled or already done elsewhere
+        index = int_field(msg, "chunk", 0, 10**7)
+        chunk = sched.assigned_to(index, self.offer.name)
+        if chunk is None:                 # done elsewhere meanwhile: let the worker drop its copy
+            self._send(Msg.CANCEL, chunk=index)
+            return
         dest = self.job.work_dir / f"{chunk.name}.out.mkv"
         tmp = self.job.work_dir / f"{chunk.name}.{self.offer.name.replace('/', '_')}.recv.mkv"
         try:
@@ -227,14 +230,26 @@ class WorkerLink(threading.Thread):
                 if header.get("size") != size or header.get("sha256") != sha:
                     raise TransferError(f"{chunk.name}: result differs from what the worker announced")
                 recv_file(sock, tmp, size, sha)
-        except (TransferError, RequestRejected, ProtocolError, ConnectionClosed, PeerUnreachable) as exc:
+        except (ConnectionClosed, PeerUnreachable):
+            tmp.unlink(missing_ok=True)
+            raise                             # the worker is gone: release() requeues, attempt uncounted
+        except (TransferError, RequestRejected, ProtocolError) as exc:
             tmp.unlink(missing_ok=True)
             log.warning("could not fetch %s from %s: %s", chunk.name, self.offer.name, exc)
             self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=str(exc)[:300])
             sched.fail(chunk, self.offer.name, f"download failed: {exc}")
             return
         self._send(Msg.COLLECTED, chunk=chunk.index)
-        self.job.verifier.submit(self._verify, chunk, tmp, dest, sha, float(msg.get("seconds") or 0))
+        seconds = field(msg, "seconds", float, optional=True, default=0.0)
+        self.job.verifier.submit(self._guarded_verify, chunk, tmp, dest, sha, seconds)
+
+    def _guarded_verify(self, *args: Any) -> None:
+        """Runs in the verifier pool, where an exception would vanish: fail the job loudly instead."""
+        try:
+            self._verify(*args)
+        except Exception as exc:          # noqa: BLE001 - a bug or a full disk must not hang the job
+            log.exception("verifying a result failed")
+            self.job.scheduler.abort(f"verifying a result failed: {exc}")
 
     def _verify(self, chunk: Chunk, tmp: Path, dest: Path, sha: str, seconds: float) -> None:
         """Decode the result; it must have exactly the chunk's frame count."""
@@ -268,6 +283,8 @@ class WorkerLink(threading.Thread):
                 link.cancel(chunk.index)
 
     def cancel(self, index: int) -> None:
-        with contextlib.suppress(TranscoderError, AssertionError):
+        if self.sock is None:
+            return
+        with contextlib.suppress(TranscoderError):
             self._send(Msg.CANCEL, chunk=index)
         log.debug("cancelled the copy of chunk %d on %s", index, self.offer.name)

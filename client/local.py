@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from common.config import WORKER_SILENCE_TIMEOUT
+from common.ffmpeg import die_with_parent
 from common.errors import TranscoderError
 from tracker.audit import AuditLog
 from tracker.auth import create_user, load_secret
@@ -45,7 +46,8 @@ class LocalCluster:
         self.procs = [subprocess.Popen(
             [sys.executable, str(WORKER_SCRIPT), "0", "0", "--tracker", f"127.0.0.1:{self.addr[1]}",
              "--user", "local-worker", "--host", "127.0.0.1", "--quiet", "--workdir", str(self.dir / f"w{i}"),
-             *ffmpeg_args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+             *ffmpeg_args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent)     # no orphans if the boss is killed
             for i in range(workers)]
         if not self.state.wait_for_workers(workers, start_timeout):
             dead = [p.returncode for p in self.procs if p.poll() is not None]

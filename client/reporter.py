@@ -1,4 +1,4 @@
-"""Reports a boss's events to the tracker from a background thread.
+"""Reports a boss's or a worker's events to the tracker from a background thread.
 
 The job never waits on the tracker: events queue up while it is away and are sent, in order,
 once it is back (the client reconnects and logs in again by itself).
@@ -23,32 +23,33 @@ KEEPALIVE = 2 * HEARTBEAT_INTERVAL     # ping the tracker after this long withou
 
 
 class EventReporter(threading.Thread):
-    def __init__(self, tracker: TrackerClient, job: str) -> None:
+    def __init__(self, tracker: TrackerClient, *, keepalive: bool = True) -> None:
         super().__init__(name="reporter", daemon=True)
-        self.tracker, self.job = tracker, job
-        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self.tracker = tracker
+        self._keepalive = KEEPALIVE if keepalive else None
+        self._queue: queue.Queue[tuple[str, str, dict[str, Any]] | None] = queue.Queue()
         self._halt = threading.Event()
         self.start()
 
-    def report(self, event: str, **fields: Any) -> None:
-        self._queue.put((event, fields))
+    def report(self, job: str, event: str, **fields: Any) -> None:
+        self._queue.put((job, event, fields))
 
     def run(self) -> None:
         delay = 0.5
         warned = False
         while True:
             try:
-                item = self._queue.get(timeout=KEEPALIVE)
+                item = self._queue.get(timeout=self._keepalive)
             except queue.Empty:                     # keep the tracker connection from timing out
                 with contextlib.suppress(TranscoderError):
                     self.tracker.call(Msg.PING, Msg.PONG)
                 continue
             if item is None:
                 return
-            event, fields = item
+            job, event, fields = item
             while True:
                 try:
-                    self.tracker.event(self.job, event, **fields)
+                    self.tracker.event(job, event, **fields)
                     if warned:
                         log.info("tracker is back; audit events delivered")
                     warned, delay = False, 0.5

@@ -147,24 +147,25 @@ class Scheduler:
         with self._cond:
             lost = [c for c in self.chunks if worker in c.workers]
             for chunk in lost:
-                chunk.workers.discard(worker)
                 chunk.errors.append(f"{worker}: {reason}")
-                if chunk.state is ChunkState.ASSIGNED and not chunk.workers:
-                    chunk.state = ChunkState.PENDING
-                    chunk.attempts = max(0, chunk.attempts - 1)
-                    self._pending.appendleft(chunk)
+                self._requeue_uncounted(chunk, worker)
             self._cond.notify_all()
             return lost
 
     def giveback(self, chunk: Chunk, worker: str) -> None:
         """A worker could not start the chunk (refused the upload): requeue it, attempt uncounted."""
         with self._cond:
-            chunk.workers.discard(worker)
-            if chunk.state is ChunkState.ASSIGNED and not chunk.workers:
-                chunk.state = ChunkState.PENDING
-                chunk.attempts = max(0, chunk.attempts - 1)
-                self._pending.appendleft(chunk)
+            self._requeue_uncounted(chunk, worker)
             self._cond.notify_all()
+
+    def _requeue_uncounted(self, chunk: Chunk, worker: str) -> None:
+        """Take the chunk from `worker`; if no copy runs elsewhere, queue it first again without
+        counting the attempt (it was not the chunk's fault). Call with the lock held."""
+        chunk.workers.discard(worker)
+        if chunk.state is ChunkState.ASSIGNED and not chunk.workers:
+            chunk.state = ChunkState.PENDING
+            chunk.attempts = max(0, chunk.attempts - 1)
+            self._pending.appendleft(chunk)
 
     def abort(self, reason: str) -> None:
         """Fail the job; the reason names the last chunk that failed, where, and why."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hmac
-import itertools
 import logging
 import os
 import random
@@ -30,15 +29,17 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client.progress import WorkerBar, bars_wanted
+from client.reporter import EventReporter
 from client.tracker_client import TrackerClient
 from common import auth, ffmpeg
-from common.cli import PASSWORD_HELP, add_common_options, add_password_option, read_password, run_main, setup_logging
+from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option, read_password,
+                        run_main, setup_logging)
 from common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
                            MAX_SLOTS, PROGRESS_INTERVAL, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
 from common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
                            RequestRejected, TranscoderError, TransferError, UsageError)
-from common.net import parse_host_port
-from common.protocol import (Msg, Role, UnknownMessage, field as get, int_field, recv_msg, send_msg,
+from common.net import Deadline, enable_keepalive, parse_host_port
+from common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
                              server_hello)
 from common.settings import Settings
 from common.transfer import recv_file, send_file, sha256_file
@@ -56,7 +57,7 @@ DISK_HEADROOM = 256 * 1024 * 1024                   # keep this much free beyond
 class WorkerConfig:
     tracker: tuple[str, int]
     user: str
-    password: str
+    password: str = field(repr=False)
     bind: str
     advertise: str
     msg_port: int
@@ -95,6 +96,11 @@ class BossSession:
     received: dict[int, str] = field(default_factory=dict)          # chunk -> sha256 of input bytes
     work: dict[int, Assignment] = field(default_factory=dict)
     closed: threading.Event = field(default_factory=threading.Event)
+    asked: int = 0          # requests sent and not answered yet: each holds a worker slot
+
+    def answered(self) -> None:
+        with self.lock:
+            self.asked = max(0, self.asked - 1)
 
     def send(self, kind: Msg, **fields: Any) -> None:
         with self.send_lock:
@@ -117,10 +123,16 @@ class Worker:
         self.busy = 0
         self.serving = False
         root = cfg.workdir or Path(tempfile.gettempdir())
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot use {root} as the work directory: {exc.strerror}") from None
         remove_stale_dirs(root)
         self.root = Path(tempfile.mkdtemp(prefix=f"ffdt-worker-{os.getpid()}-", dir=root))
         self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER)
+        self.reporter = EventReporter(self.tracker, keepalive=False)    # heartbeats keep the connection
+        # worker-wide: every boss's session shares these, so --slots bounds the machine's encodes
+        self.slots = threading.BoundedSemaphore(cfg.slots)
         self.msg_server = self._bind(cfg.msg_port, MessageHandler, "message")
         self.file_server = self._bind(cfg.file_port, FileHandler, "file")
         self.msg_port = self.msg_server.server_address[1]
@@ -171,11 +183,8 @@ class Worker:
                 delay = min(delay * 2, 30.0)
 
     def report(self, session: BossSession, event: str, **fields: Any) -> None:
-        """Tell the tracker about a chunk; the job goes on if the tracker is away."""
-        try:
-            self.tracker.event(session.job, event, **fields)
-        except TranscoderError as exc:
-            log.debug("could not report %s: %s", event, exc)
+        """Tell the tracker about a chunk, from the reporter thread: an encode never waits on it."""
+        self.reporter.report(session.job, event, **fields)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -197,13 +206,15 @@ class Worker:
             sessions = list(self.sessions.values())
         for s in sessions:
             end_session(self, s)
+        self.reporter.flush_and_stop(timeout=2.0)
         self.tracker.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def session(self, session_id: str, key: str) -> BossSession:
         with self.lock:
             s = self.sessions.get(session_id)
-        if s is None or not hmac.compare_digest(s.key, key):
+        # compare bytes: compare_digest refuses non-ASCII str, and the key comes from the wire
+        if s is None or not hmac.compare_digest(s.key.encode(), key.encode()):
             raise RequestRejected("unknown session")
         return s
 
@@ -239,15 +250,18 @@ class MessageHandler(socketserver.BaseRequestHandler):
         worker = self.server.worker
         sock: socket.socket = self.request
         sock.settimeout(HANDSHAKE_TIMEOUT)
+        deadline = Deadline(sock, HANDSHAKE_TIMEOUT)      # hello and ticket, in all
         peer = "%s:%d" % self.client_address[:2]
         try:
             server_hello(sock, "worker", {Role.BOSS})
             session = open_session(worker, sock)
+            deadline.met()
         except (ConnectionClosed, ProtocolError, AuthError, RequestRejected) as exc:
             log.warning("refused a boss from %s: %s", peer, exc)
             return
         log.info("session with %s for job %s (%s)", session.boss, session.job, session.settings.vcodec)
         sock.settimeout(BOSS_SILENCE_TIMEOUT)
+        enable_keepalive(sock)          # a boss that vanishes without closing is noticed in ~1 min
         try:
             run_session(worker, session)
         except (ConnectionClosed, ProtocolError) as exc:
@@ -292,23 +306,26 @@ def _check_ticket(keys: list[bytes], ticket: object, name: str) -> tuple[str, st
 def run_session(worker: Worker, s: BossSession) -> None:
     """Ask for chunks while a slot is free; encode each in its own thread; stop on `end`."""
     for _ in range(worker.cfg.slots):
-        s.send(Msg.REQUEST, count=1)
+        ask_for_chunk(worker, s)
     while True:
-        try:
-            msg = recv_msg(s.sock)
-        except UnknownMessage as exc:
-            s.send(Msg.ERROR, reason=str(exc), in_reply_to=exc.kind)
+        msg = recv_msg_or_reject(s.sock, s.send)
+        if msg is None:
             continue
         kind = msg["type"]
+        if kind in (Msg.ASSIGN, Msg.WAIT, Msg.END):
+            s.answered()                # the slot now belongs to the encode, or comes back below
         if kind is Msg.ERROR:           # never answer an error with an error
             log.warning("boss %s: %s", s.boss, str(msg.get("reason", "?"))[:200])
         elif kind is Msg.ASSIGN:
-            start_assignment(worker, s, msg)
+            try:
+                start_assignment(worker, s, msg)
+            except ProtocolError:
+                worker.slots.release()  # no encode will hold it
+                raise
         elif kind is Msg.WAIT:
-            retry = min(max(float(msg.get("retry_after", WAIT_RETRY) or WAIT_RETRY), 0.05), 10.0)
-            timer = threading.Timer(retry, _request_again, args=(s,))
-            timer.daemon = True
-            timer.start()
+            worker.slots.release()          # nothing for it now: other sessions may use the slot
+            retry = min(max(field_float(msg, "retry_after", WAIT_RETRY), 0.05), 10.0)
+            ask_later(worker, s, retry)
         elif kind is Msg.COLLECTED:
             chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
             with s.lock:
@@ -323,6 +340,7 @@ def run_session(worker: Worker, s: BossSession) -> None:
                 a.cancel.set()
                 a.output.unlink(missing_ok=True)
         elif kind is Msg.END:
+            worker.slots.release()
             with contextlib.suppress(ConnectionClosed):
                 s.send(Msg.BYE)
             log.info("boss %s has no more chunks; session over", s.boss)
@@ -331,10 +349,34 @@ def run_session(worker: Worker, s: BossSession) -> None:
             s.send(Msg.ERROR, reason="unexpected message", in_reply_to=kind.value)
 
 
-def _request_again(s: BossSession) -> None:
-    if not s.closed.is_set():
-        with contextlib.suppress(ConnectionClosed):
-            s.send(Msg.REQUEST, count=1)
+def ask_for_chunk(worker: Worker, s: BossSession) -> None:
+    """Send `request` once a worker-wide slot is free; the slot is held until the boss's answer
+    (an `assign` keeps it until that encode ends)."""
+    if s.closed.is_set():
+        return
+    if not worker.slots.acquire(blocking=False):
+        ask_later(worker, s, WAIT_RETRY)      # all slots busy, maybe with other bosses
+        return
+    with s.lock:
+        if s.closed.is_set():
+            worker.slots.release()
+            return
+        s.asked += 1
+    try:
+        s.send(Msg.REQUEST, count=1)
+    except ConnectionClosed:
+        pass                              # end_session gives the slot back
+
+
+def ask_later(worker: Worker, s: BossSession, delay: float) -> None:
+    timer = threading.Timer(delay, ask_for_chunk, args=(worker, s))
+    timer.daemon = True
+    timer.start()
+
+
+def field_float(msg: dict, key: str, default: float) -> float:
+    value = msg.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
@@ -344,7 +386,8 @@ def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
         received = s.received.pop(chunk, None)
     if received != sha:
         s.send(Msg.FAILED, chunk=chunk, reason="chunk bytes were not received")
-        s.send(Msg.REQUEST, count=1)      # the slot is still free
+        worker.slots.release()
+        ask_for_chunk(worker, s)
         return
     a = Assignment(chunk, int_field(msg, "frames", 0, 10**9), s.path(chunk, "in"), s.path(chunk, "out"),
                    skip=int_field(msg, "skip", 0, 10**9) if "skip" in msg else 0,
@@ -374,8 +417,11 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
     cmd = ffmpeg.encode_cmd(worker.cfg.tools, a.input, a.output, s.settings, worker.cfg.threads,
                             frame_range=(a.skip, a.limit) if a.limit is not None else None)
     try:
-        ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, on_frames=on_frames, cancel=a.cancel)
-        if a.cancel.is_set() and s.closed.is_set():
+        try:
+            ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, on_frames=on_frames, cancel=a.cancel)
+        finally:
+            a.input.unlink(missing_ok=True)   # before any reply: a retry may upload to the same name
+        if a.cancel.is_set():
             return
         if "corrupt-results" in FAULTS:
             _corrupt(a.output)
@@ -390,7 +436,7 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
         a.output.unlink(missing_ok=True)
         if a.cancel.is_set():
             return                         # the boss cancelled it, or the session ended
-        reason = exc.detail.strip().splitlines()[-1] if exc.detail.strip() else str(exc)
+        reason = exc.last_line or str(exc)
         reason = reason.replace(str(s.dir) + "/", "")      # our temp paths are nobody's business
         log.warning("chunk %d failed: %s", a.chunk, reason)
         with contextlib.suppress(ConnectionClosed):
@@ -399,14 +445,12 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
     except (ConnectionClosed, OSError) as exc:
         log.warning("chunk %d: %s", a.chunk, exc)
     finally:
-        a.input.unlink(missing_ok=True)
         if bar:
             bar.finish()
         with worker.lock:
             worker.busy -= 1
-        if not s.closed.is_set():          # the slot is free again: ask for the next chunk
-            with contextlib.suppress(ConnectionClosed):
-                s.send(Msg.REQUEST, count=1)
+        worker.slots.release()
+        ask_for_chunk(worker, s)           # the slot is free again: ask for the next chunk
 
 
 def _corrupt(path: Path) -> None:
@@ -418,11 +462,14 @@ def _corrupt(path: Path) -> None:
 
 
 def end_session(worker: Worker, s: BossSession) -> None:
-    """Stop the session's encodes and remove its files."""
-    s.closed.set()
+    """Stop the session's encodes, give back the slots its open requests held, remove its files."""
     with s.lock:
+        s.closed.set()
         work = list(s.work.values())
         s.work.clear()
+        asked, s.asked = s.asked, 0
+    for _ in range(asked):
+        worker.slots.release()
     for a in work:
         a.cancel.set()
     with worker.lock:
@@ -441,12 +488,14 @@ class FileHandler(socketserver.BaseRequestHandler):
         worker = self.server.worker
         sock: socket.socket = self.request
         sock.settimeout(HANDSHAKE_TIMEOUT)
+        deadline = Deadline(sock, HANDSHAKE_TIMEOUT)      # hello and a valid session key, in all
         try:
             server_hello(sock, "worker", {Role.BOSS})
-            sock.settimeout(TRANSFER_STALL_TIMEOUT)
             msg = recv_msg(sock)
             try:
                 s = worker.session(get(msg, "session", str), get(msg, "key", str))
+                deadline.met()
+                sock.settimeout(TRANSFER_STALL_TIMEOUT)
                 if msg["type"] is Msg.PUT:
                     receive_chunk(worker, s, sock, msg)
                 elif msg["type"] is Msg.GET:
@@ -502,10 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=1, help="chunks encoded at the same time")
     p.add_argument("--threads", type=int, default=0, help="ffmpeg threads per chunk (0: ffmpeg decides)")
     p.add_argument("--workdir", type=Path, help="where chunks are kept while encoding (default: system temp)")
-    p.add_argument("--ffmpeg", help="ffmpeg binary to use (ffprobe beside it)")
-    p.add_argument("--use-global", "-use_global", action="store_true",
-                   help="use ffmpeg from PATH even if client/ffmpeg/ has a build")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    add_ffmpeg_options(p, quiet_help="no progress bars, warnings only")
     add_password_option(p)
     add_common_options(p)
     return p

@@ -22,6 +22,9 @@ from common.errors import AuthError, ProtocolError, RequestRejected
 from common.protocol import Msg, field, request
 
 
+MIN_ITERATIONS, MAX_ITERATIONS = 4096, 10_000_000
+
+
 @dataclass(frozen=True)
 class Login:
     user: str
@@ -35,6 +38,9 @@ def login(sock: socket.socket, user: str, password: str) -> Login:
     try:
         challenge = request(sock, Msg.AUTH_START, Msg.AUTH_CHALLENGE, user=user, data=client.get_client_first())
         server_first = field(challenge, "data", str)
+        salt, iterations = _salt_and_iterations(server_first)
+        if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:   # a false tracker could ask for years of work
+            raise AuthError(f"the tracker asks for {iterations} SCRAM iterations; refusing")
         client.set_server_first(server_first)
         ok = request(sock, Msg.AUTH_FINISH, Msg.AUTH_OK, data=client.get_client_final())
         client.set_server_final(field(ok, "data", str))   # mutual: the tracker knew our ServerKey
@@ -42,7 +48,6 @@ def login(sock: socket.socket, user: str, password: str) -> Login:
         raise AuthError(f"login as {user!r} refused: {exc}") from None
     except scramp.ScramException as exc:
         raise AuthError(f"login as {user!r} failed: the tracker could not prove it knows this user") from exc
-    salt, iterations = _salt_and_iterations(server_first)
     # SCRAM normalises the password with SASLprep before hashing (RFC 5802 2.2); so must we
     salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(), salt, iterations)
     server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()

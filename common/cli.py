@@ -40,6 +40,13 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ffmpeg commands, messages)")
 
 
+def add_ffmpeg_options(p: argparse.ArgumentParser, quiet_help: str) -> None:
+    p.add_argument("--ffmpeg", help="ffmpeg binary to use (ffprobe beside it)")
+    p.add_argument("--use-global", "-use_global", action="store_true",
+                   help="use ffmpeg from PATH even if client/ffmpeg/ has a build")
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
 def add_password_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--password-file", type=Path, metavar="FILE",
                    help="read the password from the first line of FILE")

@@ -39,9 +39,14 @@ class FFmpegError(TranscoderError):
 
     def __init__(self, cmd: list[str], returncode: int | None, detail: str) -> None:
         status = "timeout" if returncode is None else f"exit {returncode}"
-        last = detail.strip().splitlines()[-1] if detail.strip() else "no message"
-        super().__init__(f"{cmd[0].rsplit('/', 1)[-1]} failed ({status}): {last}")
         self.cmd, self.returncode, self.detail = cmd, returncode, detail
+        super().__init__(f"{cmd[0].rsplit('/', 1)[-1]} failed ({status}): {self.last_line or 'no message'}")
+
+    @property
+    def last_line(self) -> str:
+        """ffmpeg's own last line, which usually names the cause."""
+        lines = self.detail.strip().splitlines()
+        return lines[-1] if lines else ""
 
 
 class ChunkError(TranscoderError):

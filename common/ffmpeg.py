@@ -76,7 +76,7 @@ def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT) -> str:
     log.debug("running %s", shlex.join(cmd))
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace", timeout=timeout)
+                              errors="replace", timeout=timeout, preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired as exc:   # run() has already killed the child
         raise FFmpegError(cmd, None, f"no result after {timeout:g}s") from exc
     except OSError as exc:
@@ -121,7 +121,7 @@ except OSError:
     _LIBC = None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGKILL it when its parent dies, so an ffmpeg
     never outlives a worker killed with SIGKILL. Elsewhere a no-op."""
     if _LIBC is not None:
@@ -140,7 +140,7 @@ def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[in
     with tempfile.TemporaryFile("w+", errors="replace") as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=err, text=True, errors="replace", preexec_fn=_die_with_parent)
+                                    stderr=err, text=True, errors="replace", preexec_fn=die_with_parent)
         except OSError as exc:
             raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
         cancel.attach(proc)

@@ -1,8 +1,10 @@
 """Connecting to peers: bounded attempts with jittered backoff until a deadline."""
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
+import threading
 import time
 
 from common.config import CONNECT_DEADLINE, CONNECT_TIMEOUT, IO_TIMEOUT
@@ -20,6 +22,33 @@ def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+class Deadline:
+    """Shut a socket down unless `met()` is called within `seconds`: a per-read timeout alone lets
+    a peer that dribbles a byte now and then hold a thread forever."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._expire, args=(sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    @staticmethod
+    def _expire(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def met(self) -> None:
+        self._timer.cancel()
+
+
+def enable_keepalive(sock: socket.socket, idle: int = 30, interval: int = 10, count: int = 3) -> None:
+    """Let the kernel probe a quiet peer, so one that vanished (power cut, cable) is noticed in
+    about idle + interval * count seconds even while we have nothing to send."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+        if hasattr(socket, name):              # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,

@@ -6,10 +6,11 @@ Every control message is one frame: a 4-byte big-endian length, then a UTF-8 JSO
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import socket
 import struct
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from common.config import MAX_FRAME
 from common.errors import ConnectionClosed, ProtocolError, RequestRejected
@@ -105,6 +106,10 @@ def recv_exact(sock: socket.socket, n: int, *, at_boundary: bool = False) -> byt
     return bytes(buf)
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")      # NaN, Infinity: Python accepts them, JSON does not
+
+
 def recv_msg(sock: socket.socket) -> dict[str, Any]:
     """Read one message. `msg["type"]` is a Msg; the size is checked before the body is read."""
     (length,) = HEADER.unpack(recv_exact(sock, HEADER.size, at_boundary=True))
@@ -112,7 +117,7 @@ def recv_msg(sock: socket.socket) -> dict[str, Any]:
         raise ProtocolError(f"frame of {length} bytes exceeds limit {MAX_FRAME}")
     body = recv_exact(sock, length)
     try:
-        msg = json.loads(body)
+        msg = json.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:      # RecursionError: absurdly nested JSON
         raise ProtocolError(f"malformed message: {exc}") from exc
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
@@ -130,6 +135,17 @@ class UnknownMessage(RequestRejected):
     def __init__(self, kind: str) -> None:
         super().__init__(f"unknown message type {kind!r}")
         self.kind = kind
+
+
+def recv_msg_or_reject(sock: socket.socket, send: Callable[..., None] | None = None) -> dict[str, Any] | None:
+    """recv_msg, answering a message of an unknown type with `error` (and returning None) instead
+    of dropping the peer: a newer peer may speak a type we do not know. `send(kind, **fields)`
+    replaces send_msg where other threads write to the same socket under a lock."""
+    try:
+        return recv_msg(sock)
+    except UnknownMessage as exc:
+        (send or functools.partial(send_msg, sock))(Msg.ERROR, reason=str(exc), in_reply_to=exc.kind)
+        return None
 
 
 def field(msg: dict[str, Any], key: str, kind: type[T], *, optional: bool = False,

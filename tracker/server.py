@@ -22,7 +22,8 @@ from common import auth as ticket_auth
 from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_SLOTS,
                            MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
-from common.protocol import (Msg, Role, UnknownMessage, field as get, int_field, recv_msg, send_msg,
+from common.net import Deadline
+from common.protocol import (Msg, Role, field as get, int_field, recv_msg_or_reject, send_msg,
                              server_hello)
 from tracker.audit import Recorder
 from tracker.auth import ScramLogin
@@ -161,12 +162,15 @@ def handle_event(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     if event not in CHUNK_EVENTS:
         raise RequestRejected(f"unknown event {event[:40]!r}")
     job_id = get(msg, "job", str)[:40]
-    if s.role is not Role.WORKER:
+    if s.role is Role.WORKER:
+        worker = s.worker                  # a worker speaks for itself only
+    else:
         _job(ctx, s, msg)
+        worker = get(msg, "worker", str, optional=True)
     detail = get(msg, "detail", str, optional=True)
     ctx.audit.record(event, peer=s.peer, user=s.user, by=_v(s.role), job=job_id,
                      chunk=get(msg, "chunk", int, optional=True),
-                     worker=(get(msg, "worker", str, optional=True) or s.worker or "")[:200] or None,
+                     worker=worker[:200] if worker else None,
                      detail=detail[:500] if detail else None,
                      frames=get(msg, "frames", int, optional=True),
                      seconds=get(msg, "seconds", float, optional=True))
@@ -214,6 +218,7 @@ HANDLERS: dict[Msg, Callable[[TrackerContext, Session, dict], Reply]] = {
     Msg.PING: lambda ctx, s, msg: (Msg.PONG, {}),
 }
 NO_AUTH_NEEDED = {Msg.AUTH_START, Msg.AUTH_FINISH, Msg.PING}
+MAX_CONNECTIONS = 1024
 
 
 # ---------------------------------------------------------------- server
@@ -224,8 +229,10 @@ class TrackerHandler(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.request.settimeout(HANDSHAKE_TIMEOUT)
         self.server.track(self.request, add=True)
+        self.deadline = Deadline(self.request, HANDSHAKE_TIMEOUT)   # hello and login, in all
 
     def finish(self) -> None:
+        self.deadline.met()
         self.server.track(self.request, add=False)
 
     def handle(self) -> None:
@@ -272,17 +279,10 @@ class TrackerHandler(socketserver.BaseRequestHandler):
                 reply_kind, reply = Msg.ERROR, {"reason": str(exc), "in_reply_to": kind.value}
             send_msg(sock, reply_kind, **reply)
             if s.user is not None and sock.gettimeout() == HANDSHAKE_TIMEOUT:
+                self.deadline.met()
                 # logged in: a worker's heartbeat or a boss's next event may take a while
                 sock.settimeout(max(IO_TIMEOUT, ctx.ttl * 2))
 
-
-def recv_msg_or_reject(sock: socket.socket) -> dict | None:
-    """recv_msg, answering an unknown message type with an error instead of dropping the peer."""
-    try:
-        return recv_msg(sock)
-    except UnknownMessage as exc:
-        send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=exc.kind)
-        return None
 
 
 class TrackerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -311,6 +311,11 @@ class TrackerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Refuse connections beyond MAX_CONNECTIONS: each one costs a thread."""
+        with self._conns_lock:
+            return len(self._conns) < MAX_CONNECTIONS
 
     def stop(self) -> None:
         """Stop accepting, unblock every handler's recv, close the listening socket."""

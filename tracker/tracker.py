@@ -63,6 +63,8 @@ def open_store(data_dir: Path, *, create: bool) -> Store:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"port {args.port} out of range (0-65535)")
     store = open_store(args.data_dir, create=True)
     audit = AuditLog(args.data_dir / "audit.jsonl", store)
     ctx = TrackerContext(TrackerState(), store, audit, load_secret(args.data_dir), ttl=args.peer_ttl)

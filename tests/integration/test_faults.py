@@ -215,11 +215,12 @@ def test_no_thread_fd_or_memory_growth_across_jobs(cluster, clips, tmp_path):
 def test_a_worker_that_registers_during_a_job_joins_it(cluster, clips, tmp_path):
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW)
+    # 720p at `medium` in 2 s chunks: a job long enough for a newcomer to register and be seen
+    boss = start_boss(cluster, clips["hd20.mp4"], out, "--preset", "medium", "--chunk-seconds", "2")
     poll_for(lambda: events(cluster, "chunk_assigned"), 60, "the job under way")
     _, port, _ = cluster.start_worker()
     finish(boss)
-    assert_same_media(clips["mid20.mp4"], out)
+    assert_same_media(clips["hd20.mp4"], out)
     job = events(cluster, "job_started")[-1]["job"]
     assert events(cluster, "worker_joined", job=job, worker=worker_name(port))
     assert events(cluster, "chunk_done", job=job, worker=worker_name(port)), "the newcomer did some of the work"

@@ -72,10 +72,10 @@ def test_never_cuts_at_the_very_start():
 # ---------------------------------------------------------------- auto_chunk_seconds
 
 @pytest.mark.parametrize("duration, workers, seconds", [
-    (120.0, 3, 10.0),      # 120 s over 3 workers * 4 chunks each
-    (10.0, 1, 2.5),
-    (1.0, 8, 2.0),         # floor: never shorter than 2 s
-    (36000.0, 1, 60.0),    # ceiling: never longer than 60 s
+    (600.0, 3, 50.0),      # 600 s over 3 workers * 4 chunks each
+    (10.0, 1, 10.0),
+    (1.0, 8, 10.0),        # floor: never shorter than 10 s (keyframe cost, docs/parity.md)
+    (36000.0, 1, 120.0),   # ceiling: never longer than 120 s
 ])
 def test_auto_chunk_seconds(duration, workers, seconds):
     assert auto_chunk_seconds(duration, workers) == pytest.approx(seconds)
@@ -84,7 +84,7 @@ def test_auto_chunk_seconds(duration, workers, seconds):
 def test_auto_chunk_seconds_stays_in_bounds():
     for duration in (0.0, 0.1, 7.0, 500.0, 1e6):
         for workers in (0, 1, 2, 16, 256):      # 0: no division by zero
-            assert 2.0 <= auto_chunk_seconds(duration, workers) <= 60.0
+            assert 10.0 <= auto_chunk_seconds(duration, workers) <= 120.0
 
 
 # ---------------------------------------------------------------- containers
