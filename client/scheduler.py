@@ -89,7 +89,8 @@ class Scheduler:
             return chunk
 
     def _straggler(self, worker: str) -> Chunk | None:
-        running = [c for c in self.chunks if c.state is ChunkState.ASSIGNED
+        # a copy started from scratch can only win against a chunk less than half done
+        running = [c for c in self.chunks if c.state is ChunkState.ASSIGNED and c.progress < c.frames / 2
                    and len(c.workers) < self.max_copies and worker not in c.workers]
         return min(running, key=lambda c: c.progress / max(1, c.frames), default=None)
 
