@@ -37,7 +37,8 @@ class Chunk:
     attempts: int = 0
     workers: set[str] = field(default_factory=set)        # where it is being encoded now
     tried_on: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)       # failed attempts: "worker: reason"
+    losses: list[str] = field(default_factory=list)       # workers lost while holding it
     result: Path | None = None
     result_sha256: str | None = None
     progress: int = 0           # frames encoded so far, as the worker reports
@@ -148,7 +149,7 @@ class Scheduler:
         with self._cond:
             lost = [c for c in self.chunks if worker in c.workers]
             for chunk in lost:
-                chunk.errors.append(f"{worker}: {reason}")
+                chunk.losses.append(f"{worker}: {reason}")
                 self._requeue_uncounted(chunk, worker)
             self._cond.notify_all()
             return lost
@@ -171,10 +172,12 @@ class Scheduler:
     def abort(self, reason: str) -> None:
         """Fail the job; the reason names the last chunk that failed, where, and why."""
         with self._cond:
-            failed = [c for c in self.chunks if c.state is not ChunkState.DONE and c.errors]
+            # a real failure (ffmpeg's or the check's words) says more than "worker lost"
+            failed = [c for c in self.chunks if c.state is not ChunkState.DONE and c.errors] or \
+                     [c for c in self.chunks if c.state is not ChunkState.DONE and c.losses]
             if failed:
                 last = failed[-1]
-                reason += f"; {last.name} last failed on {last.errors[-1]}"
+                reason += f"; {last.name} last failed on {(last.errors or last.losses)[-1]}"
             self.fatal = self.fatal or reason
             self.finished.set()
             self._cond.notify_all()
