@@ -224,3 +224,24 @@ def test_a_worker_that_registers_during_a_job_joins_it(cluster, clips, tmp_path)
     job = events(cluster, "job_started")[-1]["job"]
     assert events(cluster, "worker_joined", job=job, worker=worker_name(port))
     assert events(cluster, "chunk_done", job=job, worker=worker_name(port)), "the newcomer did some of the work"
+
+
+def test_a_straggling_chunk_is_copied_to_an_idle_worker_and_the_first_result_wins(cluster, clips, tmp_path):
+    slow, port, _ = cluster.start_worker()
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    # a long silence allowance: the slow worker is not lost, only slow
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW, "--worker-timeout", "120")
+    stuck = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
+                     "a chunk assigned to the worker to slow down")[0]["chunk"]
+    os.kill(slow.pid, signal.SIGSTOP)
+    try:
+        copy = poll_for(lambda: [e for e in events(cluster, "chunk_assigned", chunk=stuck)
+                                 if e["worker"] != worker_name(port)], 90, "a copy of the straggling chunk")
+        _, err = boss.communicate(timeout=120)      # finishes while the slow worker is still stopped
+        assert boss.returncode == 0, err
+    finally:
+        os.kill(slow.pid, signal.SIGCONT)
+    assert_same_media(clips["mid20.mp4"], out)
+    assert {e["worker"] for e in events(cluster, "chunk_done", chunk=stuck)} == {copy[0]["worker"]}
+    assert not events(cluster, "worker_lost", worker=worker_name(port)), "slow is not lost"
