@@ -99,8 +99,11 @@ class BossSession:
     asked: int = 0          # requests sent and not answered yet: each holds a worker slot
 
     def answered(self) -> None:
+        """A reply to one of our requests arrived; a reply we never asked for breaks the protocol."""
         with self.lock:
-            self.asked = max(0, self.asked - 1)
+            if self.asked == 0:
+                raise ProtocolError("the boss answered a request that was never sent")
+            self.asked -= 1
 
     def send(self, kind: Msg, **fields: Any) -> None:
         with self.send_lock:
