@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -34,9 +35,9 @@ from client.reporter import EventReporter
 from client.jobstate import Identity, JobState
 from client.scheduler import Chunk, ChunkState, Scheduler
 from client.tracker_client import TrackerClient
-from common import ffmpeg
-from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option, read_password,
-                        run_main, setup_logging)
+from common import ffmpeg, tls
+from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
+                        add_tls_client_options, read_password, run_main, setup_logging)
 from common.config import FFMPEG_TOOL_TIMEOUT, MAX_WORKERS_PER_REQUEST, WORKER_SILENCE_TIMEOUT
 from common.errors import FFmpegError, ProtocolError, TranscoderError, UsageError
 from common.net import parse_host_port
@@ -75,6 +76,7 @@ class BossConfig:
     allow_mixed: bool
     bars: bool
     report: Path | None
+    tls: ssl.SSLContext | None = None       # --tls/--tls-ca: tracker and workers over TLS only
 
 
 @dataclass
@@ -141,7 +143,7 @@ def run_boss(cfg: BossConfig) -> int:
             cluster = LocalCluster(cfg.local, cfg.ffmpeg_args)
             tracker_addr, user, password = cluster.addr, cluster.boss_user, cluster.password
         assert tracker_addr is not None
-        tracker = TrackerClient(tracker_addr, user, password, Role.BOSS)
+        tracker = TrackerClient(tracker_addr, user, password, Role.BOSS, tls=None if cfg.local else cfg.tls)
         tracker.connect()
         job = Job(cfg, info, container, work, tracker, phases)
         result = job.run()
@@ -205,7 +207,8 @@ class Job:
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as verifier:
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, tools=cfg.tools, verifier=verifier, report=self.report,
-                                      silence_timeout=cfg.silence_timeout)
+                                      silence_timeout=cfg.silence_timeout,
+                                      tls=cfg.tls or tls.client_context(None))
                 with self.phases.timed("encode"):
                     if not scheduler.finished.is_set():
                         self.start_links(offers)
@@ -269,6 +272,9 @@ class Job:
             builds = Counter(o.ffmpeg for o in offers)
             self.ffmpeg_build = builds.most_common(1)[0][0]
         for offer in offers:
+            if self.cfg.tls is not None and not offer.tls and not self.cfg.local:
+                log.warning("not using %s: it does not speak TLS, and this job asked for TLS", offer.name)
+                continue
             if offer.ffmpeg != self.ffmpeg_build:
                 if not self.cfg.allow_mixed:
                     log.warning("not using %s: it runs %s, this job's chunks are encoded with %s "
@@ -570,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also use workers whose ffmpeg build differs from the others' (chunks may differ)")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
+    add_tls_client_options(p)
     add_password_option(p)
     add_common_options(p)
     return p
@@ -603,6 +610,7 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         user=args.user or "", password="" if args.local else read_password(args.password_file),
         workers=args.local or args.workers, local=args.local, chunk_seconds=args.chunk_seconds,
         wait_workers=max(0.0, args.wait_workers), silence_timeout=max(1.0, args.worker_timeout),
+        tls=tls.client_context(args.tls_ca) if (args.tls or args.tls_ca) and not args.local else None,
         work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
         allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet), report=args.report)
 

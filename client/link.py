@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field as dataclass_field
@@ -43,13 +44,14 @@ class WorkerOffer:
     slots: int
     ffmpeg: str
     ticket: dict[str, Any]
+    tls: bool = False           # its ports speak TLS
 
     @classmethod
     def from_wire(cls, w: dict[str, Any]) -> WorkerOffer:
         msg = {"type": Msg.WORKER_LIST, **w}
         return cls(field(msg, "name", str), field(msg, "host", str), int_field(msg, "msg_port", 1, 65535),
                    int_field(msg, "file_port", 1, 65535), int_field(msg, "slots", 1, 1024),
-                   field(msg, "ffmpeg", str), field(msg, "ticket", dict))
+                   field(msg, "ffmpeg", str), field(msg, "ticket", dict), msg.get("tls") is True)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class JobContext:
     verifier: ThreadPoolExecutor
     report: Callable[..., None]     # report(event, **fields) to the tracker, best effort
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
+    tls: ssl.SSLContext | None = None       # verifies workers that speak TLS
     links: dict[str, WorkerLink] = dataclass_field(default_factory=dict)   # by worker name, for cancels
 
 
@@ -106,7 +109,8 @@ class WorkerLink(threading.Thread):
 
     def _open(self) -> None:
         o = self.offer
-        sock = connect((o.host, o.msg_port), deadline=CONNECT_TIMEOUT, io_timeout=self.job.silence_timeout)
+        sock = connect((o.host, o.msg_port), deadline=CONNECT_TIMEOUT, io_timeout=self.job.silence_timeout,
+                       tls=self.job.tls if o.tls else None)
         self.sock = sock
         client_hello(sock, Role.BOSS, self.job.name)
         send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire())
@@ -194,7 +198,8 @@ class WorkerLink(threading.Thread):
 
     def _file_conn(self) -> socket.socket:
         o = self.offer
-        sock = connect((o.host, o.file_port), deadline=CONNECT_TIMEOUT, io_timeout=TRANSFER_STALL_TIMEOUT)
+        sock = connect((o.host, o.file_port), deadline=CONNECT_TIMEOUT, io_timeout=TRANSFER_STALL_TIMEOUT,
+                       tls=self.job.tls if o.tls else None)
         try:
             client_hello(sock, Role.BOSS, self.job.name)
         except BaseException:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from typing import Any
 
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 
 class TrackerClient:
     def __init__(self, addr: tuple[str, int], user: str, password: str, role: Role,
-                 *, deadline: float = CONNECT_DEADLINE) -> None:
-        self.addr, self.user, self.role = addr, user, role
+                 *, deadline: float = CONNECT_DEADLINE, tls: ssl.SSLContext | None = None) -> None:
+        self.addr, self.user, self.role, self.tls = addr, user, role, tls
         self._password = password
         self._deadline = deadline
         self._sock: socket.socket | None = None
@@ -42,7 +43,7 @@ class TrackerClient:
     def _connect(self) -> auth.Login:
         self._close()
         try:
-            sock = connect(self.addr, deadline=self._deadline)
+            sock = connect(self.addr, deadline=self._deadline, tls=self.tls)
         except PeerUnreachable as exc:
             raise PeerUnreachable(f"tracker {self.where} unreachable: {exc}") from None
         try:
@@ -81,9 +82,9 @@ class TrackerClient:
     # ------------------------------------------------------------ typed calls
 
     def register(self, host: str, msg_port: int, file_port: int, slots: int, ffmpeg: str,
-                 encoders: list[str]) -> dict[str, Any]:
+                 encoders: list[str], tls: bool = False) -> dict[str, Any]:
         return self.call(Msg.REGISTER, Msg.REGISTERED, host=host, msg_port=msg_port, file_port=file_port,
-                          slots=slots, ffmpeg=ffmpeg, encoders=encoders)
+                          slots=slots, ffmpeg=ffmpeg, encoders=encoders, tls=tls)
 
     def heartbeat(self, busy: int) -> None:
         self.call(Msg.HEARTBEAT, Msg.OK, busy=busy)

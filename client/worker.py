@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import tempfile
 import threading
@@ -32,8 +33,8 @@ from client.progress import WorkerBar, bars_wanted
 from client.reporter import EventReporter
 from client.tracker_client import TrackerClient
 from common import auth, ffmpeg
-from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option, read_password,
-                        run_main, setup_logging)
+from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
+                        add_tls_client_options, read_password, run_main, setup_logging)
 from common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
                            MAX_SLOTS, PROGRESS_INTERVAL, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
 from common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
@@ -42,6 +43,7 @@ from common.net import Deadline, enable_keepalive, parse_host_port
 from common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
                              server_hello)
 from common.settings import Settings
+from common.tls import client_context, server_context, wrap_server
 from common.transfer import recv_file, send_file, sha256_file
 
 log = logging.getLogger("worker")
@@ -67,6 +69,8 @@ class WorkerConfig:
     workdir: Path | None
     tools: ffmpeg.Tools
     bars: bool
+    tls_server: ssl.SSLContext | None = None     # TLS on our two ports
+    tls_client: ssl.SSLContext | None = None     # TLS to the tracker
 
 
 @dataclass
@@ -132,7 +136,7 @@ class Worker:
             raise UsageError(f"cannot use {root} as the work directory: {exc.strerror}") from None
         remove_stale_dirs(root)
         self.root = Path(tempfile.mkdtemp(prefix=f"ffdt-worker-{os.getpid()}-", dir=root))
-        self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER)
+        self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER, tls=cfg.tls_client)
         self.reporter = EventReporter(self.tracker, keepalive=False)    # heartbeats keep the connection
         # worker-wide: every boss's session shares these, so --slots bounds the machine's encodes
         self.slots = threading.BoundedSemaphore(cfg.slots)
@@ -154,7 +158,7 @@ class Worker:
     def register(self) -> None:
         login = self.tracker.connect()
         reply = self.tracker.register(self.cfg.advertise, self.msg_port, self.file_port, self.cfg.slots,
-                                      self.version, self.encoders)
+                                      self.version, self.encoders, tls=self.cfg.tls_server is not None)
         with self.lock:
             self.name = get(reply, "worker", str)
             key = auth.ticket_key(login.server_key, get(reply, "ticket_salt", str))
@@ -246,13 +250,27 @@ class WorkerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
 # ---------------------------------------------------------------- message port
 
-class MessageHandler(socketserver.BaseRequestHandler):
+class PortHandler(socketserver.BaseRequestHandler):
+    """What both ports do first: a handshake timeout, and TLS when the worker has a certificate."""
     server: WorkerServer
 
     def handle(self) -> None:
-        worker = self.server.worker
-        sock: socket.socket = self.request
-        sock.settimeout(HANDSHAKE_TIMEOUT)
+        self.request.settimeout(HANDSHAKE_TIMEOUT)
+        tls = self.server.worker.cfg.tls_server
+        if tls is not None:
+            try:
+                self.request = wrap_server(self.request, tls)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("TLS with %s failed: %s", self.client_address[0], getattr(exc, "reason", None) or exc)
+                return
+        self.serve(self.server.worker, self.request)
+
+    def serve(self, worker: Worker, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class MessageHandler(PortHandler):
+    def serve(self, worker: Worker, sock: socket.socket) -> None:
         deadline = Deadline(sock, HANDSHAKE_TIMEOUT)      # hello and ticket, in all
         peer = "%s:%d" % self.client_address[:2]
         try:
@@ -484,13 +502,8 @@ def end_session(worker: Worker, s: BossSession) -> None:
 
 # ---------------------------------------------------------------- file port
 
-class FileHandler(socketserver.BaseRequestHandler):
-    server: WorkerServer
-
-    def handle(self) -> None:
-        worker = self.server.worker
-        sock: socket.socket = self.request
-        sock.settimeout(HANDSHAKE_TIMEOUT)
+class FileHandler(PortHandler):
+    def serve(self, worker: Worker, sock: socket.socket) -> None:
         deadline = Deadline(sock, HANDSHAKE_TIMEOUT)      # hello and a valid session key, in all
         try:
             server_hello(sock, "worker", {Role.BOSS})
@@ -555,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="ffmpeg threads per chunk (0: ffmpeg decides)")
     p.add_argument("--workdir", type=Path, help="where chunks are kept while encoding (default: system temp)")
     add_ffmpeg_options(p, quiet_help="no progress bars, warnings only")
+    p.add_argument("--tls-cert", type=Path, help="serve both ports with TLS: certificate (PEM) for --advertise")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    add_tls_client_options(p)
     add_password_option(p)
     add_common_options(p)
     return p
@@ -572,6 +588,13 @@ def advertised_host(args: argparse.Namespace, tracker: tuple[str, int]) -> str:
     return "127.0.0.1"
 
 
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    return {"tls_server": server_context(args.tls_cert, args.tls_key) if args.tls_cert else None,
+            "tls_client": client_context(args.tls_ca) if (args.tls or args.tls_ca) else None}
+
+
 def run_worker(args: argparse.Namespace) -> int:
     for port in (args.msg_port, args.file_port):
         if not 0 <= port < 65536:
@@ -583,7 +606,7 @@ def run_worker(args: argparse.Namespace) -> int:
                        bind=args.host, advertise=advertised_host(args, tracker), msg_port=args.msg_port,
                        file_port=args.file_port, slots=args.slots, threads=max(0, args.threads),
                        workdir=args.workdir, tools=ffmpeg.find_tools(args.ffmpeg, args.use_global),
-                       bars=bars_wanted(args.quiet))
+                       bars=bars_wanted(args.quiet), **tls_options(args))
     worker = Worker(cfg)
     try:
         worker.register()

@@ -47,6 +47,12 @@ def add_ffmpeg_options(p: argparse.ArgumentParser, quiet_help: str) -> None:
     p.add_argument("--quiet", action="store_true", help=quiet_help)
 
 
+def add_tls_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls", action="store_true", help="connect with TLS (to the tracker; for a boss, to workers too)")
+    p.add_argument("--tls-ca", type=Path, metavar="FILE",
+                   help="CA certificates (PEM) to verify TLS peers with, instead of the system's; implies --tls")
+
+
 def add_password_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--password-file", type=Path, metavar="FILE",
                    help="read the password from the first line of FILE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import ssl
 import threading
 import time
 
@@ -52,8 +53,9 @@ def enable_keepalive(sock: socket.socket, idle: int = 30, interval: int = 10, co
 
 
 def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,
-            io_timeout: float = IO_TIMEOUT) -> socket.socket:
-    """A connected socket with `io_timeout` set, or PeerUnreachable once `deadline` has passed."""
+            io_timeout: float = IO_TIMEOUT, tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A connected socket with `io_timeout` set (TLS over it if `tls`), or PeerUnreachable once
+    `deadline` has passed."""
     give_up_at = time.monotonic() + deadline
     delay = 0.1
     while True:
@@ -67,4 +69,7 @@ def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,
             continue
         sock.settimeout(io_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            from common.tls import wrap_client
+            return wrap_client(sock, tls, addr[0])
         return sock

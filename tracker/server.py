@@ -12,6 +12,7 @@ import re
 import secrets
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MA
                            MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
 from common.net import Deadline
+from common.tls import wrap_server
 from common.protocol import (Msg, Role, field as get, int_field, recv_msg_or_reject, send_msg,
                              server_hello)
 from tracker.audit import Recorder
@@ -45,6 +47,7 @@ class TrackerContext:
     audit: Recorder
     secret: bytes
     ttl: float = PEER_TTL
+    tls: ssl.SSLContext | None = None           # TLS on the tracker's port, if configured
 
 
 @dataclass
@@ -110,7 +113,7 @@ def handle_register(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
         ctx.state.drop(s.worker, s.conn_id)
     worker = WorkerInfo(name=name, user=s.user or "", host=host, msg_port=msg_port, file_port=file_port,
                         slots=int_field(msg, "slots", 1, MAX_SLOTS), ffmpeg=get(msg, "ffmpeg", str)[:200],
-                        encoders=tuple(encoders),
+                        encoders=tuple(encoders), tls=bool(msg.get("tls") is True),
                         ticket_key=ticket_auth.ticket_key(s.server_key, salt), connection=s.conn_id)
     ctx.state.register(worker)
     s.worker = name
@@ -147,7 +150,7 @@ def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     expires = int(time.time() + TICKET_TTL)
     boss = s.user or ""
     workers = [{"name": w.name, "host": w.host, "msg_port": w.msg_port, "file_port": w.file_port,
-                "slots": w.slots, "ffmpeg": w.ffmpeg,
+                "slots": w.slots, "ffmpeg": w.ffmpeg, "tls": w.tls,
                 "ticket": ticket_auth.make_ticket(w.ticket_key, boss, job.id, w.name, expires)}
                for w in picked]
     job.workers.update(w.name for w in picked)
@@ -228,6 +231,12 @@ class TrackerHandler(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         self.request.settimeout(HANDSHAKE_TIMEOUT)
+        self.tls_failed: str | None = None
+        if self.server.ctx.tls is not None:
+            try:
+                self.request = wrap_server(self.request, self.server.ctx.tls)
+            except (ssl.SSLError, OSError) as exc:
+                self.tls_failed = str(getattr(exc, "reason", None) or exc)
         self.server.track(self.request, add=True)
         self.deadline = Deadline(self.request, HANDSHAKE_TIMEOUT)   # hello and login, in all
 
@@ -240,6 +249,9 @@ class TrackerHandler(socketserver.BaseRequestHandler):
             return
         ctx = self.server.ctx
         s = Session(peer="%s:%d" % self.client_address[:2])
+        if self.tls_failed:
+            ctx.audit.record("protocol_error", peer=s.peer, reason=f"TLS handshake failed: {self.tls_failed}"[:200])
+            return
         try:
             try:
                 s.claimed_role, s.name = server_hello(self.request, "tracker",

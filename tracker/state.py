@@ -20,6 +20,7 @@ class WorkerInfo:
     ffmpeg: str
     encoders: tuple[str, ...]
     ticket_key: bytes
+    tls: bool = False          # its ports speak TLS
     last_seen: float = 0.0
     connection: int = 0        # id of the tracker connection that registered it
 

@@ -15,6 +15,7 @@ from common.cli import (PASSWORD_HELP, add_common_options, add_password_option, 
                         run_main, setup_logging)
 from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
 from common.errors import UsageError
+from common.tls import server_context
 from tracker.audit import AuditLog, format_event
 from tracker.auth import create_user, load_secret
 from tracker.server import TrackerContext, TrackerServer
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="users, audit log, secret")
     serve.add_argument("--peer-ttl", type=float, default=PEER_TTL,
                        help="seconds without a heartbeat before a worker is dropped")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM), with --tls-key")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     add_common_options(serve)
     user = sub.add_parser("add-user", help="create or update a user", epilog=PASSWORD_HELP)
     user.add_argument("name")
@@ -67,7 +70,10 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"port {args.port} out of range (0-65535)")
     store = open_store(args.data_dir, create=True)
     audit = AuditLog(args.data_dir / "audit.jsonl", store)
-    ctx = TrackerContext(TrackerState(), store, audit, load_secret(args.data_dir), ttl=args.peer_ttl)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    ctx = TrackerContext(TrackerState(), store, audit, load_secret(args.data_dir), ttl=args.peer_ttl, tls=tls)
     try:
         server = TrackerServer((args.host, args.port), ctx)
     except OSError as exc:
