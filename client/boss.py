@@ -348,7 +348,7 @@ class Job:
         """Cut the video at keyframes into chunk files and take each one's manifest."""
         info = self.info
         target = self.cfg.chunk_seconds or media.auto_chunk_seconds(info.video_duration, workers)
-        cuts = media.plan_cuts(info.keyframes, info.start, info.start + info.video_duration + (info.video_start - info.start), target)
+        cuts = media.plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target)
         src_dir = self.work / "src"
         src_dir.mkdir()
         ffmpeg.run(ffmpeg.segment_cmd(self.cfg.tools, self.cfg.input, src_dir / "piece_%05d.mkv", cuts),
@@ -356,17 +356,16 @@ class Job:
         files = sorted(src_dir.glob("piece_*.mkv"))
         if len(files) != len(cuts) + 1:
             log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))
-        packets = [len(ffmpeg.video_packets(self.cfg.tools, path)) for path in files]
-        # where each chunk starts on the input's video timeline: its earliest timestamp
-        bounds = [sum(packets[:i]) for i in range(len(files) + 1)]
-        starts = [min(info.pts[bounds[i]:bounds[i + 1]]) - info.video_start for i in range(len(files))]
+        packets = [len(ffmpeg.stream_packets(self.cfg.tools, path)) for path in files]
+        bounds = [sum(packets[:i]) for i in range(len(files) + 1)]     # each piece's packets in info.pts
         if sum(packets) != info.frames:
             raise TranscoderError(f"splitting lost frames: chunks hold {sum(packets)}, the input has {info.frames}")
         frames = self.count_frames(files, packets)
         chunks: list[Chunk] = []
         for i, path in enumerate(files):
             size, sha = path.stat().st_size, sha256_file(path)
-            pts = sorted(info.pts[bounds[i]:bounds[i + 1]])          # presentation order
+            # presentation order; a chunk starts, on the input's video timeline, at its first frame
+            pts = sorted(info.pts[bounds[i]:bounds[i + 1]])
             ranges = media.split_piece(frames[i], pts[-1] - pts[0] + 1 / info.frame_rate, target) \
                 if frames[i] == packets[i] else [(0, frames[i])]
             if len(ranges) > 1:
@@ -374,7 +373,7 @@ class Job:
                          "(each worker decodes from the keyframe)", pts[-1] - pts[0], i, len(ranges))
             for skip, count in ranges:
                 chunks.append(Chunk(index=len(chunks), source=path, size=size, sha256=sha, frames=count,
-                                    start=pts[skip] - info.video_start if skip else starts[i], skip=skip,
+                                    start=pts[skip] - info.video_start, skip=skip,
                                     whole=len(ranges) == 1))
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
@@ -476,7 +475,7 @@ class AudioJob:
             self.error = exc
 
     def join(self) -> None:
-        if self._thread.is_alive() or self._thread.ident is not None:
+        if self._thread.ident is not None:         # started (there is audio)
             self._thread.join()
         if self.error:
             raise TranscoderError(f"audio: {self.error}")
@@ -530,7 +529,7 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
 
 def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:
     """Where a stream's last packet ends."""
-    packets = ffmpeg.video_packets(tools, path, stream)
+    packets = ffmpeg.stream_packets(tools, path, stream)
     return max((p.pts + p.duration for p in packets), default=0.0)
 
 

@@ -69,9 +69,10 @@ class JobState:
             chunks.append(chunk)
         if not chunks:
             return None
-        for chunk in chunks:                # a damaged source chunk would poison the job
-            if chunk.state is not ChunkState.DONE and sha256_file(chunk.source) != chunk.sha256:
-                return None
+        # a damaged source piece would poison the job (pieces cut by frame range are shared: hash once)
+        wanted = {c.source: c.sha256 for c in chunks if c.state is not ChunkState.DONE}
+        if any(sha256_file(source) != sha for source, sha in wanted.items()):
+            return None
         return chunks, int(data.get("expected_frames", sum(c.frames for c in chunks)))
 
     def save(self, chunks: list[Chunk], expected_frames: int) -> None:

@@ -77,7 +77,7 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
         raise UsageError(f"{path}: not a media file ffmpeg can read (no streams)")
     if not any(s.kind == "video" and not s.attached_pic for s in streams):
         raise UsageError(f"{path}: has no video stream (audio-only or data); nothing to transcode")
-    packets = ffmpeg.video_packets(tools, path, "v:" + str(_video_position(streams)))
+    packets = ffmpeg.stream_packets(tools, path, "v:" + str(_video_position(streams)))
     if not packets:
         raise UsageError(f"{path}: the video stream has no frames (truncated or damaged file?)")
     first = min(p.pts for p in packets)

@@ -199,8 +199,9 @@ class Packet:
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
 
 
-def video_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet]:
-    """The packets of one video stream in file (decode) order, without decoding them."""
+def stream_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet]:
+    """The packets of one stream (the first video one by default) in file (decode) order,
+    without decoding them."""
     out = run([tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-select_streams", stream, "-show_entries",
                "packet=pts_time,dts_time,duration_time,flags", "-of", "compact=p=0", input_path(path)])
     packets = []

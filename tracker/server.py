@@ -153,7 +153,6 @@ def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
                 "slots": w.slots, "ffmpeg": w.ffmpeg, "tls": w.tls,
                 "ticket": ticket_auth.make_ticket(w.ticket_key, boss, job.id, w.name, expires)}
                for w in picked]
-    job.workers.update(w.name for w in picked)
     if workers or not exclude:     # a running job asking for more and getting none is not news
         ctx.audit.record("workers_given", peer=s.peer, user=s.user, job=job.id, encoder=encoder,
                          asked=count, count=len(workers), workers=[w.name for w in picked])

@@ -5,7 +5,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 
@@ -31,7 +31,6 @@ class Job:
     boss: str
     input: str
     started: float
-    workers: set[str] = field(default_factory=set)
 
 
 class TrackerState:
