@@ -48,7 +48,7 @@ class MediaInfo:
     frames: int               # video packets = frames for the codecs we split
     video_start: float        # first video timestamp
     video_duration: float     # last timestamp + its duration - first
-    keyframes: list[float]    # video keyframe timestamps, in file order
+    keyframes: list[float]    # timestamps of the keyframes a stream copy can cut at (clean_cuts)
     pts: list[float]          # every video packet's timestamp, in file order
     frame_rate: float         # average, for tolerances
 
@@ -93,7 +93,7 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
         path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
         duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
         frames=len(packets), video_start=first, video_duration=end - first,
-        keyframes=[p.pts for p in packets if p.key], pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
+        keyframes=clean_cuts(packets), pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
     )
 
 
@@ -170,6 +170,28 @@ def _float(text: Any) -> float | None:
         return float(text)
     except (TypeError, ValueError):
         return None
+
+
+def clean_cuts(packets: list[ffmpeg.Packet]) -> list[float]:
+    """Timestamps of the keyframes where a cut leaves every frame decodable on its own side.
+
+    A keyframe of an open GOP (MPEG-2, MPEG-4 Part 2 and broadcast H.264 with B-frames) is
+    followed, in decode order, by B-frames shown before it that reference the previous GOP: cut
+    there and those frames decode in neither chunk. So a keyframe is a clean cut only when every
+    packet before it in the file is shown before it and every packet after it is shown after it.
+    """
+    timed = [(i, p.pts) for i, p in enumerate(packets) if p.pts_known]
+    later_min = [0.0] * len(timed)
+    low = float("inf")
+    for n in range(len(timed) - 1, -1, -1):
+        later_min[n] = low
+        low = min(low, timed[n][1])
+    cuts, earlier_max = [], float("-inf")
+    for n, (i, pts) in enumerate(timed):
+        if packets[i].key and earlier_max < pts < later_min[n]:
+            cuts.append(pts)
+        earlier_max = max(earlier_max, pts)
+    return cuts
 
 
 def plan_cuts(keyframes: list[float], start: float, end: float, target: float) -> list[float]:

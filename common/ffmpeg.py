@@ -194,6 +194,7 @@ class Packet:
     dts: float
     duration: float
     key: bool
+    pts_known: bool = True    # False: the file stores none (second fields), `pts` is the dts
 
 
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
@@ -208,12 +209,12 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet
     for line in out.splitlines():
         f = dict(_PKT_FIELD.findall(line))
         pts, dts = _num(f.get("pts_time")), _num(f.get("dts_time"))
-        if pts is None:
-            pts = dts
+        known = pts is not None
+        pts = pts if known else dts
         if pts is None:
             continue
         packets.append(Packet(pts, dts if dts is not None else pts, _num(f.get("duration_time")) or 0.0,
-                              f.get("flags", "").startswith("K")))
+                              f.get("flags", "").startswith("K"), known))
     return packets
 
 

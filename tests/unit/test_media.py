@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from client.media import Stream, auto_chunk_seconds, check_combination, container_for, plan_cuts
+from client.media import Stream, auto_chunk_seconds, check_combination, clean_cuts, container_for, plan_cuts
+from common.ffmpeg import Packet
 from common.errors import UsageError
 
 
@@ -150,3 +151,30 @@ def test_split_piece_keeps_a_short_piece_whole():
     from client.media import split_piece
     assert split_piece(frames=60, seconds=2.0, target=2.0) == [(0, 60)]
     assert split_piece(frames=3, seconds=100.0, target=1.0) == [(0, 1), (1, 1), (2, 1)]   # never empty ranges
+
+
+def gop_packets(frames: list[tuple[str, int]], fps: float = 25.0) -> list[Packet]:
+    """Packets in decode order from (type, display index) pairs; 'I' marks a keyframe."""
+    return [Packet(pts=n / fps, dts=i / fps, duration=1 / fps, key=kind == "I") for i, (kind, n) in enumerate(frames)]
+
+
+def test_closed_gops_cut_at_every_keyframe():
+    # I0 P3 B1 B2 | I4 P7 B5 B6: each GOP's B-frames lie between its own I and P
+    packets = gop_packets([("I", 0), ("P", 3), ("B", 1), ("B", 2), ("I", 4), ("P", 7), ("B", 5), ("B", 6)])
+    assert clean_cuts(packets) == [0.0, 4 / 25]
+
+
+def test_open_gop_keyframe_is_not_a_cut():
+    # I0 P3 B1 B2 | I6 B4 B5 P9 B7 B8: B4 and B5 come after I6 in the file but show before it and
+    # reference P3, so a cut at I6 would leave them undecodable in both chunks
+    packets = gop_packets([("I", 0), ("P", 3), ("B", 1), ("B", 2), ("I", 6), ("B", 4), ("B", 5),
+                           ("P", 9), ("B", 7), ("B", 8)])
+    assert clean_cuts(packets) == [0.0]
+
+
+def test_packets_without_timestamps_do_not_block_a_cut():
+    # field pairs: the second field of each frame stores no pts (ffprobe falls back to its dts)
+    packets = [Packet(0.0, -0.04, 0.02, True), Packet(-0.02, -0.02, 0.02, False, pts_known=False),
+               Packet(0.04, 0.0, 0.02, False), Packet(0.0, 0.0, 0.02, False, pts_known=False),
+               Packet(0.08, 0.04, 0.02, True), Packet(0.04, 0.04, 0.02, False, pts_known=False)]
+    assert clean_cuts(packets) == [0.0, 0.08]
