@@ -356,10 +356,8 @@ class Job:
         files = sorted(src_dir.glob("piece_*.mkv"))
         if len(files) != len(cuts) + 1:
             log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))
-        packets = [len(ffmpeg.stream_packets(self.cfg.tools, path)) for path in files]
+        packets = self.piece_packets(files, cuts)
         bounds = [sum(packets[:i]) for i in range(len(files) + 1)]     # each piece's packets in info.pts
-        if sum(packets) != info.frames:
-            raise TranscoderError(f"splitting lost frames: chunks hold {sum(packets)}, the input has {info.frames}")
         frames = self.count_frames(files, packets)
         chunks: list[Chunk] = []
         for i, path in enumerate(files):
@@ -378,6 +376,28 @@ class Job:
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks
+
+    def piece_packets(self, files: list[Path], cuts: list[float]) -> list[int]:
+        """Video packets in each piece. When the segment muxer made the pieces planned, they
+        follow from where each cut keyframe sits in the input, and one ffprobe over all pieces
+        confirms none was lost (one ffprobe per piece took 2 minutes for 1,154 pieces)."""
+        info = self.info
+        total = None
+        if len(files) == len(cuts) + 1:
+            listing = files[0].parent / "pieces.ffconcat"
+            listing.write_text(ffmpeg.concat_list([f.name for f in files]), encoding="utf-8")
+            total = ffmpeg.count_packets(self.cfg.tools, listing)
+            listing.unlink()
+        if total == info.frames:
+            position = {k - info.start: i for k, i in zip(info.keyframes, info.keyframe_positions)}
+            starts = [0, *(position[t] for t in cuts), info.frames]
+            return [b - a for a, b in zip(starts, starts[1:])]
+        log.debug("the segment muxer made %d pieces of %d packets for %d planned cuts: probing each piece",
+                  len(files), total or -1, len(cuts))
+        packets = [len(ffmpeg.stream_packets(self.cfg.tools, path)) for path in files]
+        if sum(packets) != info.frames:
+            raise TranscoderError(f"splitting lost frames: chunks hold {sum(packets)}, the input has {info.frames}")
+        return packets
 
     def count_frames(self, files: list[Path], packets: list[int]) -> list[int]:
         """Frames per chunk. Usually one per packet; but field-coded video (interlaced H.264 in
@@ -422,6 +442,7 @@ class Job:
             audio_count=len(audio_streams), subtitles=tuple(subtitles),
             attachments=tuple(s.index for s in info.of_kind("attachment")) if container.attachments else (),
             titles=mp4_titles(audio_streams, kept_subs) if container.muxer in ("mp4", "mov") else (),
+            tags=tuple(media.carried_tags(info.tags, container.muxer).items()),
             muxer=container.muxer)
         # beside the output, so the rename is atomic: OUTPUT appears complete or not at all
         tmp = cfg.output.with_name(f".{cfg.output.name}.ffdt-partial{cfg.output.suffix.lower()}")

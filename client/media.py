@@ -49,8 +49,10 @@ class MediaInfo:
     video_start: float        # first video timestamp
     video_duration: float     # last timestamp + its duration - first
     keyframes: list[float]    # timestamps of the keyframes a stream copy can cut at (clean_cuts)
+    keyframe_positions: list[int]   # ... and where each is in file order (an index into pts)
     pts: list[float]          # every video packet's timestamp, in file order
     frame_rate: float         # average, for tolerances
+    tags: dict[str, str] = field(default_factory=dict)   # global metadata
 
     @property
     def video(self) -> Stream:
@@ -89,11 +91,13 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
     if declared and end - first < 0.5 * declared - 1.0 and declared - (end - first) > 2.0:
         raise UsageError(f"{path}: video ends at {end - first:.1f}s of a declared {declared:.1f}s "
                          "(truncated file?)")
+    cuts = clean_cuts(packets)
     return MediaInfo(
         path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
         duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
         frames=len(packets), video_start=first, video_duration=end - first,
-        keyframes=clean_cuts(packets), pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
+        keyframes=[packets[i].pts for i in cuts], keyframe_positions=cuts, pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
+        tags=dict(fmt.get("tags", {})),
     )
 
 
@@ -172,8 +176,8 @@ def _float(text: Any) -> float | None:
         return None
 
 
-def clean_cuts(packets: list[ffmpeg.Packet]) -> list[float]:
-    """Timestamps of the keyframes where a cut leaves every frame decodable on its own side.
+def clean_cuts(packets: list[ffmpeg.Packet]) -> list[int]:
+    """Positions (in file order) of the keyframes where a cut leaves every frame decodable on its own side.
 
     A keyframe of an open GOP (MPEG-2, MPEG-4 Part 2 and broadcast H.264 with B-frames) is
     followed, in decode order, by B-frames shown before it that reference the previous GOP: cut
@@ -189,7 +193,7 @@ def clean_cuts(packets: list[ffmpeg.Packet]) -> list[float]:
     cuts, earlier_max = [], float("-inf")
     for n, (i, pts) in enumerate(timed):
         if packets[i].key and earlier_max < pts < later_min[n]:
-            cuts.append(pts)
+            cuts.append(i)
         earlier_max = max(earlier_max, pts)
     return cuts
 
@@ -256,6 +260,20 @@ CONTAINERS = {
 }
 AUDIO_ENCODER_CODEC = {"aac": "aac", "libopus": "opus", "libvorbis": "vorbis", "libmp3lame": "mp3",
                        "ac3": "ac3", "flac": "flac"}
+
+
+# Apple's devices write these as QuickTime "mdta" keys, which ffmpeg's mp4/mov muxers do not
+# write back; the same facts have a classic atom there (location: ©xyz; make/model: mov only).
+APPLE_TAGS = {"com.apple.quicktime.location.ISO6709": "location", "com.apple.quicktime.make": "make",
+              "com.apple.quicktime.model": "model"}
+MUXER_TAGS = {"mp4": {"location"}, "mov": {"location", "make", "model"}}
+
+
+def carried_tags(tags: dict[str, str], muxer: str) -> dict[str, str]:
+    """Global tags to set on the output so GPS location (and the camera, in mov) survive."""
+    wanted = MUXER_TAGS.get(muxer, set())
+    return {name: tags[apple] for apple, name in APPLE_TAGS.items()
+            if apple in tags and name in wanted and name not in tags}
 
 
 def container_for(output: Path) -> Container:

@@ -218,6 +218,17 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet
     return packets
 
 
+def count_packets(tools: Tools, listing: Path) -> int:
+    """Video packets in all the files of an ffconcat list: one ffprobe run, not one per file."""
+    out = run([tools.ffprobe, "-v", "error", "-f", "concat", "-safe", "0", "-i", input_path(listing),
+               "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets",
+               "-of", "csv=p=0"])
+    try:
+        return int(out.strip().splitlines()[0])
+    except (ValueError, IndexError):
+        raise FFmpegError([tools.ffprobe], 0, f"unreadable packet count: {out.strip()[:80]!r}") from None
+
+
 def _num(text: str | None) -> float | None:
     try:
         return float(text) if text not in (None, "", "N/A") else None
@@ -396,6 +407,7 @@ class MuxPlan:
     subtitles: tuple[tuple[int, str], ...] = ()   # (source stream index, codec or "copy")
     attachments: tuple[int, ...] = ()             # source stream indices of attachments (fonts)
     titles: tuple[tuple[str, int, str], ...] = ()  # (kind a/s, position, title) for mp4/mov handler names
+    tags: tuple[tuple[str, str], ...] = ()          # global tags to set beside the source's
     muxer: str = "matroska"
 
 
@@ -426,6 +438,8 @@ def mux_cmd(tools: Tools, plan: MuxPlan, dst: Path) -> list[str]:
     for kind, position, title in plan.titles:
         # mp4 keeps a track's name only as its handler name
         meta += [f"-metadata:s:{kind}:{position}", f"handler_name={title}"]
+    for key, value in plan.tags:
+        meta += ["-metadata", f"{key}={value}"]
     cmd += meta + ["-map_chapters", str(src)] + codecs
     if plan.muxer in ("mp4", "mov"):
         cmd += ["-movflags", "+faststart"]

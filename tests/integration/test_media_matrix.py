@@ -135,6 +135,12 @@ def matrix_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # 4:2:0 at an odd size, as VP9 allows: what an encoder needing even sizes gets by default
     make("odd-321x241-vp9.webm", *ODD, *_sine(440, 2), "-c:v", "libvpx-vp9", "-deadline",
          "realtime", "-cpu-used", "8", "-b:v", "300k", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "libopus")
+    # DVB bitmap subtitles, as in European broadcast captures: ffmpeg can only make bitmap
+    # subtitles from bitmap ones, so they come from the Sony clip's PGS track
+    sony = SHARED_MEDIA / "sony-a7m3-1080i-h264-ac3-pgs.mts"
+    if sony.is_file():
+        make("dvb-subtitles.ts", *_video(), *_sine(440, 2), "-i", str(sony), "-map", "0:v", "-map", "1:a",
+             "-map", "2:s", *h264, "-c:a", "mp2", "-c:s", "dvbsub", "-metadata:s:s:0", "language=fin")
     make("short-0.5s.mp4", *_video(seconds=0.5), *_sine(440, 0.5), *h264, "-c:a", "aac")
     make(WEIRD_NAME, *_video(), *_sine(440, 2), *h264, "-c:a", "aac")
     return made
@@ -240,6 +246,18 @@ def tags(stream: dict) -> dict[str, str]:
     return {k.lower(): v for k, v in (stream.get("tags") or {}).items()}
 
 
+ISO6709 = re.compile(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)")
+
+
+def gps(global_tags: dict[str, str]) -> tuple[float, float] | None:
+    """Latitude and longitude, from the ISO 6709 location mp4 (©xyz), QuickTime keys or Matroska hold."""
+    for key in ("location", "com.apple.quicktime.location.iso6709"):
+        found = ISO6709.match(global_tags.get(key, ""))
+        if found:
+            return float(found[1]), float(found[2])
+    return None
+
+
 # ---------------------------------------------------------------- the matrix
 
 @dataclass(frozen=True)
@@ -272,6 +290,8 @@ CASES = [
     _case("flir-vfr-mp4-to-mp4", "shared:flir-thermal-1080x1440-h264-aac-vfr.mp4", "out.mp4", *SMALL, chunk=2),
     _case("iphone-rot90-h264-mov-to-mp4", "shared:iphone-320p-h264-aac-rot90.mov", "out.mp4",
           "--preset", "ultrafast", "--scale", "160:-2"),
+    _case("iphone-rot90-h264-mov-to-mov", "shared:iphone-320p-h264-aac-rot90.mov", "out.mov",
+          "--preset", "ultrafast", "--scale", "160:-2"),
     _case("iphone-rot90-hevc-mov-to-mkv", "shared:iphone-720p-hevc-aac-rot90.mov", "out.mkv", *SMALL, chunk=0.5),
     # one keyframe in 45.6 s: frame-range chunks, each decoded from the keyframe, so 10 s chunks (5)
     _case("office-vp9-1-keyframe-webm-to-mkv", "shared:office-720p-vp9-noaudio.webm", "out.mkv", *SMALL, chunk=10),
@@ -299,6 +319,8 @@ CASES = [
     _case("odd-321x241-h264-to-mp4-yuv420p", "odd-321x241-h264.mp4", "out.mp4", "--preset", "ultrafast",
           "--pix-fmt", "yuv420p", clear_failure=ODD_CLEAR),
     _case("odd-321x241-vp9-420-to-mkv", "odd-321x241-vp9.webm", "out.mkv", clear_failure=ODD_CLEAR),
+    _case("dvb-subtitles-ts-to-mkv", "dvb-subtitles.ts", "out.mkv"),
+    _case("dvb-subtitles-ts-to-mp4", "dvb-subtitles.ts", "out.mp4"),
     _case("short-half-second-mp4-to-mkv", "short-0.5s.mp4", "out.mkv"),
     _case("weird-name-mkv-to-mp4", WEIRD_NAME, "out «it's» \"q\" ü 日本.mp4"),
 ]
@@ -311,8 +333,10 @@ def test_media_matrix(case: Case, matrix_clips: dict[str, Path], tmp_path: Path,
         src = SHARED_MEDIA / case.src.split(":", 1)[1]
         if not src.exists():
             pytest.skip(f"{src} not available")
-    else:
+    elif case.src in matrix_clips:
         src = matrix_clips[case.src]
+    else:
+        pytest.skip(f"{case.src} not generated (needs {SHARED_MEDIA})")
     out, report = tmp_path / case.out, tmp_path / "report.json"
     done = run_cli("client/boss.py", str(src), "-o", str(out), "--local", "2", "--quiet", "--report", str(report),
                    "--chunk-seconds", f"{case.chunk:g}", *case.args, cwd=tmp_path)
@@ -439,6 +463,8 @@ def check_output(src: Path, out: Path, case: Case, stderr: str, report: dict, re
     for key in ("title", "artist"):
         if key in sg and og.get(key) != sg[key]:
             problems.append(f"global {key} {og.get(key)!r}, the input's {sg[key]!r}")
+    if gps(sg) and gps(og) != gps(sg):
+        problems.append(f"GPS location {gps(og)}, the input's {gps(sg)}")
 
     # ---- a clean decode
     err, passthrough = clean_decode(out)

@@ -250,6 +250,12 @@ def test_mux_cmd_copies_metadata_stream_by_stream():
     assert value_of(cmd, "-map_metadata:s:s:1") == "2:s:4"
 
 
+def test_mux_cmd_sets_extra_global_tags_after_copying_the_sources():
+    cmd = mux_cmd(TOOLS, full_plan(tags=(("location", "+32.0929+034.8620+028.516/"),)), Path("/out/movie.mp4"))
+    assert values_of(cmd, "-metadata")[-1] == "location=+32.0929+034.8620+028.516/"
+    assert cmd.index("-map_metadata") < len(cmd) - cmd[::-1].index("-metadata")
+
+
 def test_mux_cmd_converts_only_subtitles_that_need_it():
     cmd = mux_cmd(TOOLS, full_plan(), Path("/out/movie.mp4"))
     assert value_of(cmd, "-c") == "copy"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from client.media import Stream, auto_chunk_seconds, check_combination, clean_cuts, container_for, plan_cuts
+from client.media import Stream, auto_chunk_seconds, carried_tags, check_combination, clean_cuts, container_for, plan_cuts
 from common.ffmpeg import Packet
 from common.errors import UsageError
 
@@ -161,7 +161,7 @@ def gop_packets(frames: list[tuple[str, int]], fps: float = 25.0) -> list[Packet
 def test_closed_gops_cut_at_every_keyframe():
     # I0 P3 B1 B2 | I4 P7 B5 B6: each GOP's B-frames lie between its own I and P
     packets = gop_packets([("I", 0), ("P", 3), ("B", 1), ("B", 2), ("I", 4), ("P", 7), ("B", 5), ("B", 6)])
-    assert clean_cuts(packets) == [0.0, 4 / 25]
+    assert clean_cuts(packets) == [0, 4]
 
 
 def test_open_gop_keyframe_is_not_a_cut():
@@ -169,7 +169,7 @@ def test_open_gop_keyframe_is_not_a_cut():
     # reference P3, so a cut at I6 would leave them undecodable in both chunks
     packets = gop_packets([("I", 0), ("P", 3), ("B", 1), ("B", 2), ("I", 6), ("B", 4), ("B", 5),
                            ("P", 9), ("B", 7), ("B", 8)])
-    assert clean_cuts(packets) == [0.0]
+    assert clean_cuts(packets) == [0]
 
 
 def test_packets_without_timestamps_do_not_block_a_cut():
@@ -177,4 +177,19 @@ def test_packets_without_timestamps_do_not_block_a_cut():
     packets = [Packet(0.0, -0.04, 0.02, True), Packet(-0.02, -0.02, 0.02, False, pts_known=False),
                Packet(0.04, 0.0, 0.02, False), Packet(0.0, 0.0, 0.02, False, pts_known=False),
                Packet(0.08, 0.04, 0.02, True), Packet(0.04, 0.04, 0.02, False, pts_known=False)]
-    assert clean_cuts(packets) == [0.0, 0.08]
+    assert clean_cuts(packets) == [0, 4]
+
+
+APPLE = {"com.apple.quicktime.location.ISO6709": "+32.0929+034.8620+028.516/",
+         "com.apple.quicktime.make": "Apple", "com.apple.quicktime.model": "iPhone 6"}
+
+
+def test_apple_location_becomes_the_mp4_location_atom():
+    assert carried_tags(APPLE, "mp4") == {"location": "+32.0929+034.8620+028.516/"}
+    assert carried_tags(APPLE, "mov") == {"location": "+32.0929+034.8620+028.516/", "make": "Apple",
+                                          "model": "iPhone 6"}
+
+
+def test_tags_are_not_rewritten_where_they_already_travel():
+    assert carried_tags(APPLE, "matroska") == {}              # Matroska keeps every tag as it is
+    assert carried_tags({**APPLE, "location": "+1+2/"}, "mp4") == {}   # the source's own wins
