@@ -435,13 +435,22 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
                 s.send(Msg.PROGRESS, chunk=a.chunk, frames=n)
 
     started = time.monotonic()
+    warmup = ffmpeg.warmup_frames(s.settings, a.skip) if a.limit is not None else 0
     cmd = ffmpeg.encode_cmd(worker.cfg.tools, a.input, a.output, s.settings, worker.cfg.threads,
-                            frame_range=(a.skip, a.limit) if a.limit is not None else None)
+                            frame_range=(a.skip, a.limit) if a.limit is not None else None, warmup=warmup)
     try:
         try:
-            ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, on_frames=on_frames, cancel=a.cancel)
+            ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, cancel=a.cancel,
+                                     on_frames=lambda n: on_frames(max(0, n - warmup)))
+            if warmup and not a.cancel.is_set():
+                chunk = ffmpeg.warmup_parts(a.output)[1]
+                if not chunk.exists():
+                    raise FFmpegError(cmd, 0, "the warm-up frames could not be split off")
+                chunk.replace(a.output)
         finally:
             a.input.unlink(missing_ok=True)   # before any reply: a retry may upload to the same name
+            for part in ffmpeg.warmup_parts(a.output):
+                part.unlink(missing_ok=True)
         if a.cancel.is_set():
             return
         if "corrupt-results" in FAULTS:

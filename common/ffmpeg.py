@@ -222,11 +222,11 @@ def count_packets(tools: Tools, listing: Path) -> int:
     """Video packets in all the files of an ffconcat list: one ffprobe run, not one per file."""
     out = run([tools.ffprobe, "-v", "error", "-f", "concat", "-safe", "0", "-i", input_path(listing),
                "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets",
-               "-of", "csv=p=0"])
-    try:
-        return int(out.strip().splitlines()[0])
-    except (ValueError, IndexError):
-        raise FFmpegError([tools.ffprobe], 0, f"unreadable packet count: {out.strip()[:80]!r}") from None
+               "-of", "default=noprint_wrappers=1"])
+    found = re.search(r"^nb_read_packets=(\d+)", out, re.M)     # some streams print side data too
+    if not found:
+        raise FFmpegError([tools.ffprobe], 0, f"unreadable packet count: {out.strip()[:80]!r}")
+    return int(found[1])
 
 
 def _num(text: str | None) -> float | None:
@@ -295,12 +295,33 @@ def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[
     return cmd + [input_path(out_pattern)]
 
 
+# A chunk cut inside a long GOP starts its encoder this many frames early, forces a keyframe at
+# its first frame and drops the frames before it. A fresh x264/x265 gives its first keyframe a
+# QP from its initial guess, not from the frames before (as one run does); on a static scene
+# that keyframe's quality lasts the whole chunk. Measured on office-720p-vp9 (x264 CRF 23): a
+# chunk at frame 228 was 0.44 dB below one run over the same frames, 0.05 dB with 25 frames of
+# warm-up (0.04 dB with 50).
+WARMUP_FRAMES = 25
+WARMUP_ENCODERS = {"libx264", "libx265"}    # whose forced keyframes are IDR with -forced-idr 1
+
+
+def warmup_frames(s: Settings, skip: int) -> int:
+    """Frames to encode and drop before a chunk that starts `skip` frames into its piece."""
+    return min(skip, WARMUP_FRAMES) if s.vcodec in WARMUP_ENCODERS and s.fps is None else 0
+
+
+def warmup_parts(dst: Path) -> tuple[Path, Path]:
+    """The two files a warmed-up encode writes: the frames to drop, then the chunk."""
+    return dst.with_name(dst.name + ".0"), dst.with_name(dst.name + ".1")
+
+
 def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0,
-               frame_range: tuple[int, int] | None = None) -> list[str]:
+               frame_range: tuple[int, int] | None = None, warmup: int = 0) -> list[str]:
     """Encode one chunk (video only) into Matroska, reporting progress on stdout.
 
     frame_range=(skip, count): decode from the start, drop `skip` frames, encode the next `count`
-    (a chunk cut inside a long GOP)."""
+    (a chunk cut inside a long GOP). warmup=N (up to skip): encode N frames before those, then
+    split them off into warmup_parts(dst) (see WARMUP_FRAMES)."""
     cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", "-i", input_path(src),
            "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
     # Chunks carry no display matrix, so turn the picture as ffmpeg's autorotate would in a
@@ -308,8 +329,8 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     filters = {0: [], 90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}[s.rotate]
     if frame_range is not None:
         skip, count = frame_range
-        filters = [f"trim=start_frame={int(skip)}:end_frame={int(skip) + int(count)}", "setpts=PTS-STARTPTS",
-                   *filters]
+        filters = [f"trim=start_frame={int(skip) - warmup}:end_frame={int(skip) + int(count)}",
+                   "setpts=PTS-STARTPTS", *filters]
     if s.pad_even:
         filters.append("pad=ceil(iw/2)*2:ceil(ih/2)*2")     # 4:2:0 needs even sizes; keep every pixel
     if s.scale_w is not None:
@@ -341,6 +362,13 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
         cmd += ["-x265-params", ":".join(params)]
     if threads:
         cmd += ["-threads", str(threads)]
+    if warmup:
+        # the chunk's first frame becomes an IDR (nothing after it refers back), which is also the
+        # first keyframe at or after packet `warmup`: where the segment muxer cuts
+        cmd += ["-force_key_frames", f"expr:eq(n,{int(warmup)})", "-forced-idr", "1",
+                "-f", "segment", "-segment_frames", str(int(warmup)), "-reset_timestamps", "1",
+                "-segment_format", "matroska", input_path(dst.with_name(dst.name + ".%d"))]
+        return cmd
     return cmd + ["-f", "matroska", input_path(dst)]
 
 

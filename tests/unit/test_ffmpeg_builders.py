@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from common.ffmpeg import MuxPlan, Tools, audio_cmd, concat_list, encode_cmd, mux_cmd, segment_cmd
+from common.ffmpeg import (MuxPlan, Tools, audio_cmd, concat_list, encode_cmd, mux_cmd, segment_cmd,
+                           warmup_frames, warmup_parts)
 from common.settings import Settings
 
 TOOLS = Tools("ffmpeg", "ffprobe")
@@ -378,3 +379,22 @@ def test_encode_cmd_frame_range_turn_and_pad_filters_in_order():
     chain = cmd[cmd.index("-vf") + 1].split(",")
     assert chain == ["trim=start_frame=50:end_frame=75", "setpts=PTS-STARTPTS", "transpose=clock",
                      "pad=ceil(iw/2)*2:ceil(ih/2)*2", "scale=320:-2"]
+
+
+def test_warm_up_starts_earlier_forces_an_idr_and_splits_there():
+    cmd = encode_cmd(TOOLS, Path("/w/in.mkv"), Path("/w/c.mkv"), Settings(vcodec="libx264"),
+                     frame_range=(100, 50), warmup=25)
+    assert cmd[cmd.index("-vf") + 1].split(",")[0] == "trim=start_frame=75:end_frame=150"
+    assert value_of(cmd, "-force_key_frames") == "expr:eq(n,25)"      # the chunk's first frame
+    assert value_of(cmd, "-forced-idr") == "1"
+    assert value_of(cmd, "-f") == "segment" and value_of(cmd, "-segment_frames") == "25"
+    assert cmd[-1] == "file:/w/c.mkv.%d"
+    assert [p.name for p in warmup_parts(Path("/w/c.mkv"))] == ["c.mkv.0", "c.mkv.1"]
+
+
+def test_warm_up_only_where_there_are_frames_before_and_the_encoder_takes_it():
+    assert warmup_frames(Settings(vcodec="libx264"), 400) == 25
+    assert warmup_frames(Settings(vcodec="libx265"), 10) == 10       # no more than the frames before
+    assert warmup_frames(Settings(vcodec="libx264"), 0) == 0         # a chunk at a keyframe
+    assert warmup_frames(Settings(vcodec="libvpx-vp9"), 400) == 0
+    assert warmup_frames(Settings(vcodec="libx264", fps="30"), 400) == 0   # -fps renumbers frames
