@@ -441,7 +441,7 @@ class Job:
             audio_offset=(min(s.start for s in audio_streams) - info.video_start) if audio_streams else 0.0,
             audio_count=len(audio_streams), subtitles=tuple(subtitles),
             attachments=tuple(s.index for s in info.of_kind("attachment")) if container.attachments else (),
-            titles=mp4_titles(audio_streams, kept_subs) if container.muxer in ("mp4", "mov") else (),
+            stream_tags=mp4_stream_tags(container.muxer, info.video, audio_streams, kept_subs),
             tags=tuple(media.carried_tags(info.tags, container.muxer).items()),
             muxer=container.muxer)
         # beside the output, so the rename is atomic: OUTPUT appears complete or not at all
@@ -472,10 +472,20 @@ class Job:
                 log.warning("could not write the report %s: %s", self.cfg.report, exc.strerror or exc)
 
 
-def mp4_titles(audio: list[media.Stream], subtitles: list[media.Stream]) -> tuple[tuple[str, int, str], ...]:
-    """(kind, position, title) of each titled output track: mp4 keeps names only as handler names."""
-    return tuple((kind, n, s.tags["title"]) for kind, streams in (("a", audio), ("s", subtitles))
-                 for n, s in enumerate(streams) if s.tags.get("title"))
+def mp4_stream_tags(muxer: str, video: media.Stream, audio: list[media.Stream],
+                    subtitles: list[media.Stream]) -> tuple[tuple[str, int, str, str], ...]:
+    """(kind, position, key, value) for tags mp4/mov keep only when rewritten: a track's title
+    lives in its handler name, and mov writes only the languages QuickTime's table knows."""
+    if muxer not in ("mp4", "mov"):
+        return ()
+    tags = []
+    for kind, streams in (("v", [video]), ("a", audio), ("s", subtitles)):
+        for n, s in enumerate(streams):
+            if kind != "v" and s.tags.get("title"):
+                tags.append((kind, n, "handler_name", s.tags["title"]))
+            if muxer == "mov" and s.tags.get("language") in media.MOV_LANGUAGE:
+                tags.append((kind, n, "language", media.MOV_LANGUAGE[s.tags["language"]]))
+    return tuple(tags)
 
 
 class AudioJob:

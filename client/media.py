@@ -269,6 +269,14 @@ APPLE_TAGS = {"com.apple.quicktime.location.ISO6709": "location", "com.apple.qui
 MUXER_TAGS = {"mp4": {"location"}, "mov": {"location", "make", "model"}}
 
 
+# ISO 639-2 has two codes for 20 languages (deu/ger). ffmpeg's mov muxer looks a language up in
+# QuickTime's table, which has one of the two (ger, but fra), and silently drops the other: the
+# spelling it can write, found by muxing each code with ffmpeg 5.1 (Maori has neither).
+MOV_LANGUAGE = {"bod": "tib", "cym": "wel", "deu": "ger", "ell": "gre", "eus": "baq", "fas": "per", "hye": "arm",
+                "isl": "ice", "kat": "geo", "mkd": "mac", "msa": "may", "mya": "bur", "nld": "dut", "sqi": "alb",
+                "zho": "chi", "fre": "fra", "cze": "ces", "rum": "ron", "slo": "slk"}
+
+
 def carried_tags(tags: dict[str, str], muxer: str) -> dict[str, str]:
     """Global tags to set on the output so GPS location (and the camera, in mov) survive."""
     wanted = MUXER_TAGS.get(muxer, set())

@@ -434,7 +434,7 @@ class MuxPlan:
     audio_count: int = 0
     subtitles: tuple[tuple[int, str], ...] = ()   # (source stream index, codec or "copy")
     attachments: tuple[int, ...] = ()             # source stream indices of attachments (fonts)
-    titles: tuple[tuple[str, int, str], ...] = ()  # (kind a/s, position, title) for mp4/mov handler names
+    stream_tags: tuple[tuple[str, int, str, str], ...] = ()  # (kind v/a/s, position, key, value) to set
     tags: tuple[tuple[str, str], ...] = ()          # global tags to set beside the source's
     muxer: str = "matroska"
 
@@ -463,9 +463,8 @@ def mux_cmd(tools: Tools, plan: MuxPlan, dst: Path) -> list[str]:
     for n, index in enumerate(plan.attachments):
         cmd += ["-map", f"{src}:{index}"]
         meta += [f"-map_metadata:s:t:{n}", f"{src}:s:{index}"]     # filename and mimetype travel as tags
-    for kind, position, title in plan.titles:
-        # mp4 keeps a track's name only as its handler name
-        meta += [f"-metadata:s:{kind}:{position}", f"handler_name={title}"]
+    for kind, position, key, value in plan.stream_tags:
+        meta += [f"-metadata:s:{kind}:{position}", f"{key}={value}"]
     for key, value in plan.tags:
         meta += ["-metadata", f"{key}={value}"]
     cmd += meta + ["-map_chapters", str(src)] + codecs

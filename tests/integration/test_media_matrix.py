@@ -242,8 +242,37 @@ def clean_decode(path: Path) -> tuple[str, bool]:
     return err + ("" if done.returncode == 0 else f" (exit {done.returncode})"), False
 
 
+# ISO 639-2's twin codes (ger/deu): mov writes whichever QuickTime's table has
+ISO639_TWINS = {"tib": "bod", "wel": "cym", "ger": "deu", "gre": "ell", "baq": "eus", "per": "fas", "arm": "hye",
+                "ice": "isl", "geo": "kat", "mac": "mkd", "may": "msa", "bur": "mya", "dut": "nld", "alb": "sqi",
+                "chi": "zho", "fre": "fra", "cze": "ces", "rum": "ron", "slo": "slk", "mao": "mri"}
+
+
+def language(stream_tags: dict[str, str]) -> str:
+    code = stream_tags.get("language", "und")
+    return ISO639_TWINS.get(code, code)
+
+
 def tags(stream: dict) -> dict[str, str]:
     return {k.lower(): v for k, v in (stream.get("tags") or {}).items()}
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The ISO-BMFF (mp4/mov) top-level box types, in file order."""
+    kinds, size = [], path.stat().st_size
+    with path.open("rb") as f:
+        pos = 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8].decode("latin-1")
+            if length == 1:
+                length = int.from_bytes(head[8:16], "big")
+            kinds.append(kind)
+            if length < 8:
+                break
+            pos += length
+    return kinds
 
 
 ISO6709 = re.compile(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)")
@@ -319,6 +348,12 @@ CASES = [
     _case("odd-321x241-h264-to-mp4-yuv420p", "odd-321x241-h264.mp4", "out.mp4", "--preset", "ultrafast",
           "--pix-fmt", "yuv420p", clear_failure=ODD_CLEAR),
     _case("odd-321x241-vp9-420-to-mkv", "odd-321x241-vp9.webm", "out.mkv", clear_failure=ODD_CLEAR),
+    # the other encoders, rate control by bit rate, mp4/mov with the index first (+faststart)
+    _case("to-av1-svt-mp4", "vp9.webm", "out.mp4", "--vcodec", "libsvtav1", "--preset", "12", vcodec="av1"),
+    _case("to-av1-aom-webm", "mpeg4-part2.avi", "out.webm", "--vcodec", "libaom-av1", "--preset", "8",
+          "--scale", "160:-2", vcodec="av1"),
+    _case("to-hevc-vbitrate-mov", "multi-audio-srt-chapters.mkv", "out.mov", "--vcodec", "libx265", "--preset",
+          "ultrafast", "--vbitrate", "300k", "--maxrate", "400k", "--bufsize", "800k", vcodec="hevc"),
     _case("dvb-subtitles-ts-to-mkv", "dvb-subtitles.ts", "out.mkv"),
     _case("dvb-subtitles-ts-to-mp4", "dvb-subtitles.ts", "out.mp4"),
     _case("short-half-second-mp4-to-mkv", "short-0.5s.mp4", "out.mkv"),
@@ -396,7 +431,7 @@ def check_output(src: Path, out: Path, case: Case, stderr: str, report: dict, re
         problems.append(f"{len(oa)} audio streams, the input has {len(sa)}")
     for n, (a, b) in enumerate(zip(sa, oa)):
         ta, tb = tags(a), tags(b)
-        if ta.get("language", "und") != tb.get("language", "und"):
+        if language(ta) != language(tb):
             problems.append(f"audio {n} language {tb.get('language')!r}, the input's {ta.get('language')!r}")
         if "title" in ta and ta["title"] not in (tb.get("title"), tb.get("handler_name")):
             problems.append(f"audio {n} title {tb.get('title', tb.get('handler_name'))!r}, "
@@ -427,7 +462,7 @@ def check_output(src: Path, out: Path, case: Case, stderr: str, report: dict, re
     else:
         for n, ((a, _), b) in enumerate(zip(expected_subs, osubs)):
             ta, tb = tags(a), tags(b)
-            if ta.get("language", "und") != tb.get("language", "und"):
+            if language(ta) != language(tb):
                 problems.append(f"subtitle {n} language {tb.get('language')!r}, the input's {ta.get('language')!r}")
             if "title" in ta and ta["title"] not in (tb.get("title"), tb.get("handler_name")):
                 problems.append(f"subtitle {n} title {tb.get('title')!r}, the input's {ta['title']!r}")
@@ -465,6 +500,10 @@ def check_output(src: Path, out: Path, case: Case, stderr: str, report: dict, re
             problems.append(f"global {key} {og.get(key)!r}, the input's {sg[key]!r}")
     if gps(sg) and gps(og) != gps(sg):
         problems.append(f"GPS location {gps(og)}, the input's {gps(sg)}")
+
+    # ---- mp4/mov: the index (moov) before the media (mdat), so players start before the end
+    if out.suffix in (".mp4", ".mov") and top_level_boxes(out).index("moov") > top_level_boxes(out).index("mdat"):
+        problems.append(f"{out.suffix} without +faststart: boxes {top_level_boxes(out)}")
 
     # ---- a clean decode
     err, passthrough = clean_decode(out)

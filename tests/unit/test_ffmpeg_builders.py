@@ -294,9 +294,11 @@ def test_mux_cmd_maps_each_attachment_with_its_tags():
     assert not any(v in ("2:5", "2:6") for v in values_of(plain, "-map"))
 
 
-def test_mux_cmd_puts_track_titles_in_mp4_handler_names():
-    cmd = mux_cmd(TOOLS, full_plan(titles=(("a", 1, "Director's commentary"),)), Path("o.mp4"))
+def test_mux_cmd_sets_the_stream_tags_asked_for():
+    cmd = mux_cmd(TOOLS, full_plan(stream_tags=(("a", 1, "handler_name", "Director's commentary"),
+                                                ("s", 0, "language", "ger"))), Path("o.mp4"))
     assert value_of(cmd, "-metadata:s:a:1") == "handler_name=Director's commentary"
+    assert value_of(cmd, "-metadata:s:s:0") == "language=ger"
 
 
 # ---------------------------------------------------------------- concat list

@@ -193,3 +193,15 @@ def test_apple_location_becomes_the_mp4_location_atom():
 def test_tags_are_not_rewritten_where_they_already_travel():
     assert carried_tags(APPLE, "matroska") == {}              # Matroska keeps every tag as it is
     assert carried_tags({**APPLE, "location": "+1+2/"}, "mp4") == {}   # the source's own wins
+
+
+def test_mov_gets_quicktime_language_codes_and_handler_names():
+    from client.boss import mp4_stream_tags
+    video = Stream(0, "video", "h264", 0.0)
+    audio = [Stream(1, "audio", "aac", 0.0, {"language": "fra", "title": "Commentaire"}),
+             Stream(2, "audio", "aac", 0.0, {"language": "eng"})]
+    subs = [Stream(3, "subtitle", "mov_text", 0.0, {"language": "deu"})]
+    assert mp4_stream_tags("mov", video, audio, subs) == (
+        ("a", 0, "handler_name", "Commentaire"), ("s", 0, "language", "ger"))    # fra is QuickTime's own
+    assert mp4_stream_tags("mp4", video, audio, subs) == (("a", 0, "handler_name", "Commentaire"),)
+    assert mp4_stream_tags("matroska", video, audio, subs) == ()
