@@ -361,21 +361,60 @@ class Job:
         frames = self.count_frames(files, packets)
         chunks: list[Chunk] = []
         for i, path in enumerate(files):
-            size, sha = path.stat().st_size, sha256_file(path)
             # presentation order; a chunk starts, on the input's video timeline, at its first frame
             pts = sorted(info.pts[bounds[i]:bounds[i + 1]])
             ranges = media.split_piece(frames[i], pts[-1] - pts[0] + 1 / info.frame_rate, target) \
                 if frames[i] == packets[i] else [(0, frames[i])]
-            if len(ranges) > 1:
-                log.info("keyframes %.1fs apart: cutting piece %d into %d chunks by frame range "
-                         "(each worker decodes from the keyframe)", pts[-1] - pts[0], i, len(ranges))
-            for skip, count in ranges:
-                chunks.append(Chunk(index=len(chunks), source=path, size=size, sha256=sha, frames=count,
-                                    start=pts[skip] - info.video_start, skip=skip,
-                                    whole=len(ranges) == 1))
+            if len(ranges) == 1:
+                chunks.append(Chunk(index=len(chunks), source=path, size=path.stat().st_size,
+                                    sha256=sha256_file(path), frames=frames[i], start=pts[0] - info.video_start))
+                continue
+            log.info("no clean keyframe for %.1fs: cutting piece %d into %d chunks by frame range "
+                     "(each worker decodes from the keyframe before its range)", pts[-1] - pts[0], i, len(ranges))
+            spans = media.gop_spans(info.pts[bounds[i]:bounds[i + 1]], info.key[bounds[i]:bounds[i + 1]], ranges)
+            sources = self.span_files(path, info.pts[bounds[i]:bounds[i + 1]], spans)
+            for (skip, count), span in zip(ranges, spans):
+                source = sources[span]
+                chunks.append(Chunk(index=len(chunks), source=source, size=source.stat().st_size,
+                                    sha256=sha256_file(source), frames=count, start=pts[skip] - info.video_start,
+                                    skip=span.skip, whole=False))
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks
+
+    def span_files(self, piece: Path, pts: list[float], spans: list[media.Span]) -> dict[media.Span, Path]:
+        """A file for each span of a piece cut by frame range, so a worker gets the GOPs its chunk
+        needs, not the whole piece. Spans overlap (a chunk's last GOP is the next one's first),
+        so they are cut in rounds, each a stream copy of the piece at the ends of spans that do
+        not overlap."""
+        files = {span: piece for span in spans if span.first == 0 and span.end == len(pts)}
+        rounds: list[list[media.Span]] = []
+        for span in sorted(set(spans) - set(files), key=lambda sp: (sp.first, sp.end)):
+            free = next((r for r in rounds if r[-1].end <= span.first), None)
+            if free is None:
+                rounds.append([span])
+            else:
+                free.append(span)
+        for n, spans_in_round in enumerate(rounds):
+            at = sorted({p for sp in spans_in_round for p in (sp.first, sp.end)} - {0, len(pts)})
+            pattern = piece.with_name(f"{piece.stem}.{n}_%04d.mkv")
+            # the piece's own timestamps start at its first packet's
+            ffmpeg.run(ffmpeg.segment_cmd(self.cfg.tools, piece, pattern, [pts[p] - pts[0] for p in at]),
+                       timeout=FFMPEG_TOOL_TIMEOUT)
+            made = sorted(piece.parent.glob(f"{piece.stem}.{n}_*.mkv"))
+            edges = [0, *at, len(pts)]
+            wanted = {sp: made[edges.index(sp.first)] for sp in spans_in_round} if len(made) == len(at) + 1 else {}
+            listing = piece.parent / "spans.ffconcat"
+            listing.write_text(ffmpeg.concat_list([f.name for f in wanted.values()]), encoding="utf-8")
+            held = ffmpeg.count_packets(self.cfg.tools, listing) if wanted else -1
+            listing.unlink()
+            if held != sum(sp.end - sp.first for sp in spans_in_round):
+                raise TranscoderError(f"cutting {piece.name} into GOP spans went wrong: "
+                                      f"{len(made)} files for {len(at)} cuts, {held} packets")
+            for extra in set(made) - set(wanted.values()):
+                extra.unlink()
+            files.update(wanted)
+        return files
 
     def piece_packets(self, files: list[Path], cuts: list[float]) -> list[int]:
         """Video packets in each piece. When the segment muxer made the pieces planned, they

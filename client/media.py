@@ -4,6 +4,7 @@ Pure functions where possible (plan_cuts, container checks) so they are unit-tes
 """
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class MediaInfo:
     video_duration: float     # last timestamp + its duration - first
     keyframes: list[float]    # timestamps of the keyframes a stream copy can cut at (clean_cuts)
     keyframe_positions: list[int]   # ... and where each is in file order (an index into pts)
+    key: list[bool]           # per packet, in file order: a keyframe (clean or not)
     pts: list[float]          # every video packet's timestamp, in file order
     frame_rate: float         # average, for tolerances
     tags: dict[str, str] = field(default_factory=dict)   # global metadata
@@ -96,7 +98,7 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
         path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
         duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
         frames=len(packets), video_start=first, video_duration=end - first,
-        keyframes=[packets[i].pts for i in cuts], keyframe_positions=cuts, pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
+        keyframes=[packets[i].pts for i in cuts], keyframe_positions=cuts, key=[p.key for p in packets], pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
         tags=dict(fmt.get("tags", {})),
     )
 
@@ -220,6 +222,44 @@ def split_piece(frames: int, seconds: float, target: float) -> list[tuple[int, i
     parts = min(parts, frames)
     bounds = [frames * k // parts for k in range(parts + 1)]
     return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
+
+
+@dataclass(frozen=True)
+class Span:
+    """The packets a frame-range chunk needs from its piece, positions in decode order."""
+    first: int      # a keyframe: decoding starts here
+    end: int        # one past the last packet: a keyframe's position, or the piece's end
+    skip: int       # decoded frames before the chunk's own
+
+
+def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]]) -> list[Span]:
+    """For each (skip, count) frame range of one piece (packets in decode order, one frame each),
+    the whole GOPs it needs: from the last keyframe shown at or before its first frame to the
+    keyframe after the last packet it shows.
+
+    A keyframe qualifies when nothing before it in the file is shown after it. Decoding from an
+    open-GOP keyframe, ffmpeg drops the B-frames after it that are shown before it (they need the
+    GOP before), so those are not counted in `skip`; the integration tests hold it to that.
+    """
+    order = sorted(range(len(pts)), key=pts.__getitem__)        # display index -> file position
+    shown_before, highest = [], float("-inf")
+    for t in pts:                                                # highest pts before each position
+        shown_before.append(highest)
+        highest = max(highest, t)
+    keys = [i for i, k in enumerate(key) if k]
+    # valid starts show everything after them later, so their timestamps rise with their position
+    starts = [i for i in keys if shown_before[i] < pts[i]] or [0]
+    start_pts = [pts[i] for i in starts]
+    spans = []
+    for skip, count in ranges:
+        first_pts = pts[order[skip]]
+        first = starts[max(0, bisect.bisect_right(start_pts, first_pts) - 1)]
+        last = max(order[skip:skip + count])
+        after = bisect.bisect_right(keys, last)
+        end = keys[after] if after < len(keys) else len(pts)
+        before = sum(1 for i in range(first, end) if pts[first] <= pts[i] < first_pts)
+        spans.append(Span(first, end, before))
+    return spans
 
 
 def auto_chunk_seconds(duration: float, workers: int) -> float:

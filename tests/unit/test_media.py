@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from client.media import Stream, auto_chunk_seconds, carried_tags, check_combination, clean_cuts, container_for, plan_cuts
+from client.media import (Span, Stream, auto_chunk_seconds, carried_tags, check_combination, clean_cuts,
+                          container_for, gop_spans, plan_cuts)
 from common.ffmpeg import Packet
 from common.errors import UsageError
 
@@ -205,3 +206,27 @@ def test_mov_gets_quicktime_language_codes_and_handler_names():
         ("a", 0, "handler_name", "Commentaire"), ("s", 0, "language", "ger"))    # fra is QuickTime's own
     assert mp4_stream_tags("mp4", video, audio, subs) == (("a", 0, "handler_name", "Commentaire"),)
     assert mp4_stream_tags("matroska", video, audio, subs) == ()
+
+
+def test_a_single_keyframe_piece_is_sent_whole_to_every_chunk():
+    pts = [i / 25 for i in range(300)]
+    key = [i == 0 for i in range(300)]
+    assert gop_spans(pts, key, [(0, 100), (100, 100), (200, 100)]) == [
+        Span(0, 300, 0), Span(0, 300, 100), Span(0, 300, 200)]
+
+
+def test_a_chunk_gets_the_gops_from_the_keyframe_before_it_to_the_one_after_it():
+    pts = [i / 25 for i in range(30)]
+    key = [i % 10 == 0 for i in range(30)]                  # GOPs of 10 frames, no B-frames
+    assert gop_spans(pts, key, [(0, 15), (15, 15)]) == [Span(0, 20, 0), Span(10, 30, 5)]
+
+
+def test_open_gop_spans_reach_back_for_the_b_frames_shown_before_a_keyframe():
+    # I0 P3 B1 B2 P6 B4 B5 | I9 B7 B8 P11 B10: B7 and B8 need P6, so frames 6-8 must decode from I0
+    packets = gop_packets([("I", 0), ("P", 3), ("B", 1), ("B", 2), ("P", 6), ("B", 4), ("B", 5),
+                           ("I", 9), ("B", 7), ("B", 8), ("P", 11), ("B", 10)])
+    pts, key = [p.pts for p in packets], [p.key for p in packets]
+    assert gop_spans(pts, key, [(0, 6), (6, 3), (9, 3)]) == [
+        Span(0, 7, 0),        # I0..B5 show frames 0-6: the chunk keeps 0-5
+        Span(0, 12, 6),       # frames 6-8: from I0 (six frames before them), through B8
+        Span(7, 12, 0)]       # frames 9-11: from I9, whose B7 and B8 the decoder drops
