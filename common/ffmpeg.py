@@ -352,7 +352,9 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
         if value:
             cmd += [option, value]
     if s.vcodec == "libx265":
-        params = ["log-level=error"]
+        # with open GOPs x265 turns a forced IDR into a CRA whose picture order count runs on
+        # from the warm-up frames: two such chunks in a row repeat counts and will not decode
+        params = ["log-level=error", *(["open-gop=0"] if warmup else [])]
         if s.master_display or s.max_cll:
             params.append("hdr10=1")
             if s.master_display:

@@ -394,6 +394,14 @@ def test_warm_up_starts_earlier_forces_an_idr_and_splits_there():
     assert [p.name for p in warmup_parts(Path("/w/c.mkv"))] == ["c.mkv.0", "c.mkv.1"]
 
 
+def test_warmed_up_x265_chunks_have_closed_gops():
+    cmd = encode_cmd(TOOLS, Path("/w/in.mkv"), Path("/w/c.mkv"), Settings(vcodec="libx265"),
+                     frame_range=(100, 50), warmup=25)
+    assert "open-gop=0" in value_of(cmd, "-x265-params").split(":")
+    plain = encode_cmd(TOOLS, Path("/w/in.mkv"), Path("/w/c.mkv"), Settings(vcodec="libx265"))
+    assert "open-gop=0" not in value_of(plain, "-x265-params").split(":")
+
+
 def test_warm_up_only_where_there_are_frames_before_and_the_encoder_takes_it():
     assert warmup_frames(Settings(vcodec="libx264"), 400) == 25
     assert warmup_frames(Settings(vcodec="libx265"), 10) == 10       # no more than the frames before
