@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import SHARED_MEDIA, assert_same_media, ffmpeg, probe, run_cli
+from tests.conftest import assert_same_media, ffmpeg, probe, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -67,22 +67,6 @@ def test_runs_from_any_directory_with_relative_paths(cluster, clips, tmp_path):
     assert_same_media(clips["small.mp4"], elsewhere / "out 'é'.mp4")
 
 
-@pytest.mark.parametrize("name,out_ext,vcodec", [
-    ("chrome-ad-270p-h264-aac.mp4", ".mp4", "h264"),
-    ("pancake-240p-h264-opus.mkv", ".mkv", "h264"),
-    ("swans-phone-720p-h264-aac.mp4", ".mov", "h264"),
-])
-def test_shared_media(name, out_ext, vcodec, tmp_path):
-    src = SHARED_MEDIA / name
-    if not src.exists():
-        pytest.skip(f"{src} not available")
-    out = tmp_path / f"out{out_ext}"
-    done = run_cli("client/boss.py", str(src), "-o", str(out), "--local", "2", "--preset", "ultrafast",
-                   "--chunk-seconds", "2", "--quiet")
-    assert done.returncode == 0, done.stderr
-    assert_same_media(src, out, vcodec=vcodec)
-
-
 def test_help_explains_each_program():
     for script, words in (("tracker/tracker.py", "serve"), ("client/worker.py", "MSG_PORT"),
                           ("client/boss.py", "--local")):
@@ -115,16 +99,16 @@ def test_hdr10_and_colour_tags_are_carried_with_libx265(tmp_path):
     assert kinds["Content light level metadata"]["max_content"] == 1000
 
 
-def test_a_long_input_in_hundreds_of_chunks(tmp_path):
-    """Thousands of chunks cost per chunk, not per chunk squared: this one makes 231 (a keyframe
-    every 0.52 s, --chunk-seconds 0.5); 1,154 took 170 s on this 2-core box (README)."""
+def test_a_long_input_in_over_a_hundred_chunks(tmp_path):
+    """Thousands of chunks cost per chunk, not per chunk squared: this one makes 115 (a keyframe
+    every 0.52 s, --chunk-seconds 0.5, the last 0.2 s GOP joins the one before); 1,154 took 170 s on this 2-core box (README)."""
     src = tmp_path / "long.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x36:rate=25:duration=120", "-f", "lavfi", "-i", "sine=d=120",
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x36:rate=25:duration=60", "-f", "lavfi", "-i", "sine=d=60",
            "-c:v", "libx264", "-preset", "ultrafast", "-g", "13", "-keyint_min", "13", "-c:a", "aac", str(src))
     out, report = tmp_path / "long.mkv", tmp_path / "report.json"
     done = run_cli("client/boss.py", str(src), "-o", str(out), "--local", "2", "--quiet", "--preset", "ultrafast",
                    "--chunk-seconds", "0.5", "--report", str(report), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     summary = json.loads(report.read_text())
-    assert summary["chunks"] == 231 == sum(w["chunks"] for w in summary["workers"].values())
+    assert summary["chunks"] == 115 == sum(w["chunks"] for w in summary["workers"].values())
     assert_same_media(src, out)
