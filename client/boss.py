@@ -366,8 +366,10 @@ class Job:
             ranges = media.split_piece(frames[i], pts[-1] - pts[0] + 1 / info.frame_rate, target) \
                 if frames[i] == packets[i] else [(0, frames[i])]
             if len(ranges) == 1:
+                # field-coded pieces have two packets a frame, some without a timestamp: no span
                 chunks.append(Chunk(index=len(chunks), source=path, size=path.stat().st_size,
-                                    sha256=sha256_file(path), frames=frames[i], start=pts[0] - info.video_start))
+                                    sha256=sha256_file(path), frames=frames[i], start=pts[0] - info.video_start,
+                                    span=pts[-1] - pts[0] if frames[i] == packets[i] else None))
                 continue
             log.info("no clean keyframe for %.1fs: cutting piece %d into %d chunks by frame range "
                      "(each worker decodes from the keyframe before its range)", pts[-1] - pts[0], i, len(ranges))
@@ -377,7 +379,7 @@ class Job:
                 source = sources[span]
                 chunks.append(Chunk(index=len(chunks), source=source, size=source.stat().st_size,
                                     sha256=sha256_file(source), frames=count, start=pts[skip] - info.video_start,
-                                    skip=span.skip, whole=False))
+                                    skip=span.skip, whole=False, span=pts[skip + count - 1] - pts[skip]))
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks

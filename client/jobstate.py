@@ -61,7 +61,7 @@ class JobState:
             if not source.is_file() or source.stat().st_size != c["size"]:
                 return None                 # the split itself is incomplete: redo it
             chunk = Chunk(index=c["index"], source=source, size=c["size"], sha256=c["sha256"], frames=c["frames"],
-                          start=c["start"], skip=c.get("skip", 0), whole=c.get("whole", True))
+                          start=c["start"], skip=c.get("skip", 0), whole=c.get("whole", True), span=c.get("span"))
             result = self.work / f"{chunk.name}.out.mkv"
             if c.get("result_sha256") and result.is_file() and sha256_file(result) == c["result_sha256"]:
                 chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, c["result_sha256"]
@@ -78,7 +78,7 @@ class JobState:
     def save(self, chunks: list[Chunk], expected_frames: int) -> None:
         data = {"version": STATE_VERSION, "identity": self.identity.to_json(), "expected_frames": expected_frames,
                 "chunks": [{"index": c.index, "source": c.source.name, "size": c.size, "sha256": c.sha256,
-                            "frames": c.frames, "start": c.start, "skip": c.skip, "whole": c.whole,
+                            "frames": c.frames, "start": c.start, "skip": c.skip, "whole": c.whole, "span": c.span,
                             "result_sha256": c.result_sha256 if c.state is ChunkState.DONE else None}
                            for c in chunks]}
         with self._lock:

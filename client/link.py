@@ -32,6 +32,7 @@ log = logging.getLogger("boss")
 REFUSAL_BACKOFF = 5.0
 MAX_BAD_RESULTS = 2       # results failing verification before the job stops using a worker
 MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
+SPAN_TOLERANCE = 0.002    # result vs source frame span: Matroska rounds each timestamp to 1 ms
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,8 @@ class WorkerLink(threading.Thread):
             self.job.scheduler.abort(f"verifying a result failed: {exc}")
 
     def _verify(self, chunk: Chunk, tmp: Path, dest: Path, sha: str, seconds: float) -> None:
-        """Decode the result; it must have exactly the chunk's frame count."""
+        """Check the result against the chunk's manifest: it decodes cleanly to exactly the
+        chunk's frame count, starts with a keyframe, and its frames span the source's time."""
         sched = self.job.scheduler
         try:
             frames = ffmpeg.decode_check(self.job.tools, tmp, timeout=600)
@@ -266,6 +268,12 @@ class WorkerLink(threading.Thread):
                     raise ChunkError(f"{chunk.name}: no frames")
             elif frames != chunk.frames:
                 raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
+            packets = ffmpeg.stream_packets(self.job.tools, tmp)
+            if not packets or not packets[0].key:
+                raise ChunkError(f"{chunk.name}: does not start with a keyframe")
+            span = max(p.pts for p in packets) - min(p.pts for p in packets)
+            if chunk.span is not None and self.job.settings.fps is None and abs(span - chunk.span) > SPAN_TOLERANCE:
+                raise ChunkError(f"{chunk.name}: frames span {span:.3f}s, the source's {chunk.span:.3f}s")
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             self.bad_results += 1

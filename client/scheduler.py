@@ -33,6 +33,7 @@ class Chunk:
     start: float                # first timestamp within the input's video, seconds
     skip: int = 0               # frames to decode and drop first (a chunk cut inside a long GOP)
     whole: bool = True          # the chunk is its whole source piece (else: `frames` after `skip`)
+    span: float | None = None   # its last frame's timestamp minus its first's (None: not known)
     state: ChunkState = ChunkState.PENDING
     attempts: int = 0
     workers: set[str] = field(default_factory=set)        # where it is being encoded now

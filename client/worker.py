@@ -455,6 +455,8 @@ def encode_chunk(worker: Worker, s: BossSession, a: Assignment) -> None:
             return
         if "corrupt-results" in FAULTS:
             _corrupt(a.output)
+        if "slow-results" in FAULTS:
+            _retime(worker.cfg.tools, a.output)
         size = a.output.stat().st_size
         a.result = (size, sha256_file(a.output))
         s.send(Msg.DONE, chunk=a.chunk, size=size, sha256=a.result[1], frames=a.frames,
@@ -489,6 +491,14 @@ def _corrupt(path: Path) -> None:
     with path.open("r+b") as f:
         f.seek(size // 3)
         f.write(os.urandom(max(64, size // 3)))
+
+
+def _retime(tools: ffmpeg.Tools, path: Path) -> None:
+    """Test fault: a result with the right frames at twice the source's timestamps (stream copy)."""
+    slow = path.with_name(path.name + ".slow")
+    ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-itsscale", "2", "-i", ffmpeg.input_path(path), "-c", "copy",
+                "-f", "matroska", ffmpeg.input_path(slow)])
+    slow.replace(path)
 
 
 def end_session(worker: Worker, s: BossSession) -> None:

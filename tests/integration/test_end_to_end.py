@@ -101,7 +101,8 @@ def test_hdr10_and_colour_tags_are_carried_with_libx265(tmp_path):
 
 def test_a_long_input_in_over_a_hundred_chunks(tmp_path):
     """Thousands of chunks cost per chunk, not per chunk squared: this one makes 115 (a keyframe
-    every 0.52 s, --chunk-seconds 0.5, the last 0.2 s GOP joins the one before); 1,154 took 170 s on this 2-core box (README)."""
+    every 0.52 s, --chunk-seconds 0.5, the last 0.2 s GOP joins the one before); 1,154 took
+    170 s on this 2-core box (README)."""
     src = tmp_path / "long.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x36:rate=25:duration=60", "-f", "lavfi", "-i", "sine=d=60",
            "-c:v", "libx264", "-preset", "ultrafast", "-g", "13", "-keyint_min", "13", "-c:a", "aac", str(src))

@@ -80,15 +80,20 @@ def test_frozen_worker_is_replaced_and_not_trusted_when_it_wakes(cluster, clips,
     assert frozen.poll() is None, "the woken worker keeps running for the next boss"
 
 
-def test_corrupt_results_are_retried_elsewhere_and_the_worker_dropped(cluster, clips, tmp_path):
-    _, bad_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "corrupt-results"})
+@pytest.mark.parametrize("fault,why", [("corrupt-results", ""), ("slow-results", "frames span")],
+                         ids=["corrupt", "wrong-timestamps"])
+def test_bad_results_are_retried_elsewhere_and_the_worker_dropped(cluster, clips, tmp_path, fault, why):
+    """Garbage bytes, or the right frames at the wrong times: the boss checks each result against
+    its chunk's manifest before it counts."""
+    _, bad_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": fault})
     cluster.start_worker()
     out = tmp_path / "out.mp4"
     done = cluster.boss(clips["mid20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2")
     assert done.returncode == 0, done.stderr
     assert_same_media(clips["mid20.mp4"], out)
     bad = worker_name(bad_port)
-    assert events(cluster, "chunk_failed", worker=bad, by="boss")
+    rejected = events(cluster, "chunk_failed", worker=bad, by="boss")
+    assert rejected and all(why in e.get("detail", "") for e in rejected)
     assert not events(cluster, "chunk_done", worker=bad)
     assert events(cluster, "worker_dropped", worker=bad)
 
