@@ -360,6 +360,13 @@ class Job:
         bounds = [sum(packets[:i]) for i in range(len(files) + 1)]     # each piece's packets in info.pts
         frames = self.count_frames(files, packets)
         chunks: list[Chunk] = []
+        digests: dict[Path, tuple[int, str]] = {}       # chunks cut by frame range may share a file
+
+        def digest(path: Path) -> tuple[int, str]:
+            if path not in digests:
+                digests[path] = path.stat().st_size, sha256_file(path)
+            return digests[path]
+
         for i, path in enumerate(files):
             # presentation order; a chunk starts, on the input's video timeline, at its first frame
             pts = sorted(info.pts[bounds[i]:bounds[i + 1]])
@@ -367,8 +374,9 @@ class Job:
                 if frames[i] == packets[i] else [(0, frames[i])]
             if len(ranges) == 1:
                 # field-coded pieces have two packets a frame, some without a timestamp: no span
-                chunks.append(Chunk(index=len(chunks), source=path, size=path.stat().st_size,
-                                    sha256=sha256_file(path), frames=frames[i], start=pts[0] - info.video_start,
+                size, sha = digest(path)
+                chunks.append(Chunk(index=len(chunks), source=path, size=size, sha256=sha,
+                                    frames=frames[i], start=pts[0] - info.video_start,
                                     span=pts[-1] - pts[0] if frames[i] == packets[i] else None))
                 continue
             log.info("no clean keyframe for %.1fs: cutting piece %d into %d chunks by frame range "
@@ -376,9 +384,9 @@ class Job:
             spans = media.gop_spans(info.pts[bounds[i]:bounds[i + 1]], info.key[bounds[i]:bounds[i + 1]], ranges)
             sources = self.span_files(path, info.pts[bounds[i]:bounds[i + 1]], spans)
             for (skip, count), span in zip(ranges, spans):
-                source = sources[span]
-                chunks.append(Chunk(index=len(chunks), source=source, size=source.stat().st_size,
-                                    sha256=sha256_file(source), frames=count, start=pts[skip] - info.video_start,
+                size, sha = digest(sources[span])
+                chunks.append(Chunk(index=len(chunks), source=sources[span], size=size, sha256=sha,
+                                    frames=count, start=pts[skip] - info.video_start,
                                     skip=span.skip, whole=False, span=pts[skip + count - 1] - pts[skip]))
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)

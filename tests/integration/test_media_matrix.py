@@ -324,6 +324,11 @@ class Case:
     clear_failure: str | None = None   # a refusal whose stderr matches this is an acceptable result
 
 
+def option(case: Case, name: str) -> str | None:
+    """The value given to a boss option in this case, if any."""
+    return case.args[case.args.index(name) + 1] if name in case.args else None
+
+
 def _case(id_: str, src: str, out: str, *args: str, chunk: float = 1.0, vcodec: str = "h264",
           xfail: str | None = None, clear_failure: str | None = None):
     marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
@@ -379,6 +384,10 @@ CASES = [
           "--scale", "160:-2", vcodec="av1"),
     _case("to-hevc-vbitrate-mov", "multi-audio-srt-chapters.mkv", "out.mov", "--vcodec", "libx265", "--preset",
           "ultrafast", "--vbitrate", "300k", "--maxrate", "400k", "--bufsize", "800k", vcodec="hevc"),
+    # audio copied as it is (AAC and AC-3 both go in mp4); a new frame rate; constant quality
+    _case("acodec-copy-mkv-to-mp4", "multi-audio-srt-chapters.mkv", "out.mp4", "--preset", "ultrafast",
+          "--acodec", "copy"),
+    _case("fps-30-crf-35-webm-to-mkv", "vp9.webm", "out.mkv", "--preset", "ultrafast", "--fps", "30", "--crf", "35"),
     _case("dvb-subtitles-ts-to-mkv", "dvb-subtitles.ts", "out.mkv"),
     _case("dvb-subtitles-ts-to-mp4", "dvb-subtitles.ts", "out.mp4"),
     _case("short-half-second-mp4-to-mkv", "short-0.5s.mp4", "out.mkv"),
@@ -424,12 +433,21 @@ def check_output(src: Path, out: Path, case: Case, stderr: str, report: dict, re
         "chunks": sum(w["chunks"] for w in report["workers"].values())})
     warnings = [ln for ln in stderr.splitlines() if re.search(r"(?i)\bdrop", ln)]
 
-    # ---- video frames and timestamps
-    if o.counted != s.counted:
+    # ---- video frames and timestamps (with --fps: the new rate's frames, evenly spaced)
+    fps = option(case, "--fps")
+    chunks = sum(w["chunks"] for w in report["workers"].values())
+    if fps:
+        expected = round(s.duration * float(fps))
+        if abs(o.counted - expected) > chunks + 1:
+            problems.append(f"{o.counted} frames at {fps} fps, expected about {expected}")
+        gaps = [b - a for a, b in zip(o.frames, o.frames[1:])]
+        if gaps and max(abs(g - 1 / float(fps)) for g in gaps) > PTS_TOLERANCE:
+            problems.append(f"frames are not evenly spaced at {fps} fps: gaps {min(gaps):.4f}-{max(gaps):.4f}s")
+    elif o.counted != s.counted:
         problems.append(f"{o.counted} frames decode from the output, {s.counted} from the input")
     if any(b <= a for a, b in zip(o.frames, o.frames[1:])):
         problems.append("output frame timestamps are not strictly increasing")
-    if len(o.frames) == len(s.frames):
+    if not fps and len(o.frames) == len(s.frames):
         rel_s = [t - s.frames[0] for t in s.frames]
         rel_o = [t - o.frames[0] for t in o.frames]
         worst = max(range(len(rel_s)), key=lambda i: abs(rel_o[i] - rel_s[i]))
@@ -442,7 +460,6 @@ def check_output(src: Path, out: Path, case: Case, stderr: str, report: dict, re
         problems.append(f"video codec {o.video['codec_name']}, expected {case.vcodec}")
 
     # ---- the same pictures, frame for frame (where the picture is not resized)
-    chunks = sum(w["chunks"] for w in report["workers"].values())
     if chunks > 1 and displayed_size(s.video) == displayed_size(o.video) and len(o.frames) == len(s.frames):
         slipped = misaligned_frames(out, src, out.parent)
         if slipped:
@@ -461,6 +478,8 @@ def check_output(src: Path, out: Path, case: Case, stderr: str, report: dict, re
     sa, oa = s.streams("audio"), o.streams("audio")
     if len(oa) != len(sa):
         problems.append(f"{len(oa)} audio streams, the input has {len(sa)}")
+    if option(case, "--acodec") == "copy" and [a["codec_name"] for a in sa] != [b["codec_name"] for b in oa]:
+        problems.append(f"--acodec copy made {[b['codec_name'] for b in oa]} of {[a['codec_name'] for a in sa]}")
     for n, (a, b) in enumerate(zip(sa, oa)):
         ta, tb = tags(a), tags(b)
         if language(ta) != language(tb):
