@@ -203,7 +203,7 @@ class Job:
             audio = AudioJob(cfg, self.work, bool(self.info.of_kind("audio")))
             with self.phases.timed("split"):
                 chunks, state = self.plan(len(offers))
-            scheduler = Scheduler(chunks, on_done=lambda _c: state.save(chunks, self.expected_frames))
+            scheduler = Scheduler(chunks, on_done=state.record_done)
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as verifier:
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, tools=cfg.tools, verifier=verifier, report=self.report,
@@ -334,6 +334,7 @@ class Job:
             chunks, self.expected_frames = loaded
             done = sum(c.state is ChunkState.DONE for c in chunks)
             log.warning("resuming: %d of %d chunks already done", done, len(chunks))
+            state.save(chunks, self.expected_frames)        # folds the journal in
             return chunks, state
         if state.path.exists():
             log.info("the input or the settings changed since the interrupted run: starting fresh")

@@ -1,9 +1,11 @@
 """The boss's job state on disk, so a crashed or interrupted job resumes where it stopped.
 
 `state.json` in the work directory holds the input's identity, the settings, and each chunk's
-manifest (size, SHA-256, frames, start) with the hash of its verified result. It is replaced
-atomically (temp file, fsync, rename, fsync of the directory), so a crash at any instant leaves
-either the old state or the new one.
+manifest (size, SHA-256, frames, start, span) with the hash of its verified result. It is
+written once per split and replaced atomically (temp file, fsync, rename, fsync of the
+directory), so a crash at any instant leaves either the old state or the new one. Each chunk
+finished after that is one line appended to `state.journal` (fsynced): rewriting the whole
+state per chunk cost 25 ms a chunk at 1,154 chunks, and grows with the chunk count.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class JobState:
     def __init__(self, work: Path, identity: Identity) -> None:
         self.work, self.identity = work, identity
         self.path = work / "state.json"
+        self.journal = work / "state.journal"
         self._lock = threading.Lock()
 
     def load(self) -> tuple[list[Chunk], int] | None:
@@ -55,6 +58,8 @@ class JobState:
             return None
         if data.get("version") != STATE_VERSION or data.get("identity") != self.identity.to_json():
             return None
+        finished = {c["index"]: c.get("result_sha256") for c in data.get("chunks", [])}
+        finished.update(self._journal_entries())
         chunks = []
         for c in data.get("chunks", []):
             source = self.work / "src" / Path(str(c.get("source", ""))).name
@@ -63,8 +68,9 @@ class JobState:
             chunk = Chunk(index=c["index"], source=source, size=c["size"], sha256=c["sha256"], frames=c["frames"],
                           start=c["start"], skip=c.get("skip", 0), whole=c.get("whole", True), span=c.get("span"))
             result = self.work / f"{chunk.name}.out.mkv"
-            if c.get("result_sha256") and result.is_file() and sha256_file(result) == c["result_sha256"]:
-                chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, c["result_sha256"]
+            done_sha = finished.get(chunk.index)
+            if done_sha and result.is_file() and sha256_file(result) == done_sha:
+                chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, done_sha
                 chunk.progress = chunk.frames
             chunks.append(chunk)
         if not chunks:
@@ -75,13 +81,38 @@ class JobState:
             return None
         return chunks, int(data.get("expected_frames", sum(c.frames for c in chunks)))
 
+    def _journal_entries(self) -> dict[int, str]:
+        entries: dict[int, str] = {}
+        try:
+            lines = self.journal.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return entries
+        for line in lines:
+            try:                            # a line cut short by a crash is skipped
+                entry = json.loads(line)
+                entries[int(entry["index"])] = str(entry["result_sha256"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return entries
+
+    def record_done(self, chunk: Chunk) -> None:
+        """Append one finished chunk to the journal, durably."""
+        line = json.dumps({"index": chunk.index, "result_sha256": chunk.result_sha256}) + "\n"
+        with self._lock, self.journal.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
     def save(self, chunks: list[Chunk], expected_frames: int) -> None:
+        """Write the whole state and start an empty journal (a fresh split, or a resumed one)."""
         data = {"version": STATE_VERSION, "identity": self.identity.to_json(), "expected_frames": expected_frames,
                 "chunks": [{"index": c.index, "source": c.source.name, "size": c.size, "sha256": c.sha256,
                             "frames": c.frames, "start": c.start, "skip": c.skip, "whole": c.whole, "span": c.span,
                             "result_sha256": c.result_sha256 if c.state is ChunkState.DONE else None}
                            for c in chunks]}
         with self._lock:
+            # the old journal goes first: its lines must never be read against another state
+            self.journal.unlink(missing_ok=True)
             tmp = self.path.with_name("state.json.tmp")
             with tmp.open("w", encoding="utf-8") as f:
                 json.dump(data, f, indent=1)

@@ -76,3 +76,30 @@ def test_unreadable_state_is_ignored(tmp_path):
     work, identity, _ = make_job(tmp_path)
     (work / "state.json").write_text("{not json")
     assert JobState(work, identity).load() is None
+
+
+def test_chunks_finished_after_the_split_come_back_from_the_journal(tmp_path):
+    work, identity, chunks = make_job(tmp_path)
+    state = JobState(work, identity)
+    state.save(chunks, 30)                      # the split: nothing done yet
+    for chunk in (chunks[0], chunks[2]):
+        finish(chunk, work)
+        state.record_done(chunk)
+    with state.journal.open("a") as f:
+        f.write('{"index": 1, "result_sha')       # a crash in the middle of a line
+    loaded, _ = JobState(work, identity).load()
+    assert [c.state for c in loaded] == [ChunkState.DONE, ChunkState.PENDING, ChunkState.DONE]
+
+
+def test_a_new_state_starts_a_new_journal(tmp_path):
+    work, identity, chunks = make_job(tmp_path)
+    state = JobState(work, identity)
+    state.save(chunks, 30)
+    finish(chunks[0], work)
+    state.record_done(chunks[0])
+    fresh = [Chunk(index=c.index, source=c.source, size=c.size, sha256=c.sha256, frames=c.frames, start=c.start)
+             for c in chunks]                 # say, a fresh split with nothing done
+    state.save(fresh, 30)
+    assert not state.journal.exists()
+    loaded, _ = JobState(work, identity).load()
+    assert all(c.state is ChunkState.PENDING for c in loaded)
