@@ -15,7 +15,7 @@ from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any, Callable
 
-from client.scheduler import Chunk, Scheduler
+from client.scheduler import Chunk, ChunkState, Scheduler
 from common import ffmpeg
 from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, TRANSFER_STALL_TIMEOUT, WAIT_RETRY,
                            WORKER_SILENCE_TIMEOUT)
@@ -241,6 +241,10 @@ class WorkerLink(threading.Thread):
             raise                             # the worker is gone: release() requeues, attempt uncounted
         except (TransferError, RequestRejected, ProtocolError) as exc:
             tmp.unlink(missing_ok=True)
+            if chunk.state is ChunkState.DONE:    # the other copy won meanwhile and this one was cancelled
+                log.debug("%s: no need of the copy from %s (%s)", chunk.name, self.offer.name, exc)
+                sched.fail(chunk, self.offer.name, "cancelled")
+                return
             log.warning("could not fetch %s from %s: %s", chunk.name, self.offer.name, exc)
             self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=str(exc)[:300])
             sched.fail(chunk, self.offer.name, f"download failed: {exc}")
