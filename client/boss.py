@@ -382,16 +382,44 @@ class Job:
                 continue
             log.info("no clean keyframe for %.1fs: cutting piece %d into %d chunks by frame range "
                      "(each worker decodes from the keyframe before its range)", pts[-1] - pts[0], i, len(ranges))
-            spans = media.gop_spans(info.pts[bounds[i]:bounds[i + 1]], info.key[bounds[i]:bounds[i + 1]], ranges)
-            sources = self.span_files(path, info.pts[bounds[i]:bounds[i + 1]], spans)
-            for (skip, count), span in zip(ranges, spans):
-                size, sha = digest(sources[span])
-                chunks.append(Chunk(index=len(chunks), source=sources[span], size=size, sha256=sha,
+            piece_pts = info.pts[bounds[i]:bounds[i + 1]]
+            lead = ffmpeg.WARMUP_FRAMES if self.cfg.settings.vcodec in ffmpeg.WARMUP_ENCODERS else 0
+            spans = media.gop_spans(piece_pts, info.key[bounds[i]:bounds[i + 1]], ranges, lead)
+            sources = self.span_files(path, piece_pts, spans)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                skips = list(pool.map(lambda r, sp: self.exact_skip(sources[sp], piece_pts, sp, pts[r[0]]),
+                                      ranges, spans))
+            for (skip, count), span, exact in zip(ranges, spans, skips):
+                # no trustworthy count from the span's keyframe: decode from the piece's (clean) start
+                source, skip_in_source = (sources[span], exact) if exact is not None else (path, skip)
+                size, sha = digest(source)
+                chunks.append(Chunk(index=len(chunks), source=source, size=size, sha256=sha,
                                     frames=count, start=pts[skip] - info.video_start,
-                                    skip=span.skip, whole=False, span=pts[skip + count - 1] - pts[skip]))
+                                    skip=skip_in_source, whole=False, span=pts[skip + count - 1] - pts[skip]))
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks
+
+    def exact_skip(self, source: Path, piece_pts: list[float], span: media.Span, first_pts: float) -> int | None:
+        """The frames a decoder outputs from `source` (a span file) before the chunk's first frame.
+
+        Counted from the timestamps when nothing stored after the span's keyframe is shown before
+        it; otherwise by decoding, since whether a decoder shows such pictures depends on the codec
+        (dropped: open-GOP B-frames; shown: HEVC RADL, closed-GOP MPEG-2). None when the decoded
+        frames do not line up with the source's timestamps."""
+        keyframe_pts = piece_pts[span.first]
+        if all(t >= keyframe_pts for t in piece_pts[span.first:span.end]):
+            return span.skip
+        at = first_pts - keyframe_pts            # span files start at their keyframe's timestamp
+        try:
+            times = ffmpeg.frame_times(self.cfg.tools, source, until=at + 1.0)
+        except FFmpegError:
+            return None
+        n = next((k for k, t in enumerate(times) if t is not None and t >= at - 0.0005), None)
+        if n is None or abs(times[n] - at) > 0.0015:       # type: ignore[operator]
+            log.debug("%s: decoded frames do not line up at %.3fs; using the whole piece", source.name, at)
+            return None
+        return n
 
     def span_files(self, piece: Path, pts: list[float], spans: list[media.Span]) -> dict[media.Span, Path]:
         """A file for each span of a piece cut by frame range, so a worker gets the GOPs its chunk
@@ -415,13 +443,14 @@ class Job:
             made = sorted(piece.parent.glob(f"{piece.stem}.{n}_*.mkv"))
             edges = [0, *at, len(pts)]
             wanted = {sp: made[edges.index(sp.first)] for sp in spans_in_round} if len(made) == len(at) + 1 else {}
-            listing = piece.parent / "spans.ffconcat"
-            listing.write_text(ffmpeg.concat_list([f.name for f in wanted.values()]), encoding="utf-8")
-            held = ffmpeg.count_packets(self.cfg.tools, listing) if wanted else -1
-            listing.unlink()
-            if held != sum(sp.end - sp.first for sp in spans_in_round):
-                raise TranscoderError(f"cutting {piece.name} into GOP spans went wrong: "
-                                      f"{len(made)} files for {len(at)} cuts, {held} packets")
+            # each file on its own: a cut one GOP late would move packets between two of them
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                held = dict(zip(wanted, pool.map(lambda f: ffmpeg.count_packets(self.cfg.tools, f), wanted.values())))
+            wrong = [sp for sp in spans_in_round if held.get(sp) != sp.end - sp.first]
+            if wrong:
+                sp = wrong[0]
+                raise TranscoderError(f"cutting {piece.name} into GOP spans went wrong: {len(made)} files for "
+                                      f"{len(at)} cuts, {held.get(sp)} packets where {sp.end - sp.first}")
             for extra in set(made) - set(wanted.values()):
                 extra.unlink()
             files.update(wanted)
@@ -436,7 +465,7 @@ class Job:
         if len(files) == len(cuts) + 1:
             listing = files[0].parent / "pieces.ffconcat"
             listing.write_text(ffmpeg.concat_list([f.name for f in files]), encoding="utf-8")
-            total = ffmpeg.count_packets(self.cfg.tools, listing)
+            total = ffmpeg.count_packets(self.cfg.tools, listing, concat=True)
             listing.unlink()
         if total == info.frames:
             position = {k - info.start: i for k, i in zip(info.keyframes, info.keyframe_positions)}

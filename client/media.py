@@ -98,7 +98,8 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
         path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
         duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
         frames=len(packets), video_start=first, video_duration=end - first,
-        keyframes=[packets[i].pts for i in cuts], keyframe_positions=cuts, key=[p.key for p in packets], pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
+        keyframes=[packets[i].pts for i in cuts], keyframe_positions=cuts, key=[p.key for p in packets],
+        pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
         tags=dict(fmt.get("tags", {})),
     )
 
@@ -232,14 +233,17 @@ class Span:
     skip: int       # decoded frames before the chunk's own
 
 
-def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]]) -> list[Span]:
+def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]], lead: int = 0) -> list[Span]:
     """For each (skip, count) frame range of one piece (packets in decode order, one frame each),
-    the whole GOPs it needs: from the last keyframe shown at or before its first frame to the
-    keyframe after the last packet it shows.
+    the whole GOPs it needs: from the last keyframe shown at least `lead` frames before its first
+    frame (the encoder's warm-up; else the piece's start) to the keyframe after the last packet it
+    shows.
 
-    A keyframe qualifies when nothing before it in the file is shown after it. Decoding from an
-    open-GOP keyframe, ffmpeg drops the B-frames after it that are shown before it (they need the
-    GOP before), so those are not counted in `skip`; the integration tests hold it to that.
+    A keyframe qualifies when nothing before it in the file is shown after it. `skip` counts the
+    frames shown from that keyframe up to the range. Pictures stored after the keyframe but shown
+    before it are left out: a decoder drops them when they need the GOP before (open GOPs), but
+    shows them when they do not (HEVC RADL, closed-GOP MPEG-2), so the boss counts those spans'
+    frames by decoding (Job.exact_skip).
     """
     order = sorted(range(len(pts)), key=pts.__getitem__)        # display index -> file position
     shown_before, highest = [], float("-inf")
@@ -253,7 +257,10 @@ def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]]) 
     spans = []
     for skip, count in ranges:
         first_pts = pts[order[skip]]
-        first = starts[max(0, bisect.bisect_right(start_pts, first_pts) - 1)]
+        if skip >= lead:
+            first = starts[max(0, bisect.bisect_right(start_pts, pts[order[skip - lead]]) - 1)]
+        else:
+            first = starts[0]
         last = max(order[skip:skip + count])
         after = bisect.bisect_right(keys, last)
         end = keys[after] if after < len(keys) else len(pts)

@@ -218,9 +218,19 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet
     return packets
 
 
-def count_packets(tools: Tools, listing: Path) -> int:
-    """Video packets in all the files of an ffconcat list: one ffprobe run, not one per file."""
-    out = run([tools.ffprobe, "-v", "error", "-f", "concat", "-safe", "0", "-i", input_path(listing),
+def frame_times(tools: Tools, path: Path, until: float) -> list[float | None]:
+    """Timestamps of the frames a decoder outputs, in order, from the start of a file up to about
+    `until` seconds in (None where it has none)."""
+    out = run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", f"%+{until:.3f}",
+               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
+    return [_num(line.split(",")[0]) for line in out.splitlines() if line.strip()]
+
+
+def count_packets(tools: Tools, path: Path, concat: bool = False) -> int:
+    """Video packets in a file, every one (stream_packets skips those without timestamps), or
+    with concat=True in all the files of an ffconcat list: one ffprobe run, not one per file."""
+    demuxer = ["-f", "concat", "-safe", "0"] if concat else []
+    out = run([tools.ffprobe, "-v", "error", *demuxer, "-i", input_path(path),
                "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets",
                "-of", "default=noprint_wrappers=1"])
     found = re.search(r"^nb_read_packets=(\d+)", out, re.M)     # some streams print side data too

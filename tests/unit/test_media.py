@@ -230,3 +230,12 @@ def test_open_gop_spans_reach_back_for_the_b_frames_shown_before_a_keyframe():
         Span(0, 7, 0),        # I0..B5 show frames 0-6: the chunk keeps 0-5
         Span(0, 12, 6),       # frames 6-8: from I0 (six frames before them), through B8
         Span(7, 12, 0)]       # frames 9-11: from I9, whose B7 and B8 the decoder drops
+
+
+def test_a_span_reaches_back_far_enough_for_the_encoder_warm_up():
+    pts = [i / 25 for i in range(100)]
+    key = [i % 10 == 0 for i in range(100)]                 # GOPs of 10 frames
+    # the chunk at frame 50 wants 25 frames before it: the keyframe at 20 is the last with as many
+    assert gop_spans(pts, key, [(0, 50), (50, 50)], lead=25) == [Span(0, 50, 0), Span(20, 100, 30)]
+    # a chunk too near the piece's start for a full warm-up starts at the piece's start
+    assert gop_spans(pts, key, [(0, 10), (10, 90)], lead=25)[1] == Span(0, 100, 10)
