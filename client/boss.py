@@ -345,11 +345,17 @@ class Job:
         state.save(chunks, self.expected_frames)
         return chunks, state
 
-    def split(self, workers: int) -> list[Chunk]:
-        """Cut the video at keyframes into chunk files and take each one's manifest."""
+    def split(self, workers: int, entry_points: bool = True) -> list[Chunk]:
+        """Cut the video at keyframes into chunk files and take each one's manifest.
+
+        entry_points=False: the keyframes after the first are not places a decoder can start
+        (x264's intra refresh flags its recovery points as keyframes), so every chunk decodes
+        from the first."""
         info = self.info
         target = self.cfg.chunk_seconds or media.auto_chunk_seconds(info.video_duration, workers)
-        cuts = media.plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target)
+        cuts = media.plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target) \
+            if entry_points else []
+        key = info.key if entry_points else [i == 0 for i in range(info.frames)]
         src_dir = self.work / "src"
         src_dir.mkdir()
         ffmpeg.run(ffmpeg.segment_cmd(self.cfg.tools, self.cfg.input, src_dir / "piece_%05d.mkv", cuts),
@@ -360,6 +366,11 @@ class Job:
         packets = self.piece_packets(files, cuts)
         bounds = [sum(packets[:i]) for i in range(len(files) + 1)]     # each piece's packets in info.pts
         frames = self.count_frames(files, packets)
+        if frames[0] == packets[0] and any(f < n for f, n in zip(frames[1:], packets[1:])):
+            log.warning("the video's keyframes after the first do not decode on their own (intra refresh?): "
+                        "every chunk decodes from the first")
+            shutil.rmtree(src_dir)
+            return self.split(workers, entry_points=False)
         chunks: list[Chunk] = []
         digests: dict[Path, tuple[int, str]] = {}       # chunks cut by frame range may share a file
 
@@ -384,7 +395,7 @@ class Job:
                      "(each worker decodes from the keyframe before its range)", pts[-1] - pts[0], i, len(ranges))
             piece_pts = info.pts[bounds[i]:bounds[i + 1]]
             lead = ffmpeg.WARMUP_FRAMES if self.cfg.settings.vcodec in ffmpeg.WARMUP_ENCODERS else 0
-            spans = media.gop_spans(piece_pts, info.key[bounds[i]:bounds[i + 1]], ranges, lead)
+            spans = media.gop_spans(piece_pts, key[bounds[i]:bounds[i + 1]], ranges, lead)
             sources = self.span_files(path, piece_pts, spans)
             with ThreadPoolExecutor(max_workers=2) as pool:
                 skips = list(pool.map(lambda r, sp: self.exact_skip(sources[sp], piece_pts, sp, pts[r[0]]),
@@ -481,14 +492,18 @@ class Job:
     def count_frames(self, files: list[Path], packets: list[int]) -> list[int]:
         """Frames per chunk. Usually one per packet; but field-coded video (interlaced H.264 in
         MPEG-TS) has two packets a frame, and MPEG-4 Part 2 in AVI has placeholder packets that
-        decode to nothing. Unless the codec is one we trust and the first chunk agrees, decode
-        every chunk to count its frames."""
-        first = ffmpeg.decode_check(self.cfg.tools, files[0], strict=False)
-        if first == packets[0] and self.info.video.codec in ONE_FRAME_PER_PACKET:
+        decode to nothing. Unless the codec is one we trust and the first two chunks agree (the
+        second starts at a cut keyframe), decode every chunk to count its frames."""
+        def decoded(f: Path) -> int:
+            return ffmpeg.decode_check(self.cfg.tools, f, strict=False)
+
+        first = decoded(files[0])
+        if first == packets[0] and self.info.video.codec in ONE_FRAME_PER_PACKET and \
+                (len(files) == 1 or decoded(files[1]) == packets[1]):
             return packets
         log.info("frames are not one per packet in this input: counting them by decoding")
         with ThreadPoolExecutor(max_workers=2) as pool:
-            return [first, *pool.map(lambda f: ffmpeg.decode_check(self.cfg.tools, f, strict=False), files[1:])]
+            return [first, *pool.map(decoded, files[1:])]
 
     # ------------------------------------------------------------ join
 

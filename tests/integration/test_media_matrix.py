@@ -122,6 +122,9 @@ def matrix_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make("hevc-radl.mkv", *_video(seconds=3), *_sine(440, 3), "-c:v", "libx265", "-preset", "ultrafast",
          "-x265-params", "keyint=25:min-keyint=25:scenecut=0:bframes=4:b-pyramid=1:open-gop=0:radl=2:log-level=error",
          "-c:a", "aac")
+    # x264's intra refresh: no I-frames after the first; recovery points flagged as keyframes
+    make("h264-intra-refresh.mkv", *_video(seconds=3), *_sine(440, 3), "-c:v", "libx264", "-preset", "ultrafast",
+         "-intra-refresh", "1", "-g", "25", "-c:a", "aac")
     make("h264-open-gop.ts", *_video(seconds=3), *_sine(440, 3), "-c:v", "libx264", "-preset", "veryfast",
          "-bf", "3", "-x264-params", "open-gop=1:keyint=12:min-keyint=12:scenecut=0", "-c:a", "aac")
     make("mpeg4-part2.avi", *_video(), *_sine(440, 2), "-c:v", "mpeg4", "-q:v", "5", "-g", "25",
@@ -372,6 +375,7 @@ CASES = [
     _case("hevc-10bit-mkv-to-mkv", "hevc-10bit.mkv", "out.mkv"),
     _case("mpeg2-interlaced-ts-to-mkv", "mpeg2-interlaced.ts", "out.mkv"),
     _case("hevc-radl-mkv-to-mkv", "hevc-radl.mkv", "out.mkv"),
+    _case("h264-intra-refresh-mkv-to-mp4", "h264-intra-refresh.mkv", "out.mp4"),
     _case("h264-open-gop-ts-to-mp4", "h264-open-gop.ts", "out.mp4", chunk=0.5),
     _case("mpeg4-part2-avi-to-mkv", "mpeg4-part2.avi", "out.mkv"),
     # B-frames across GOPs (open GOPs): its second keyframe is not a clean cut, so frame-range chunks
