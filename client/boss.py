@@ -495,7 +495,7 @@ class Job:
         decode to nothing. Unless the codec is one we trust and the first two chunks agree (the
         second starts at a cut keyframe), decode every chunk to count its frames."""
         def decoded(f: Path) -> int:
-            return ffmpeg.decode_check(self.cfg.tools, f, strict=False)
+            return ffmpeg.decode_check(self.cfg.tools, f, count_only=True)
 
         first = decoded(files[0])
         if first == packets[0] and self.info.video.codec in ONE_FRAME_PER_PACKET and \
