@@ -426,11 +426,11 @@ class Job:
             times = ffmpeg.frame_times(self.cfg.tools, source, until=at + 1.0)
         except FFmpegError:
             return None
-        n = next((k for k, t in enumerate(times) if t is not None and t >= at - 0.0005), None)
-        if n is None or abs(times[n] - at) > 0.0015:       # type: ignore[operator]
+        found = next(((k, t) for k, t in enumerate(times) if t is not None and t >= at - 0.0005), None)
+        if found is None or found[1] - at > 0.0015:
             log.debug("%s: decoded frames do not line up at %.3fs; using the whole piece", source.name, at)
             return None
-        return n
+        return found[0]
 
     def span_files(self, piece: Path, pts: list[float], spans: list[media.Span]) -> dict[media.Span, Path]:
         """A file for each span of a piece cut by frame range, so a worker gets the GOPs its chunk
