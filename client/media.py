@@ -49,12 +49,16 @@ class MediaInfo:
     frames: int               # video packets = frames for the codecs we split
     video_start: float        # first video timestamp
     video_duration: float     # last timestamp + its duration - first
-    keyframes: list[float]    # timestamps of the keyframes a stream copy can cut at (clean_cuts)
-    keyframe_positions: list[int]   # ... and where each is in file order (an index into pts)
+    keyframe_positions: list[int]   # where the keyframes a stream copy can cut at (clean_cuts) are, in file order
     key: list[bool]           # per packet, in file order: a keyframe (clean or not)
     pts: list[float]          # every video packet's timestamp, in file order
     frame_rate: float         # average, for tolerances
     tags: dict[str, str] = field(default_factory=dict)   # global metadata
+
+    @property
+    def keyframes(self) -> list[float]:
+        """Timestamps of the keyframes a stream copy can cut at."""
+        return [self.pts[i] for i in self.keyframe_positions]
 
     @property
     def video(self) -> Stream:
@@ -98,7 +102,7 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
         path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
         duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
         frames=len(packets), video_start=first, video_duration=end - first,
-        keyframes=[packets[i].pts for i in cuts], keyframe_positions=cuts, key=[p.key for p in packets],
+        keyframe_positions=cuts, key=[p.key for p in packets],
         pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
         tags=dict(fmt.get("tags", {})),
     )
