@@ -86,9 +86,21 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
     if not any(s.kind == "video" and not s.attached_pic for s in streams):
         raise UsageError(f"{path}: has no video stream (audio-only or data); nothing to transcode")
     packets = ffmpeg.stream_packets(tools, path, "v:" + str(_video_position(streams)))
+    # A capture cut mid-GOP starts with frames that need a keyframe before the file: no decoder
+    # shows them, and the segment muxer drops them.
+    first_key = next((i for i, p in enumerate(packets) if p.key), len(packets))
+    if first_key:
+        log.warning("%s: skipping %d frame(s) before the first keyframe (they cannot be decoded)",
+                    path.name, first_key)
+        packets = packets[first_key:]
     if not packets:
         raise UsageError(f"{path}: the video stream has no frames (truncated or damaged file?)")
     first = min(p.pts for p in packets)
+    if first < packets[0].pts:
+        # the first keyframe has leading pictures (stored after it, shown before it); whether a
+        # decoder shows them depends on whether they need frames from before the file
+        shown = [t for t in ffmpeg.frame_times(tools, path, until=packets[0].pts - first + 1.0) if t is not None]
+        first = shown[0] if shown else first
     last = max(packets, key=lambda p: p.pts)
     frame_dur = _typical_duration(packets)
     # some muxers store a bogus last duration (one tick): take the typical frame's instead

@@ -125,6 +125,11 @@ def matrix_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # x264's intra refresh: no I-frames after the first; recovery points flagged as keyframes
     make("h264-intra-refresh.mkv", *_video(seconds=3), *_sine(440, 3), "-c:v", "libx264", "-preset", "ultrafast",
          "-intra-refresh", "1", "-g", "25", "-c:a", "aac")
+    # a broadcast capture cut in the middle of a GOP (at a TS packet boundary): it starts with
+    # frames no decoder can show
+    cut = d / "mpeg2-cut-mid-gop.ts"
+    cut.write_bytes(made["mpeg2-interlaced.ts"].read_bytes()[188 * 1064:])
+    made[cut.name] = cut
     make("h264-open-gop.ts", *_video(seconds=3), *_sine(440, 3), "-c:v", "libx264", "-preset", "veryfast",
          "-bf", "3", "-x264-params", "open-gop=1:keyint=12:min-keyint=12:scenecut=0", "-c:a", "aac")
     make("mpeg4-part2.avi", *_video(), *_sine(440, 2), "-c:v", "mpeg4", "-q:v", "5", "-g", "25",
@@ -375,6 +380,8 @@ CASES = [
     _case("hevc-10bit-mkv-to-mkv", "hevc-10bit.mkv", "out.mkv"),
     _case("mpeg2-interlaced-ts-to-mkv", "mpeg2-interlaced.ts", "out.mkv"),
     _case("hevc-radl-mkv-to-mkv", "hevc-radl.mkv", "out.mkv"),
+    # one chunk: its first GOP's open B-frames do not decode, so it is not cut by frame range
+    _case("mpeg2-cut-mid-gop-ts-to-mkv", "mpeg2-cut-mid-gop.ts", "out.mkv", chunk=2),
     _case("h264-intra-refresh-mkv-to-mp4", "h264-intra-refresh.mkv", "out.mp4"),
     _case("h264-open-gop-ts-to-mp4", "h264-open-gop.ts", "out.mp4", chunk=0.5),
     _case("mpeg4-part2-avi-to-mkv", "mpeg4-part2.avi", "out.mkv"),
