@@ -1,7 +1,8 @@
-"""The boss's side of one worker session (common/PROTOCOL.md, "Boss and worker").
+"""Hand out / collect: the boss's side of one worker session (common/PROTOCOL.md, "Boss and worker").
 
-One thread per worker: it answers the worker's requests, pushes chunk bytes to its file port,
-fetches results and hands them to a verifier. A silent or broken worker gives its chunks back.
+One thread per worker: it answers the worker's messages (dispatched by type, as the tracker
+does), pushes chunk bytes to its file port and fetches results, which it hands to the job's
+checker (`JobContext.on_result`). A silent or broken worker gives its chunks back.
 """
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ import logging
 import socket
 import ssl
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from client.scheduler import Chunk, ChunkState, Scheduler
-from common import ffmpeg
-from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, TRANSFER_STALL_TIMEOUT, WAIT_RETRY,
-                           WORKER_SILENCE_TIMEOUT)
-from common.errors import (ChunkError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
-                           RequestRejected, TransferError, TranscoderError)
+from common.audit_events import Event
+from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, TRANSFER_STALL_TIMEOUT,
+                           WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
+from common.errors import (ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected, TransferError,
+                           TranscoderError)
 from common.net import connect
 from common.protocol import (Msg, Role, client_hello, expect, field, int_field, recv_msg_or_reject,
                              send_msg)
@@ -32,7 +32,7 @@ log = logging.getLogger("boss")
 REFUSAL_BACKOFF = 5.0
 MAX_BAD_RESULTS = 2       # results failing verification before the job stops using a worker
 MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
-SPAN_TOLERANCE = 0.002    # result vs source frame span: Matroska rounds each timestamp to 1 ms
+MAX_REASON = 300          # characters of a peer's reason kept in logs and audit events
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class WorkerOffer:
                    field(msg, "ffmpeg", str), field(msg, "ticket", dict), msg.get("tls") is True)
 
 
+# on_result(link, chunk, received file, its sha256, the worker's encode seconds)
+ResultHandler = Callable[["WorkerLink", Chunk, Path, str, float], None]
+
+
 @dataclass
 class JobContext:
     """What every link of one job shares."""
@@ -62,12 +66,29 @@ class JobContext:
     settings: Settings
     scheduler: Scheduler
     work_dir: Path
-    tools: ffmpeg.Tools
-    verifier: ThreadPoolExecutor
     report: Callable[..., None]     # report(event, **fields) to the tracker, best effort
+    on_result: ResultHandler        # a fetched result, to be checked (must not block)
+    on_assigned: Callable[[], None] = lambda: None
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
     tls: ssl.SSLContext | None = None       # verifies workers that speak TLS
-    links: dict[str, WorkerLink] = dataclass_field(default_factory=dict)   # by worker name, for cancels
+
+
+@dataclass
+class LinkStats:
+    """What one worker did for the job, for the summary and the benchmark."""
+    chunks_done: int = 0
+    frames_done: int = 0
+    encode_seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    refusals: int = 0
+    bad_results: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {"chunks": self.chunks_done, "frames": self.frames_done,
+                "fps": round(self.frames_done / self.encode_seconds, 1) if self.encode_seconds else 0.0,
+                "encode_seconds": round(self.encode_seconds, 3),
+                "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}
 
 
 class WorkerLink(threading.Thread):
@@ -78,14 +99,16 @@ class WorkerLink(threading.Thread):
         self.key = ""
         self.sock: socket.socket | None = None
         self.send_lock = threading.Lock()
-        self.chunks_done = 0
-        self.encode_seconds = 0.0
-        self.frames_done = 0
+        self.stats = LinkStats()
         self.failure: str | None = None
-        self.refusals = 0
-        self.bad_results = 0
         self.dropped = False
-        job.links[offer.name] = self
+        self._handlers: dict[Msg, Callable[[dict], bool]] = {
+            Msg.ERROR: self.handle_error,
+            Msg.REQUEST: self.handle_request,
+            Msg.PROGRESS: self.handle_progress,
+            Msg.DONE: self.handle_done,
+            Msg.FAILED: self.handle_failed,
+        }
 
     # ------------------------------------------------------------ thread body
 
@@ -103,10 +126,17 @@ class WorkerLink(threading.Thread):
             if self.failure and not self.job.scheduler.finished.is_set():
                 log.warning("worker %s lost: %s%s", self.offer.name, self.failure,
                             f" ({len(lost)} chunk(s) back in the queue)" if lost else "")
-                self.job.report("worker_lost", worker=self.offer.name, detail=self.failure[:300])
+                self.job.report(Event.WORKER_LOST, worker=self.offer.name, detail=self.failure[:MAX_REASON])
                 for chunk in lost:
-                    self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name,
+                    self.job.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=self.offer.name,
                                     detail="worker lost")
+
+    def close(self) -> None:
+        """End the session from outside (the job is over): the worker sees the connection close."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+                self.sock.close()
 
     def _open(self) -> None:
         o = self.offer
@@ -118,7 +148,7 @@ class WorkerLink(threading.Thread):
         reply = expect(sock, Msg.SESSION_OK)
         self.session, self.key = field(reply, "session", str), field(reply, "key", str)
         log.info("worker %s joined (%d slot%s)", o.name, o.slots, "" if o.slots == 1 else "s")
-        self.job.report("worker_joined", worker=o.name)
+        self.job.report(Event.WORKER_JOINED, worker=o.name)
 
     def _send(self, kind: Msg, **fields: Any) -> None:
         assert self.sock is not None
@@ -126,46 +156,68 @@ class WorkerLink(threading.Thread):
             send_msg(self.sock, kind, **fields)
 
     def _serve(self) -> None:
+        """Dispatch the worker's messages until a handler ends the session (returns False)."""
         assert self.sock is not None
-        sched = self.job.scheduler
         while True:
             msg = recv_msg_or_reject(self.sock, self._send)   # a silent worker times out here
             if msg is None:
                 continue
-            kind = msg["type"]
-            if kind is Msg.ERROR:             # never answer an error with an error
-                log.warning("worker %s: %s", self.offer.name, str(msg.get("reason", "?"))[:200])
-            elif kind is Msg.REQUEST:
-                if self.refusals >= MAX_REFUSALS or self.bad_results >= MAX_BAD_RESULTS:
-                    why = (f"refused {self.refusals} chunks" if self.refusals >= MAX_REFUSALS
-                           else f"returned {self.bad_results} bad results")
-                    log.warning("worker %s %s; not using it for this job", self.offer.name, why)
-                    self.job.report("worker_dropped", worker=self.offer.name, detail=why)
-                    self.dropped = True
-                    self._end()
-                    return
-                if sched.finished.is_set():
-                    self._end()
-                    return
-                chunk = sched.take(self.offer.name, wait=WAIT_RETRY)
-                if chunk is None:
-                    self._send(Msg.WAIT, retry_after=WAIT_RETRY)
-                else:
-                    self._assign(chunk)
-            elif kind is Msg.PROGRESS:
-                sched.progress(int_field(msg, "chunk", 0, 10**7), self.offer.name,
-                               int_field(msg, "frames", 0, 10**9))
-            elif kind is Msg.DONE:
-                self._collect(msg)
-            elif kind is Msg.FAILED:
-                chunk = sched.assigned_to(int_field(msg, "chunk", 0, 10**7), self.offer.name)
-                reason = str(msg.get("reason", "unknown"))[:300]
-                if chunk is not None:
-                    log.warning("%s failed on %s: %s", chunk.name, self.offer.name, reason)
-                    self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=reason)
-                    sched.fail(chunk, self.offer.name, reason)
-            else:
-                self._send(Msg.ERROR, reason="unexpected message", in_reply_to=kind.value)
+            handler = self._handlers.get(msg["type"])
+            if handler is None:
+                self._send(Msg.ERROR, reason="unexpected message", in_reply_to=msg["type"].value)
+            elif not handler(msg):
+                return
+
+    # ------------------------------------------------------------ handlers: True to go on
+
+    def handle_error(self, msg: dict) -> bool:
+        log.warning("worker %s: %s", self.offer.name, str(msg.get("reason", "?"))[:200])
+        return True                       # never answer an error with an error
+
+    def handle_request(self, msg: dict) -> bool:
+        sched = self.job.scheduler
+        why = self._drop_reason()
+        if why is not None:
+            log.warning("worker %s %s; not using it for this job", self.offer.name, why)
+            self.job.report(Event.WORKER_DROPPED, worker=self.offer.name, detail=why)
+            self.dropped = True
+            self._end()
+            return False
+        if sched.finished.is_set():
+            self._end()
+            return False
+        chunk = sched.take(self.offer.name, wait=WAIT_RETRY)
+        if chunk is None:
+            self._send(Msg.WAIT, retry_after=WAIT_RETRY)
+        else:
+            self._assign(chunk)
+        return True
+
+    def handle_progress(self, msg: dict) -> bool:
+        self.job.scheduler.progress(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), self.offer.name,
+                                    int_field(msg, "frames", 0, MAX_FRAMES))
+        return True
+
+    def handle_done(self, msg: dict) -> bool:
+        self._collect(msg)
+        return True
+
+    def handle_failed(self, msg: dict) -> bool:
+        chunk = self.job.scheduler.assigned_to(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), self.offer.name)
+        reason = str(msg.get("reason", "unknown"))[:MAX_REASON]
+        if chunk is not None:
+            log.warning("%s failed on %s: %s", chunk.name, self.offer.name, reason)
+            self.job.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=self.offer.name, detail=reason)
+            self.job.scheduler.fail(chunk, self.offer.name, reason)
+        return True
+
+    def _drop_reason(self) -> str | None:
+        """Why this worker should get no more chunks of this job, if it should not."""
+        if self.stats.refusals >= MAX_REFUSALS:
+            return f"refused {self.stats.refusals} chunks"
+        if self.stats.bad_results >= MAX_BAD_RESULTS:
+            return f"returned {self.stats.bad_results} bad results"
+        return None
 
     def _end(self) -> None:
         self._send(Msg.END)
@@ -180,9 +232,10 @@ class WorkerLink(threading.Thread):
         except RequestRejected as exc:
             # the worker refused it (disk nearly full, the copy arrived damaged): not the chunk's
             # fault, so it goes back to the queue uncounted and this worker waits a little
-            self.refusals += 1
+            self.stats.refusals += 1
             log.warning("%s refused %s: %s", self.offer.name, chunk.name, exc)
-            self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=f"refused: {exc}"[:300])
+            self.job.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=self.offer.name,
+                            detail=f"refused: {exc}"[:MAX_REASON])
             self.job.scheduler.giveback(chunk, self.offer.name)
             self._send(Msg.WAIT, retry_after=REFUSAL_BACKOFF)
             return
@@ -194,7 +247,8 @@ class WorkerLink(threading.Thread):
             return
         self._send(Msg.ASSIGN, chunk=chunk.index, size=chunk.size, sha256=chunk.sha256, frames=chunk.frames,
                    **({} if chunk.whole else {"skip": chunk.skip, "limit": chunk.frames}))
-        self.job.report("chunk_assigned", chunk=chunk.index, worker=self.offer.name)
+        self.job.on_assigned()
+        self.job.report(Event.CHUNK_ASSIGNED, chunk=chunk.index, worker=self.offer.name)
         log.debug("%s -> %s (attempt %d)", chunk.name, self.offer.name, chunk.attempts)
 
     def _file_conn(self) -> socket.socket:
@@ -217,15 +271,15 @@ class WorkerLink(threading.Thread):
             reply = expect(sock, Msg.OK)
             if reply.get("sha256") != chunk.sha256:
                 raise TransferError(f"{chunk.name}: worker confirmed the wrong checksum")
+        self.stats.bytes_sent += chunk.size
 
     def _collect(self, msg: dict) -> None:
         sched = self.job.scheduler
-        index = int_field(msg, "chunk", 0, 10**7)
+        index = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
         chunk = sched.assigned_to(index, self.offer.name)
         if chunk is None:                 # done elsewhere meanwhile: let the worker drop its copy
             self._send(Msg.CANCEL, chunk=index)
             return
-        dest = self.job.work_dir / f"{chunk.name}.out.mkv"
         tmp = self.job.work_dir / f"{chunk.name}.{self.offer.name.replace('/', '_')}.recv.mkv"
         try:
             size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)
@@ -246,58 +300,14 @@ class WorkerLink(threading.Thread):
                 sched.fail(chunk, self.offer.name, "cancelled")
                 return
             log.warning("could not fetch %s from %s: %s", chunk.name, self.offer.name, exc)
-            self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=str(exc)[:300])
+            self.job.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=self.offer.name,
+                            detail=str(exc)[:MAX_REASON])
             sched.fail(chunk, self.offer.name, f"download failed: {exc}")
             return
+        self.stats.bytes_received += size
         self._send(Msg.COLLECTED, chunk=chunk.index)
         seconds = field(msg, "seconds", float, optional=True, default=0.0)
-        self.job.verifier.submit(self._guarded_verify, chunk, tmp, dest, sha, seconds)
-
-    def _guarded_verify(self, *args: Any) -> None:
-        """Runs in the verifier pool, where an exception would vanish: fail the job loudly instead."""
-        try:
-            self._verify(*args)
-        except Exception as exc:          # noqa: BLE001 - a bug or a full disk must not hang the job
-            log.exception("verifying a result failed")
-            self.job.scheduler.abort(f"verifying a result failed: {exc}")
-
-    def _verify(self, chunk: Chunk, tmp: Path, dest: Path, sha: str, seconds: float) -> None:
-        """Check the result against the chunk's manifest: it decodes cleanly to exactly the
-        chunk's frame count, starts with a keyframe, and its frames span the source's time."""
-        sched = self.job.scheduler
-        try:
-            frames = ffmpeg.decode_check(self.job.tools, tmp, timeout=600)
-            if self.job.settings.fps is not None:
-                if frames == 0:          # a new frame rate: the total is checked at the end
-                    raise ChunkError(f"{chunk.name}: no frames")
-            elif frames != chunk.frames:
-                raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
-            packets = ffmpeg.stream_packets(self.job.tools, tmp)
-            if not packets or not packets[0].key:
-                raise ChunkError(f"{chunk.name}: does not start with a keyframe")
-            span = max(p.pts for p in packets) - min(p.pts for p in packets)
-            if chunk.span is not None and self.job.settings.fps is None and abs(span - chunk.span) > SPAN_TOLERANCE:
-                raise ChunkError(f"{chunk.name}: frames span {span:.3f}s, the source's {chunk.span:.3f}s")
-        except (FFmpegError, ChunkError) as exc:
-            tmp.unlink(missing_ok=True)
-            self.bad_results += 1
-            log.warning("result of %s from %s rejected: %s", chunk.name, self.offer.name, exc)
-            self.job.report("chunk_failed", chunk=chunk.index, worker=self.offer.name, detail=str(exc)[:300])
-            sched.fail(chunk, self.offer.name, str(exc))
-            return
-        others = sched.done(chunk, self.offer.name, dest, sha, received=tmp)
-        if others is None:
-            tmp.unlink(missing_ok=True)       # a straggler copy finished second
-            return
-        self.chunks_done += 1
-        self.frames_done += frames
-        self.encode_seconds += seconds
-        self.job.report("chunk_done", chunk=chunk.index, worker=self.offer.name, frames=frames,
-                        seconds=round(seconds, 3))
-        for name in others:                   # the slower copy is no longer needed
-            link = self.job.links.get(name)
-            if link is not None:
-                link.cancel(chunk.index)
+        self.job.on_result(self, chunk, tmp, sha, seconds)
 
     def cancel(self, index: int) -> None:
         if self.sock is None:

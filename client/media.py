@@ -4,7 +4,6 @@ Pure functions where possible (plan_cuts, container checks) so they are unit-tes
 """
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common import ffmpeg
+from common.config import FFMPEG_PROBE_TIMEOUT
 from common.errors import FFmpegError, UsageError
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _rotation(s: dict[str, Any]) -> int:
 def hdr10_metadata(tools: ffmpeg.Tools, path: Path) -> dict[str, str]:
     """Mastering display and content light level of the first video frame, in x265's syntax."""
     out = ffmpeg.run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
-                      "-show_entries", "frame_side_data", "-of", "json", ffmpeg.input_path(path)], timeout=60)
+                      "-show_entries", "frame_side_data", "-of", "json", ffmpeg.input_path(path)], timeout=FFMPEG_PROBE_TIMEOUT)
     try:
         frames = json.loads(out).get("frames", [])
     except ValueError:
@@ -215,83 +215,6 @@ def clean_cuts(packets: list[ffmpeg.Packet]) -> list[int]:
             cuts.append(i)
         earlier_max = max(earlier_max, pts)
     return cuts
-
-
-def plan_cuts(keyframes: list[float], start: float, end: float, target: float) -> list[float]:
-    """Keyframe timestamps to cut at so chunks last about `target` seconds.
-
-    Times are relative to `start` (ffmpeg shifts an input to begin at 0 before muxing). A last
-    chunk shorter than half the target is merged into the one before it.
-    """
-    cuts: list[float] = []
-    last = 0.0
-    for t in sorted(set(k - start for k in keyframes)):
-        if t - last >= target and end - start - t >= 0.5 * target:
-            cuts.append(t)
-            last = t
-    return cuts
-
-
-def split_piece(frames: int, seconds: float, target: float) -> list[tuple[int, int]]:
-    """(skip, count) frame ranges cutting one keyframe-to-keyframe piece into chunks of about
-    `target` seconds; a piece not much longer than the target stays whole."""
-    parts = max(1, round(seconds / target)) if seconds > 1.5 * target else 1
-    parts = min(parts, frames)
-    bounds = [frames * k // parts for k in range(parts + 1)]
-    return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
-
-
-@dataclass(frozen=True)
-class Span:
-    """The packets a frame-range chunk needs from its piece, positions in decode order."""
-    first: int      # a keyframe: decoding starts here
-    end: int        # one past the last packet: a keyframe's position, or the piece's end
-    skip: int       # decoded frames before the chunk's own
-
-
-def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]], lead: int = 0) -> list[Span]:
-    """For each (skip, count) frame range of one piece (packets in decode order, one frame each),
-    the whole GOPs it needs: from the last keyframe shown at least `lead` frames before its first
-    frame (the encoder's warm-up; else the piece's start) to the keyframe after the last packet it
-    shows.
-
-    A keyframe qualifies when nothing before it in the file is shown after it. `skip` counts the
-    frames shown from that keyframe up to the range. Pictures stored after the keyframe but shown
-    before it are left out: a decoder drops them when they need the GOP before (open GOPs), but
-    shows them when they do not (HEVC RADL, closed-GOP MPEG-2), so the boss counts those spans'
-    frames by decoding (Job.exact_skip).
-    """
-    order = sorted(range(len(pts)), key=pts.__getitem__)        # display index -> file position
-    shown_before, highest = [], float("-inf")
-    for t in pts:                                                # highest pts before each position
-        shown_before.append(highest)
-        highest = max(highest, t)
-    keys = [i for i, k in enumerate(key) if k]
-    # valid starts show everything after them later, so their timestamps rise with their position
-    starts = [i for i in keys if shown_before[i] < pts[i]] or [0]
-    start_pts = [pts[i] for i in starts]
-    spans = []
-    for skip, count in ranges:
-        first_pts = pts[order[skip]]
-        if skip >= lead:
-            first = starts[max(0, bisect.bisect_right(start_pts, pts[order[skip - lead]]) - 1)]
-        else:
-            first = starts[0]
-        last = max(order[skip:skip + count])
-        after = bisect.bisect_right(keys, last)
-        end = keys[after] if after < len(keys) else len(pts)
-        before = sum(1 for i in range(first, end) if pts[first] <= pts[i] < first_pts)
-        spans.append(Span(first, end, before))
-    return spans
-
-
-def auto_chunk_seconds(duration: float, workers: int) -> float:
-    """About four chunks per worker (so faster workers take more), between 10 s and 120 s each.
-
-    Not shorter: every chunk starts with a keyframe and fresh rate control, and with 2 s chunks
-    the output grew 5-20 % against a single run (docs/parity.md); at 10 s it stays within 5 %.
-    """
-    return min(120.0, max(10.0, duration / max(1, workers * 4)))
 
 
 # ---------------------------------------------------------------- output containers

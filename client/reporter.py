@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
 import threading
 from typing import Any
 
 from client.tracker_client import TrackerClient
-from common.config import HEARTBEAT_INTERVAL
+from common.audit_events import PEER_EVENTS, Event
+from common.config import HEARTBEAT_INTERVAL, REPORT_BACKOFF_CAP, REPORT_BACKOFF_FIRST
 from common.errors import AuthError, RequestRejected, TranscoderError
+from common.net import Backoff
 from common.protocol import Msg
 
 log = logging.getLogger("boss")
@@ -31,11 +32,13 @@ class EventReporter(threading.Thread):
         self._halt = threading.Event()
         self.start()
 
-    def report(self, job: str, event: str, **fields: Any) -> None:
-        self._queue.put((job, event, fields))
+    def report(self, job: str, event: Event, **fields: Any) -> None:
+        if event not in PEER_EVENTS:          # a programming error: the tracker would refuse it
+            raise ValueError(f"{event!r} is not an event peers report")
+        self._queue.put((job, Event(event).value, fields))
 
     def run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(REPORT_BACKOFF_FIRST, REPORT_BACKOFF_CAP)
         warned = False
         while True:
             try:
@@ -52,7 +55,8 @@ class EventReporter(threading.Thread):
                     self.tracker.event(job, event, **fields)
                     if warned:
                         log.info("tracker is back; audit events delivered")
-                    warned, delay = False, 0.5
+                    warned = False
+                    backoff.reset()
                     break
                 except RequestRejected as exc:       # the tracker refuses this one: don't retry it
                     log.debug("tracker refused event %s: %s", event, exc)
@@ -61,9 +65,8 @@ class EventReporter(threading.Thread):
                     if not warned:
                         log.warning("tracker unreachable (%s); the job goes on, events will be sent later", exc)
                         warned = True
-                    if self._halt.wait(random.uniform(delay / 2, delay)):
+                    if self._halt.wait(backoff.next()):
                         return
-                    delay = min(delay * 2, 10.0)
 
     def flush_and_stop(self, timeout: float) -> bool:
         """Send what is queued within `timeout` seconds; True if everything went out."""

@@ -7,6 +7,9 @@ CONNECT_TIMEOUT = 5.0           # one TCP connect attempt
 CONNECT_DEADLINE = 10.0         # give up reaching a peer after this long
 IO_TIMEOUT = 30.0               # one recv/send on a control connection
 TRANSFER_STALL_TIMEOUT = 60.0   # one recv/send on the file port (a stall, not the whole file)
+CONNECT_BACKOFF_FIRST, CONNECT_BACKOFF_CAP = 0.1, 2.0   # between connect attempts
+RECONNECT_BACKOFF_FIRST, RECONNECT_BACKOFF_CAP = 1.0, 30.0   # a worker re-registering with the tracker
+REPORT_BACKOFF_FIRST, REPORT_BACKOFF_CAP = 0.5, 10.0   # resending an audit event
 HANDSHAKE_TIMEOUT = 10.0        # a new connection must say hello and log in within this
 
 # Liveness
@@ -25,10 +28,15 @@ MAX_FRAME = 256 * 1024          # one control message
 MAX_CHUNK_BYTES = 8 * 1024**3   # one chunk on the file port
 MAX_WORKERS_PER_REQUEST = 256
 MAX_SLOTS = 64
+MAX_CHUNK_INDEX = 10_000_000     # chunk numbers on the wire
+MAX_FRAMES = 10**9              # frame counts and ranges on the wire
 
 # ffmpeg
 FFMPEG_CHUNK_TIMEOUT = 60 * 60  # one chunk's encode
 FFMPEG_TOOL_TIMEOUT = 6 * 60 * 60   # split / audio / concat / verify of a whole input
+FFMPEG_CHUNK_CHECK_TIMEOUT = 600.0  # the boss's check of one chunk's result
+FFMPEG_PROBE_TIMEOUT = 120.0       # one ffprobe of a file's streams
+FFMPEG_QUERY_TIMEOUT = 30.0        # ffmpeg -version / -encoders
 MAX_ATTEMPTS = 3                # a chunk failing this often fails the job
 
 # SCRAM

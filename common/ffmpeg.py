@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.config import FFMPEG_TOOL_TIMEOUT
+from common.config import FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
 from common.errors import FFmpegError, UsageError
 from common.settings import Settings
 
@@ -71,12 +71,14 @@ def input_path(path: Path) -> str:
 
 # ---------------------------------------------------------------- runners
 
-def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT) -> str:
-    """Run to completion; return stdout. FFmpegError with stderr's tail on failure or timeout."""
+def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0) -> str:
+    """Run to completion; return stdout. FFmpegError with stderr's tail on failure or timeout.
+    nice > 0 runs the child at a lower priority (work that must not slow the job's main path)."""
     log.debug("running %s", shlex.join(cmd))
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace", timeout=timeout, preexec_fn=die_with_parent)
+                              errors="replace", timeout=timeout,
+                              preexec_fn=(lambda: _lower_priority(nice)) if nice else die_with_parent)
     except subprocess.TimeoutExpired as exc:   # run() has already killed the child
         raise FFmpegError(cmd, None, f"no result after {timeout:g}s") from exc
     except OSError as exc:
@@ -126,6 +128,11 @@ def die_with_parent() -> None:
     never outlives a worker killed with SIGKILL. Elsewhere a no-op."""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _lower_priority(nice: int) -> None:
+    die_with_parent()
+    os.nice(nice)
 
 
 def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[int], None] = lambda n: None,
@@ -181,7 +188,7 @@ def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[in
 def probe(tools: Tools, path: Path) -> dict:
     """ffprobe's JSON for format, streams and chapters."""
     out = run([tools.ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-               "-show_chapters", input_path(path)], timeout=120)
+               "-show_chapters", input_path(path)], timeout=FFMPEG_PROBE_TIMEOUT)
     try:
         return json.loads(out)
     except ValueError as exc:
@@ -265,11 +272,11 @@ def decode_check(tools: Tools, path: Path, *, with_audio: bool = False, count_on
 
 def capabilities(tools: Tools) -> tuple[str, list[str]]:
     """(ffmpeg version line, names of the video/audio encoders this build has)."""
-    first = run([tools.ffmpeg, "-hide_banner", "-version"], timeout=30).splitlines()[0]
+    first = run([tools.ffmpeg, "-hide_banner", "-version"], timeout=FFMPEG_QUERY_TIMEOUT).splitlines()[0]
     # "ffmpeg version 5.1.9-0+deb12u1 Copyright ..." -> "ffmpeg 5.1.9-0+deb12u1"
     words = first.split()
     version = f"ffmpeg {words[2]}" if len(words) > 2 and words[1] == "version" else first[:100]
-    listing = run([tools.ffmpeg, "-hide_banner", "-encoders"], timeout=30)
+    listing = run([tools.ffmpeg, "-hide_banner", "-encoders"], timeout=FFMPEG_QUERY_TIMEOUT)
     names = []
     _, _, table = listing.partition("------")     # the legend above this line is not encoders
     for line in table.splitlines():

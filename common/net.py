@@ -8,7 +8,8 @@ import ssl
 import threading
 import time
 
-from common.config import CONNECT_DEADLINE, CONNECT_TIMEOUT, IO_TIMEOUT
+from common.config import (CONNECT_BACKOFF_CAP, CONNECT_BACKOFF_FIRST, CONNECT_DEADLINE, CONNECT_TIMEOUT,
+                           IO_TIMEOUT)
 from common.errors import PeerUnreachable, UsageError
 
 
@@ -23,6 +24,29 @@ def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, in
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+class Backoff:
+    """Jittered exponential backoff between retries: each delay is drawn from [d/2, d], and d
+    doubles up to `cap`. For retrying a connection, never for waiting on something to happen."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, cap
+        self._delay = first
+
+    def next(self) -> float:
+        """The delay before the next try."""
+        delay = random.uniform(self._delay / 2, self._delay)
+        self._delay = min(self._delay * 2, self.cap)
+        return delay
+
+    @property
+    def ceiling(self) -> float:
+        """The longest the next delay can be."""
+        return self._delay
+
+    def reset(self) -> None:
+        self._delay = self.first
 
 
 class Deadline:
@@ -57,15 +81,14 @@ def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,
     """A connected socket with `io_timeout` set (TLS over it if `tls`), or PeerUnreachable once
     `deadline` has passed."""
     give_up_at = time.monotonic() + deadline
-    delay = 0.1
+    backoff = Backoff(CONNECT_BACKOFF_FIRST, CONNECT_BACKOFF_CAP)
     while True:
         try:
             sock = socket.create_connection(addr, timeout=min(CONNECT_TIMEOUT, max(deadline, 0.1)))
         except OSError as exc:
-            if time.monotonic() + delay > give_up_at:
+            if time.monotonic() + backoff.ceiling > give_up_at:
                 raise PeerUnreachable(f"cannot reach {addr[0]}:{addr[1]}: {exc.strerror or exc}") from exc
-            time.sleep(random.uniform(delay / 2, delay))   # retry backoff, not synchronisation
-            delay = min(delay * 2, 2.0)
+            time.sleep(backoff.next())   # retry backoff, not synchronisation
             continue
         sock.settimeout(io_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from common.audit_events import Event
 from tracker.store import Store
 
 
 class Recorder(Protocol):
-    def record(self, event: str, **fields: Any) -> None: ...
+    def record(self, event: Event, **fields: Any) -> None: ...
 
 
 class AuditLog:
@@ -24,8 +25,8 @@ class AuditLog:
         self._stream = path.open("a", encoding="utf-8")
         self._store, self._clock, self._lock = store, clock, threading.Lock()
 
-    def record(self, event: str, **fields: Any) -> None:
-        entry = {"ts": round(self._clock(), 3), "event": event,
+    def record(self, event: Event, **fields: Any) -> None:
+        entry = {"ts": round(self._clock(), 3), "event": Event(event).value,
                  **{k: v for k, v in fields.items() if v is not None}}
         line = json.dumps(entry, sort_keys=True)
         with self._lock:
@@ -44,8 +45,8 @@ class MemoryAudit:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def record(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
+    def record(self, event: Event, **fields: Any) -> None:
+        self.events.append({"event": Event(event).value, **fields})
 
 
 def format_event(e: dict[str, Any]) -> str:

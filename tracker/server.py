@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common import auth as ticket_auth
+from common.audit_events import PEER_EVENTS, Event
 from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_SLOTS,
                            MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
@@ -35,8 +36,6 @@ from tracker.store import Store
 log = logging.getLogger(__name__)
 
 _HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
-CHUNK_EVENTS = {"chunk_assigned", "chunk_done", "chunk_failed", "chunk_encoded", "chunk_retry",
-                "worker_lost", "worker_joined", "job_progress", "worker_dropped"}
 _conn_ids = itertools.count(1)
 
 
@@ -83,18 +82,18 @@ def handle_auth_finish(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     try:
         final = login.finish(get(msg, "data", str))
     except AuthError:
-        ctx.audit.record("auth_failed", peer=s.peer, user=login.user, role=_v(s.claimed_role),
+        ctx.audit.record(Event.AUTH_FAILED, peer=s.peer, user=login.user, role=_v(s.claimed_role),
                          reason="bad credentials")
         raise
     assert login.record is not None
     role = Role(login.record.role)
     wanted = s.claimed_role
     if wanted is not None and wanted is not role and role is not Role.ADMIN:
-        ctx.audit.record("auth_failed", peer=s.peer, user=login.user, role=wanted.value,
+        ctx.audit.record(Event.AUTH_FAILED, peer=s.peer, user=login.user, role=wanted.value,
                          reason=f"user has role {role.value}")
         raise AuthError(f"user {login.user!r} may not act as {wanted.value}")
     s.user, s.role, s.server_key = login.user, wanted or role, login.record.server_key
-    ctx.audit.record("auth_ok", peer=s.peer, user=s.user, role=s.role.value)
+    ctx.audit.record(Event.AUTH_OK, peer=s.peer, user=s.user, role=s.role.value)
     return Msg.AUTH_OK, {"data": final, "role": s.role.value}
 
 
@@ -117,7 +116,7 @@ def handle_register(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
                         ticket_key=ticket_auth.ticket_key(s.server_key, salt), connection=s.conn_id)
     ctx.state.register(worker)
     s.worker = name
-    ctx.audit.record("register", peer=s.peer, user=s.user, worker=name, slots=worker.slots,
+    ctx.audit.record(Event.REGISTER, peer=s.peer, user=s.user, worker=name, slots=worker.slots,
                      ffmpeg=worker.ffmpeg, file_port=file_port)
     return Msg.REGISTERED, {"worker": name, "ticket_salt": salt, "heartbeat": HEARTBEAT_INTERVAL}
 
@@ -134,7 +133,7 @@ def handle_job_start(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     name = Path(get(msg, "input", str)).name[:200]        # a base name is enough for the log
     job = ctx.state.start_job(s.user or "", name)
     settings = get(msg, "settings", dict, optional=True, default={})
-    ctx.audit.record("job_started", peer=s.peer, user=s.user, job=job.id, input=name,
+    ctx.audit.record(Event.JOB_STARTED, peer=s.peer, user=s.user, job=job.id, input=name,
                      chunks=get(msg, "chunks", int, optional=True),
                      settings={k: v for k, v in settings.items() if isinstance(v, (str, int, float))})
     return Msg.JOB, {"job": job.id}
@@ -154,15 +153,16 @@ def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
                 "ticket": ticket_auth.make_ticket(w.ticket_key, boss, job.id, w.name, expires)}
                for w in picked]
     if workers or not exclude:     # a running job asking for more and getting none is not news
-        ctx.audit.record("workers_given", peer=s.peer, user=s.user, job=job.id, encoder=encoder,
+        ctx.audit.record(Event.WORKERS_GIVEN, peer=s.peer, user=s.user, job=job.id, encoder=encoder,
                          asked=count, count=len(workers), workers=[w.name for w in picked])
     return Msg.WORKER_LIST, {"workers": workers}
 
 
 def handle_event(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
-    event = get(msg, "event", str)
-    if event not in CHUNK_EVENTS:
-        raise RequestRejected(f"unknown event {event[:40]!r}")
+    name = get(msg, "event", str)
+    event = next((e for e in PEER_EVENTS if e.value == name), None)
+    if event is None:
+        raise RequestRejected(f"unknown event {name[:40]!r}")
     job_id = get(msg, "job", str)[:40]
     if s.role is Role.WORKER:
         worker = s.worker                  # a worker speaks for itself only
@@ -184,7 +184,7 @@ def handle_job_end(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     job = _job(ctx, s, msg)
     status = get(msg, "status", str)[:20]
     detail = get(msg, "detail", str, optional=True)
-    ctx.audit.record("job_finished", peer=s.peer, user=s.user, job=job.id, status=status,
+    ctx.audit.record(Event.JOB_FINISHED, peer=s.peer, user=s.user, job=job.id, status=status,
                      detail=detail[:500] if detail else None,
                      chunks=get(msg, "chunks", int, optional=True), frames=get(msg, "frames", int, optional=True),
                      seconds=get(msg, "seconds", float, optional=True))
@@ -249,7 +249,7 @@ class TrackerHandler(socketserver.BaseRequestHandler):
         ctx = self.server.ctx
         s = Session(peer="%s:%d" % self.client_address[:2])
         if self.tls_failed:
-            ctx.audit.record("protocol_error", peer=s.peer, reason=f"TLS handshake failed: {self.tls_failed}"[:200])
+            ctx.audit.record(Event.PROTOCOL_ERROR, peer=s.peer, reason=f"TLS handshake failed: {self.tls_failed}"[:200])
             return
         try:
             try:
@@ -258,14 +258,14 @@ class TrackerHandler(socketserver.BaseRequestHandler):
                 self._serve(ctx, s)
             finally:
                 if s.worker and ctx.state.drop(s.worker, s.conn_id):
-                    ctx.audit.record("worker_lost", peer=s.peer, user=s.user, worker=s.worker,
+                    ctx.audit.record(Event.WORKER_LOST, peer=s.peer, user=s.user, worker=s.worker,
                                      reason="disconnected")
         except ConnectionClosed:
             pass
         except AuthError as exc:
             log.info("%s: %s", s.peer, exc)
         except ProtocolError as exc:
-            ctx.audit.record("protocol_error", peer=s.peer, user=s.user, reason=str(exc)[:200])
+            ctx.audit.record(Event.PROTOCOL_ERROR, peer=s.peer, user=s.user, reason=str(exc)[:200])
 
     def _serve(self, ctx: TrackerContext, s: Session) -> None:
         sock = self.request
@@ -318,7 +318,7 @@ class TrackerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """Drop workers that missed their heartbeats."""
         while not self.stopping.wait(HEARTBEAT_INTERVAL / 2):
             for w in self.ctx.state.expire(self.ctx.ttl):
-                self.ctx.audit.record("worker_lost", worker=w.name, user=w.user, reason="missed heartbeats")
+                self.ctx.audit.record(Event.WORKER_LOST, worker=w.name, user=w.user, reason="missed heartbeats")
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)

@@ -11,6 +11,7 @@ from pathlib import Path
 if __package__ in (None, ""):      # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common.audit_events import Event
 from common.cli import (PASSWORD_HELP, add_common_options, add_password_option, read_password,
                         run_main, setup_logging)
 from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
@@ -80,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     host, port = server.server_address[:2]
     print(f"listening on {host}:{port}", flush=True)
-    audit.record("tracker_started", peer=f"{host}:{port}")
+    audit.record(Event.TRACKER_STARTED, peer=f"{host}:{port}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -88,7 +89,7 @@ def serve(args: argparse.Namespace) -> int:
     thread.start()
     stop.wait()
     server.stop()
-    audit.record("tracker_stopped", peer=f"{host}:{port}")
+    audit.record(Event.TRACKER_STOPPED, peer=f"{host}:{port}")
     audit.close()
     store.close()
     return 0

@@ -9,7 +9,7 @@ if str(ROOT) not in sys.path:       # tests/unit/conftest.py does this too; be s
     sys.path.insert(0, str(ROOT))
 
 from common.protocol import PROTOCOL_VERSION, Msg  # noqa: E402
-from tracker.server import CHUNK_EVENTS  # noqa: E402
+from common.audit_events import PEER_EVENTS, Event  # noqa: E402
 
 SPEC = ROOT / "common" / "PROTOCOL.md"
 
@@ -26,8 +26,14 @@ def test_every_message_type_is_documented() -> None:
 
 def test_every_event_name_is_documented() -> None:
     spec = spec_text()
-    missing = sorted(e for e in CHUNK_EVENTS if f"`{e}`" not in spec)
+    missing = sorted(e.value for e in PEER_EVENTS if f"`{e.value}`" not in spec)
     assert not missing, f"PROTOCOL.md lacks event names: {missing}"
+
+
+def test_every_audit_event_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = sorted(e.value for e in Event if f"`{e.value}`" not in readme)
+    assert not missing, f"README.md's audit table lacks: {missing}"
 
 
 def test_spec_names_the_protocol_version() -> None:

@@ -1,0 +1,52 @@
+"""Fault switches for the test suite, off unless FFDT_TEST_FAULTS names them.
+
+They live here, apart from the worker's code paths, which only ask `faults.on(name)` and call
+`faults.tamper(path)` / `faults.hold(chunk)` at the few places a test needs to strike:
+- corrupt-results: a result's middle bytes overwritten (its hash is taken after);
+- slow-results: a result with the right frames at twice the source's timestamps;
+- disk-full: the worker refuses every upload as if its disk were full;
+- hold: an encode waits, before ffmpeg starts, until the file FFDT_TEST_RELEASE names exists
+  (and writes FFDT_TEST_RELEASE + ".held.N" for chunk N, so a test knows it is holding one):
+  a deterministic "worker busy with a chunk" that does not depend on how fast ffmpeg is.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from common import ffmpeg
+
+ACTIVE = frozenset(filter(None, os.environ.get("FFDT_TEST_FAULTS", "").split(",")))
+_RELEASE = os.environ.get("FFDT_TEST_RELEASE", "")
+HOLD_POLL = 0.05          # how often a held encode looks for the release file
+HOLD_LIMIT = 600.0        # a forgotten hold ends anyway
+
+
+def on(name: str) -> bool:
+    return name in ACTIVE
+
+
+def hold(chunk: int, cancel: ffmpeg.Cancel) -> None:
+    """With `hold` on: announce the held chunk, then wait for the test's release file."""
+    if not on("hold") or not _RELEASE:
+        return
+    Path(f"{_RELEASE}.held.{chunk}").touch()
+    waited, pause = 0.0, threading.Event()
+    while not Path(_RELEASE).exists() and waited < HOLD_LIMIT and not cancel.is_set():
+        pause.wait(HOLD_POLL)         # a test switch, polling for a file another process makes
+        waited += HOLD_POLL
+
+
+def tamper(tools: ffmpeg.Tools, path: Path) -> None:
+    """Apply the result faults that are on to an encoded result."""
+    if on("corrupt-results"):
+        size = path.stat().st_size
+        with path.open("r+b") as f:
+            f.seek(size // 3)
+            f.write(os.urandom(max(64, size // 3)))
+    if on("slow-results"):
+        slow = path.with_name(path.name + ".slow")
+        ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-itsscale", "2", "-i", ffmpeg.input_path(path), "-c", "copy",
+                    "-f", "matroska", ffmpeg.input_path(slow)])
+        slow.replace(path)

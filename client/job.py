@@ -1,0 +1,390 @@
+"""One job, stage by stage: probe -> split -> queue -> hand out / collect -> check -> join.
+
+The boss's CLI (client/boss.py) builds a BossConfig and calls run_boss(). Each stage lives in its
+own module (split, scheduler, link, checks, join); this one only wires them together, owns the
+work directory and the worker sessions, and writes the summary.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from client import checks, media
+from client.join import AudioJob, join
+from client.jobstate import Identity, JobState
+from client.link import JobContext, WorkerLink, WorkerOffer
+from client.progress import BossBar
+from client.reporter import EventReporter
+from client.scheduler import Chunk, ChunkState, Scheduler
+from client.split import Splitter
+from client.tracker_client import TrackerClient
+from common import tls
+from common.audit_events import Event
+from common.config import MAX_WORKERS_PER_REQUEST
+from common.errors import ChunkError, FFmpegError, ProtocolError, TranscoderError, UsageError
+from common.protocol import Role
+
+if TYPE_CHECKING:
+    from client.boss import BossConfig
+
+log = logging.getLogger("boss")
+
+WORKER_REFRESH = 5.0       # ask the tracker for more workers this often while we have fewer than wanted
+WAIT_WORKERS_POLL = 2.0    # ... and this often while we have none
+BAR_REFRESH = 0.5          # the progress bar's refresh period (the main thread's wait)
+VERIFIER_THREADS = 2       # results checked at once
+REPORTER_FLUSH = 5.0       # seconds to deliver queued audit events at the end of a job
+LINK_JOIN = 2.0            # seconds to wait for each link thread at the end
+
+
+@dataclass
+class Phases:
+    """Wall-clock seconds per phase, and when the chunk traffic began and ended, for the summary."""
+    times: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    first_assigned: float | None = None
+    last_result: float | None = None
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.times[name] = round(time.monotonic() - start, 3)
+
+    def mark(self, what: str) -> None:
+        """Record the first `first_assigned` and the latest `last_result`."""
+        now = round(time.monotonic() - self.started, 3)
+        if what == "first_assigned" and self.first_assigned is None:
+            self.first_assigned = now
+        elif what == "last_result":
+            self.last_result = now
+
+
+def run_boss(cfg: BossConfig) -> int:
+    """Check the output path, probe the input, run the job; the work directory is removed on
+    success and kept (to resume) on failure once the split is done."""
+    container = media.container_for(cfg.output)
+    check_output_path(cfg)
+    phases = Phases()
+    with phases.timed("probe"):
+        info = media.inspect(cfg.tools, cfg.input)
+    media.check_combination(container, cfg.settings.codec, cfg.acodec, info.of_kind("audio"))
+    cfg = dataclasses.replace(cfg, settings=settings_for_input(cfg, info))
+    work = prepare_work_dir(cfg)
+    cluster = None
+    ok = False
+    try:
+        tracker_addr, user, password = cfg.tracker, cfg.user, cfg.password
+        if cfg.local:
+            from client.local import LocalCluster
+            log.info("starting a local tracker and %d worker%s", cfg.local, "s" if cfg.local > 1 else "")
+            cluster = LocalCluster(cfg.local, cfg.ffmpeg_args)
+            tracker_addr, user, password = cluster.addr, cluster.boss_user, cluster.password
+        assert tracker_addr is not None
+        tracker = TrackerClient(tracker_addr, user, password, Role.BOSS, tls=None if cfg.local else cfg.tls)
+        tracker.connect()
+        result = Job(cfg, info, container, work, tracker, phases).run()
+        ok = True
+        return result
+    finally:
+        if cluster is not None:
+            cluster.close()
+        if ok and not cfg.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not ok and (work / "state.json").exists():
+            log.warning("the work so far is kept in %s: run the same command again to resume", work)
+        elif not ok:
+            shutil.rmtree(work, ignore_errors=True)     # nothing worth keeping yet
+
+
+def check_output_path(cfg: BossConfig) -> None:
+    """Refuse, before any work, an output that cannot be written or would overwrite the input."""
+    if cfg.output.resolve() == cfg.input.resolve():
+        raise UsageError("the output would overwrite the input")
+    if not cfg.output.parent.is_dir():
+        raise UsageError(f"{cfg.output.parent}: no such directory for the output")
+    if cfg.output.is_dir():
+        raise UsageError(f"{cfg.output} is a directory")
+    if not os.access(cfg.output.parent, os.W_OK):
+        raise UsageError(f"{cfg.output.parent}: cannot write there")
+    if cfg.report is not None and not cfg.report.parent.is_dir():
+        raise UsageError(f"{cfg.report.parent}: no such directory for --report")
+
+
+def settings_for_input(cfg: BossConfig, info: media.MediaInfo):
+    """The user's settings plus what the input implies: its rotation, its colour description
+    (HDR10 metadata too), padding for an odd size."""
+    s = cfg.settings
+    turn = media.clockwise_turn(info.video.rotation)
+    if turn:
+        log.info("the input is displayed turned by %d degrees: the output is turned the same way", turn)
+        s = dataclasses.replace(s, rotate=turn)
+    v = info.video
+    colour = dict(v.color)
+    if colour.get("color_trc") in ("smpte2084", "arib-std-b67"):
+        colour.update(media.hdr10_metadata(cfg.tools, cfg.input))
+        if s.vcodec != "libx265" and ("master_display" in colour or "max_cll" in colour):
+            log.warning("HDR10 mastering metadata is only carried with --vcodec libx265; it is dropped")
+    if colour:
+        try:
+            s = dataclasses.replace(s, **colour)
+        except UsageError as exc:
+            log.warning("not carrying the input's colour description: %s", exc)
+    if s.scale_w is None and (v.width % 2 or v.height % 2) and (s.pix_fmt or "yuv420p").startswith(("yuv420", "nv12")):
+        log.warning("odd size %dx%d: padding to an even size for 4:2:0 video "
+                    "(--scale W:-2 to resize instead, or --pix-fmt yuv444p)", v.width, v.height)
+        s = dataclasses.replace(s, pad_even=True)
+    return s
+
+
+def prepare_work_dir(cfg: BossConfig) -> Path:
+    """The work directory; an earlier run's is kept for resuming unless --restart."""
+    # always a directory of our own, even inside --work-dir: we delete it when done
+    work = (cfg.work_dir or cfg.output.parent) / f".{cfg.output.name}.ffdt-work"
+    if work.exists() and not work.is_dir():
+        raise UsageError(f"{work} exists and is not a directory")
+    if work.exists() and cfg.restart:
+        log.info("--restart: removing the earlier run's work in %s", work)
+        shutil.rmtree(work)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the work directory {work}: {exc.strerror}") from None
+    return work
+
+
+class Job:
+    def __init__(self, cfg: BossConfig, info: media.MediaInfo, container: media.Container, work: Path,
+                 tracker: TrackerClient, phases: Phases) -> None:
+        self.cfg, self.info, self.container, self.work = cfg, info, container, work
+        self.tracker, self.phases = tracker, phases
+        self.links: list[WorkerLink] = []
+        self.id = ""
+        self.expected_frames = info.frames
+        self.reporter: EventReporter | None = None
+        self.ctx: JobContext | None = None
+        self.ffmpeg_build: str | None = None      # every chunk is encoded by this build
+
+    def run(self) -> int:
+        cfg, info = self.cfg, self.info
+        started = time.monotonic()
+        self.id = self.tracker.job_start(cfg.input.name, cfg.settings)
+        self.reporter = EventReporter(self.tracker)
+        log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.frames,
+                 info.video_duration, info.video.codec, cfg.settings.vcodec)
+        status, detail = "failed", ""
+        try:
+            offers = self.ask_workers(cfg.workers)
+            if not offers:
+                raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
+            audio = AudioJob(cfg.tools, cfg.input, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
+            with self.phases.timed("split"):
+                chunks, state = self.plan(len(offers))
+            scheduler = Scheduler(chunks, on_done=state.record_done)
+            with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier:
+                self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
+                                      work_dir=self.work, report=self.report,
+                                      on_result=lambda *a: verifier.submit(self.guarded_accept, *a),
+                                      on_assigned=lambda: self.phases.mark("first_assigned"),
+                                      silence_timeout=cfg.silence_timeout,
+                                      tls=cfg.tls or tls.client_context(None))
+                with self.phases.timed("encode"):
+                    if not scheduler.finished.is_set():
+                        self.start_links(offers)
+                        self.wait(scheduler)
+            if scheduler.fatal:
+                raise TranscoderError(scheduler.fatal)
+            with self.phases.timed("audio_wait"):
+                audio.join()
+            with self.phases.timed("join"):
+                summary = join(cfg.tools, info, cfg.settings, self.container, cfg.output, self.work, chunks, audio,
+                               self.expected_frames)
+            summary["phases"] = self.phases.times
+            summary["seconds"] = round(time.monotonic() - started, 3)
+            summary["timeline"] = {"first_assigned": self.phases.first_assigned,
+                                   "last_result": self.phases.last_result, "finished": summary["seconds"]}
+            summary["chunks"] = len(chunks)
+            summary["workers"] = {link.offer.name: link.stats.summary() for link in self.links}
+            self.print_summary(summary)
+            status = "done"
+            return 0
+        except TranscoderError as exc:
+            detail = str(exc)
+            raise
+        except KeyboardInterrupt:
+            status, detail = "interrupted", "interrupted by the user"
+            raise
+        finally:
+            for link in self.links:          # workers see the session end and stop encoding
+                link.close()
+            with contextlib.suppress(TranscoderError):
+                self.reporter.flush_and_stop(timeout=REPORTER_FLUSH)
+                self.tracker.job_end(self.id, status, detail=detail[:500] or None, frames=info.frames,
+                                     seconds=round(time.monotonic() - started, 3))
+            self.tracker.close()
+
+    def report(self, event: Event, **fields: Any) -> None:
+        if self.reporter is not None:
+            self.reporter.report(self.id, event, **fields)
+
+    # ------------------------------------------------------------ workers
+
+    def ask_workers(self, count: int) -> list[WorkerOffer]:
+        """Up to `count` more workers from the tracker, not counting those working for us now."""
+        busy = sorted(link.offer.name for link in self.links if link.is_alive() or link.dropped)
+        offers = []
+        for w in self.tracker.workers(self.id, min(max(count, 1), MAX_WORKERS_PER_REQUEST),
+                                      self.cfg.settings.vcodec, busy):
+            try:
+                offers.append(WorkerOffer.from_wire(w))
+            except ProtocolError as exc:
+                log.warning("ignoring a malformed worker entry: %s", exc)
+        return offers
+
+    def start_links(self, offers: list[WorkerOffer]) -> None:
+        """Open sessions with these workers: all on the same ffmpeg build, unless allowed to mix."""
+        assert self.ctx is not None
+        if self.ffmpeg_build is None and offers:
+            builds = Counter(o.ffmpeg for o in offers)
+            self.ffmpeg_build = builds.most_common(1)[0][0]
+        for offer in offers:
+            if self.cfg.tls is not None and not offer.tls and not self.cfg.local:
+                log.warning("not using %s: it does not speak TLS, and this job asked for TLS", offer.name)
+                continue
+            if offer.ffmpeg != self.ffmpeg_build:
+                if not self.cfg.allow_mixed:
+                    log.warning("not using %s: it runs %s, this job's chunks are encoded with %s "
+                                "(--allow-mixed-encoders to use it anyway)", offer.name, offer.ffmpeg,
+                                self.ffmpeg_build)
+                    continue
+                log.warning("%s runs %s, other chunks %s: chunks may differ slightly", offer.name, offer.ffmpeg,
+                            self.ffmpeg_build)
+            link = WorkerLink(self.ctx, offer)
+            self.links.append(link)
+            link.start()
+
+    def wait(self, scheduler: Scheduler) -> None:
+        """Until every chunk is done or the job fails. Refreshes the bar; asks the tracker for more
+        workers now and then (new ones may have registered), and at once when all are lost."""
+        bar = BossBar(self.info.frames, len(scheduler.chunks)) if self.cfg.bars else None
+        alone_since: float | None = None
+        next_ask = time.monotonic() + WORKER_REFRESH
+        try:
+            while not scheduler.finished.wait(BAR_REFRESH):
+                done, frames = scheduler.counts()
+                if bar:
+                    bar.update(frames, done)
+                alive = sum(link.is_alive() for link in self.links)
+                now = time.monotonic()
+                if alive:
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = now
+                    next_ask = now
+                    log.warning("all workers lost; asking the tracker for others (waiting up to %gs)",
+                                self.cfg.wait_workers)
+                if alive < self.cfg.workers and now >= next_ask:
+                    next_ask = now + (WAIT_WORKERS_POLL if not alive else WORKER_REFRESH)
+                    with contextlib.suppress(TranscoderError):     # the tracker may be away: go on
+                        self.start_links(self.ask_workers(self.cfg.workers - alive))
+                if alone_since is not None and now - alone_since > self.cfg.wait_workers:
+                    scheduler.abort(f"no live workers for {self.cfg.wait_workers:g}s; "
+                                    f"{len(scheduler.chunks) - done} chunk(s) left")
+            if bar:
+                bar.update(*reversed(scheduler.counts()))
+        finally:
+            if bar:
+                bar.finish()
+        for link in self.links:
+            link.join(timeout=LINK_JOIN)
+
+    # ------------------------------------------------------------ results
+
+    def guarded_accept(self, *args: Any) -> None:
+        """Runs in the verifier pool, where an exception would vanish: fail the job loudly instead."""
+        try:
+            self.accept(*args)
+        except Exception as exc:          # noqa: BLE001 - a bug or a full disk must not hang the job
+            log.exception("verifying a result failed")
+            assert self.ctx is not None
+            self.ctx.scheduler.abort(f"verifying a result failed: {exc}")
+
+    def accept(self, link: WorkerLink, chunk: Chunk, tmp: Path, sha: str, seconds: float) -> None:
+        """Check a fetched result (client/checks.py); count it, or send the chunk back to the queue."""
+        assert self.ctx is not None
+        sched, worker = self.ctx.scheduler, link.offer.name
+        try:
+            frames = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings)
+        except (FFmpegError, ChunkError) as exc:
+            tmp.unlink(missing_ok=True)
+            link.stats.bad_results += 1
+            log.warning("result of %s from %s rejected: %s", chunk.name, worker, exc)
+            self.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=worker, detail=str(exc)[:300])
+            sched.fail(chunk, worker, str(exc))
+            return
+        others = sched.done(chunk, worker, self.work / f"{chunk.name}.out.mkv", sha, received=tmp)
+        if others is None:
+            tmp.unlink(missing_ok=True)       # a straggler copy finished second
+            return
+        self.phases.mark("last_result")
+        link.stats.chunks_done += 1
+        link.stats.frames_done += frames
+        link.stats.encode_seconds += seconds
+        self.report(Event.CHUNK_DONE, chunk=chunk.index, worker=worker, frames=frames, seconds=round(seconds, 3))
+        for other in self.links:              # the slower copy is no longer needed
+            if other.offer.name in others:
+                other.cancel(chunk.index)
+
+    # ------------------------------------------------------------ split
+
+    def plan(self, workers: int) -> tuple[list[Chunk], JobState]:
+        """The chunks: an interrupted run's, with its finished results, or a fresh split."""
+        identity = Identity.of(self.cfg.input, {**self.cfg.settings.to_wire(), "acodec": self.cfg.acodec,
+                                                "chunk_seconds": self.cfg.chunk_seconds})
+        state = JobState(self.work, identity)
+        loaded = state.load()
+        if loaded is not None:
+            chunks, self.expected_frames = loaded
+            done = sum(c.state is ChunkState.DONE for c in chunks)
+            log.warning("resuming: %d of %d chunks already done", done, len(chunks))
+            state.save(chunks, self.expected_frames)        # folds the journal in
+            return chunks, state
+        if state.path.exists():
+            log.info("the input or the settings changed since the interrupted run: starting fresh")
+        for old in list(self.work.iterdir()):
+            if old.name not in ("audio.mka",):
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        splitter = Splitter(self.cfg.tools, self.info, self.cfg.settings, self.work, self.cfg.chunk_seconds)
+        chunks = splitter.split(workers)
+        self.expected_frames = splitter.expected_frames
+        state.save(chunks, self.expected_frames)
+        return chunks, state
+
+    # ------------------------------------------------------------ summary
+
+    def print_summary(self, summary: dict[str, Any]) -> None:
+        log.info("wrote %s: %d frames, %.3fs, %d audio stream(s), A/V end offset %+.0f ms (input %+.0f ms), "
+                 "in %.1fs", self.cfg.output, summary["frames"], summary["video_duration"],
+                 summary["audio_streams"], summary["av_offset_ms"], summary["input_av_offset_ms"], summary["seconds"])
+        log.info("  streams: %s -> %s", ", ".join(summary["input_streams"]), ", ".join(summary["streams"]))
+        log.info("  phases: %s", ", ".join(f"{k} {v:.1f}s" for k, v in summary["phases"].items()))
+        for name, w in summary["workers"].items():
+            log.info("  %s: %d chunk(s), %d frames, %.1f fps", name, w["chunks"], w["frames"], w["fps"])
+        if self.cfg.report:
+            try:
+                self.cfg.report.write_text(json.dumps({"job": self.id, **summary}, indent=2) + "\n",
+                                           encoding="utf-8")
+            except OSError as exc:      # the output is written: say so, don't fail the job over the report
+                log.warning("could not write the report %s: %s", self.cfg.report, exc.strerror or exc)

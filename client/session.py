@@ -1,0 +1,533 @@
+"""The worker's ports and sessions (common/PROTOCOL.md, "Boss and worker"): registration and
+heartbeats with the tracker, the message port (one session per boss, its messages dispatched
+by type) and the file port (chunk bytes in, results out). Encoding is client/encode.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+import shutil
+import socket
+import socketserver
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from client import faults
+from client.encode import Assignment, encode
+from client.progress import WorkerBar
+from client.reporter import EventReporter
+from client.tracker_client import TrackerClient
+from common import auth, ffmpeg
+from common.audit_events import Event
+from common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
+                           MAX_CHUNK_INDEX, MAX_FRAMES, PROGRESS_INTERVAL, RECONNECT_BACKOFF_CAP,
+                           RECONNECT_BACKOFF_FIRST, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
+from common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
+                           RequestRejected, TranscoderError, TransferError, UsageError)
+from common.net import Backoff, Deadline, enable_keepalive
+from common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
+                             server_hello)
+from common.settings import Settings
+from common.tls import wrap_server
+from common.transfer import recv_file, send_file
+
+if TYPE_CHECKING:
+    from client.worker import WorkerConfig
+
+log = logging.getLogger("worker")
+
+BOSS_SILENCE_TIMEOUT = FFMPEG_CHUNK_TIMEOUT + 60   # a boss is quiet while we encode
+DISK_HEADROOM = 256 * 1024 * 1024                   # keep this much free beyond a chunk's needs
+MAX_REASON = 300                                    # characters of an ffmpeg error sent to the boss
+MAX_WAIT_RETRY = 10.0                               # a boss's `retry_after` is capped to this...
+MIN_WAIT_RETRY = 0.05                               # ... and floored to this
+SESSION_STOP_FLUSH = 2.0                            # seconds to deliver audit events when stopping
+
+
+@dataclass
+class BossSession:
+    """One boss's session: its settings, the chunks it sent us, our results."""
+    id: str
+    key: str
+    boss: str
+    job: str
+    settings: Settings
+    dir: Path
+    sock: socket.socket
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    received: dict[int, str] = field(default_factory=dict)          # chunk -> sha256 of input bytes
+    work: dict[int, Assignment] = field(default_factory=dict)
+    closed: threading.Event = field(default_factory=threading.Event)
+    asked: int = 0          # requests sent and not answered yet: each holds a worker slot
+
+    def answered(self) -> None:
+        """A reply to one of our requests arrived; a reply we never asked for breaks the protocol."""
+        with self.lock:
+            if self.asked == 0:
+                raise ProtocolError("the boss answered a request that was never sent")
+            self.asked -= 1
+
+    def send(self, kind: Msg, **fields: Any) -> None:
+        with self.send_lock:
+            send_msg(self.sock, kind, **fields)
+
+    def path(self, chunk: int, suffix: str) -> Path:
+        return self.dir / f"chunk_{chunk:05d}.{suffix}.mkv"   # our names, never the peer's
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.version, encoders = ffmpeg.capabilities(cfg.tools)
+        self.encoders = sorted(set(encoders))
+        self.name = ""                                 # assigned by the tracker
+        self.ticket_keys: list[bytes] = []             # newest first; a re-registration keeps the old one
+        self.sessions: dict[str, BossSession] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.busy = 0
+        self.serving = False
+        root = cfg.workdir or Path(tempfile.gettempdir())
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot use {root} as the work directory: {exc.strerror}") from None
+        remove_stale_dirs(root)
+        self.root = Path(tempfile.mkdtemp(prefix=f"ffdt-worker-{os.getpid()}-", dir=root))
+        self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER, tls=cfg.tls_client)
+        self.reporter = EventReporter(self.tracker, keepalive=False)    # heartbeats keep the connection
+        # worker-wide: every boss's session shares these, so --slots bounds the machine's encodes
+        self.slots = threading.BoundedSemaphore(cfg.slots)
+        self.msg_server = self._bind(cfg.msg_port, MessageHandler, "message")
+        self.file_server = self._bind(cfg.file_port, FileHandler, "file")
+        self.msg_port = self.msg_server.server_address[1]
+        self.file_port = self.file_server.server_address[1]
+
+    def _bind(self, port: int, handler: type, what: str) -> WorkerServer:
+        try:
+            return WorkerServer((self.cfg.bind, port), handler, self)
+        except OSError as exc:
+            if hasattr(self, "msg_server"):
+                self.msg_server.server_close()
+            raise UsageError(f"cannot listen on {self.cfg.bind}:{port} ({what} port): {exc.strerror}") from None
+
+    # ------------------------------------------------------------ tracker
+
+    def register(self) -> None:
+        login = self.tracker.connect()
+        reply = self.tracker.register(self.cfg.advertise, self.msg_port, self.file_port, self.cfg.slots,
+                                      self.version, self.encoders, tls=self.cfg.tls_server is not None)
+        with self.lock:
+            self.name = get(reply, "worker", str)
+            key = auth.ticket_key(login.server_key, get(reply, "ticket_salt", str))
+            self.ticket_keys = [key, *self.ticket_keys][:2]
+
+    def heartbeat_loop(self) -> None:
+        """Heartbeat; after a lost tracker, re-register with jittered backoff, forever."""
+        backoff = Backoff(RECONNECT_BACKOFF_FIRST, RECONNECT_BACKOFF_CAP)
+        while not self.stopping.wait(HEARTBEAT_INTERVAL):
+            try:
+                self.tracker.heartbeat(self.busy)
+                backoff.reset()
+                continue
+            except RequestRejected:
+                log.info("tracker forgot this worker; registering again")
+            except (ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
+                log.warning("tracker connection lost (%s); reconnecting", exc)
+            while not self.stopping.is_set():
+                try:
+                    self.register()
+                    log.info("registered again as %s", self.name)
+                    break
+                except AuthError as exc:
+                    log.error("tracker refused us: %s", exc)
+                except TranscoderError as exc:
+                    log.debug("still no tracker: %s", exc)
+                if self.stopping.wait(backoff.next()):
+                    return
+
+    def report(self, session: BossSession, event: Event, **fields: Any) -> None:
+        """Tell the tracker about a chunk, from the reporter thread: an encode never waits on it."""
+        self.reporter.report(session.job, event, **fields)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def serve(self) -> None:
+        threads = [threading.Thread(target=s.serve_forever, name=n, daemon=True)
+                   for s, n in ((self.msg_server, "msg"), (self.file_server, "file"))]
+        for t in threads:
+            t.start()
+        self.serving = True
+        threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for server in (self.msg_server, self.file_server):
+            if self.serving:
+                server.shutdown()      # blocks until serve_forever() returns: only if it ran
+            server.server_close()
+        with self.lock:
+            sessions = list(self.sessions.values())
+        for s in sessions:
+            end_session(self, s)
+        self.reporter.flush_and_stop(timeout=SESSION_STOP_FLUSH)
+        self.tracker.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def session(self, session_id: str, key: str) -> BossSession:
+        with self.lock:
+            s = self.sessions.get(session_id)
+        # compare bytes: compare_digest refuses non-ASCII str, and the key comes from the wire
+        if s is None or not hmac.compare_digest(s.key.encode(), key.encode()):
+            raise RequestRejected("unknown session")
+        return s
+
+
+def remove_stale_dirs(root: Path) -> None:
+    """Remove what workers killed with SIGKILL left behind (their directory names carry their pid)."""
+    if not Path("/proc/self").exists():       # no way to tell a live pid here: leave them
+        return
+    for d in root.glob("ffdt-worker-*-*"):
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class WorkerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], handler: type, worker: Worker) -> None:
+        self.worker = worker
+        super().__init__(addr, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("unexpected error serving %s", client_address)
+
+
+# ---------------------------------------------------------------- message port
+
+class PortHandler(socketserver.BaseRequestHandler):
+    """What both ports do first: a handshake timeout, and TLS when the worker has a certificate."""
+    server: WorkerServer
+
+    def handle(self) -> None:
+        self.request.settimeout(HANDSHAKE_TIMEOUT)
+        tls = self.server.worker.cfg.tls_server
+        if tls is not None:
+            try:
+                self.request = wrap_server(self.request, tls)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("TLS with %s failed: %s", self.client_address[0], getattr(exc, "reason", None) or exc)
+                return
+        self.serve(self.server.worker, self.request)
+
+    def serve(self, worker: Worker, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class MessageHandler(PortHandler):
+    def serve(self, worker: Worker, sock: socket.socket) -> None:
+        deadline = Deadline(sock, HANDSHAKE_TIMEOUT)      # hello and ticket, in all
+        peer = "%s:%d" % self.client_address[:2]
+        try:
+            server_hello(sock, "worker", {Role.BOSS})
+            session = open_session(worker, sock)
+            deadline.met()
+        except (ConnectionClosed, ProtocolError, AuthError, RequestRejected) as exc:
+            log.warning("refused a boss from %s: %s", peer, exc)
+            return
+        log.info("session with %s for job %s (%s)", session.boss, session.job, session.settings.vcodec)
+        sock.settimeout(BOSS_SILENCE_TIMEOUT)
+        enable_keepalive(sock)          # a boss that vanishes without closing is noticed in ~1 min
+        try:
+            run_session(worker, session)
+        except (ConnectionClosed, ProtocolError) as exc:
+            log.warning("boss %s gone: %s", session.boss, exc)
+        finally:
+            end_session(worker, session)
+
+
+def open_session(worker: Worker, sock: socket.socket) -> BossSession:
+    msg = recv_msg(sock)
+    if msg["type"] is not Msg.SESSION:
+        raise ProtocolError(f"expected session, got {msg['type'].value}")
+    try:
+        with worker.lock:
+            keys, name = list(worker.ticket_keys), worker.name
+        boss, job = _check_ticket(keys, msg.get("ticket"), name)
+        settings = Settings.from_wire(msg.get("settings"))
+        if settings.vcodec not in worker.encoders:
+            raise RequestRejected(f"this worker's ffmpeg has no {settings.vcodec}")
+    except (AuthError, ProtocolError, RequestRejected) as exc:
+        send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to="session")
+        raise
+    session_id = secrets.token_hex(8)
+    session = BossSession(session_id, secrets.token_hex(16), boss, job, settings,
+                          Path(tempfile.mkdtemp(prefix=f"s{session_id}-", dir=worker.root)), sock)
+    with worker.lock:
+        worker.sessions[session_id] = session
+    session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name)
+    return session
+
+
+def _check_ticket(keys: list[bytes], ticket: object, name: str) -> tuple[str, str]:
+    error = AuthError("worker not registered yet")
+    for key in keys:
+        try:
+            return auth.check_ticket(key, ticket, name)
+        except AuthError as exc:
+            error = exc
+    raise error
+
+
+def run_session(worker: Worker, s: BossSession) -> None:
+    """Ask for chunks while a slot is free; encode each in its own thread; stop on `end`."""
+    for _ in range(worker.cfg.slots):
+        ask_for_chunk(worker, s)
+    while True:
+        msg = recv_msg_or_reject(s.sock, s.send)
+        if msg is None:
+            continue
+        kind = msg["type"]
+        handler = SESSION_HANDLERS.get(kind)
+        if handler is None:
+            s.send(Msg.ERROR, reason="unexpected message", in_reply_to=kind.value)
+            continue
+        if kind in ANSWERS:
+            s.answered()                # the slot now belongs to the encode, or comes back in the handler
+        if not handler(worker, s, msg):
+            return
+
+
+# ---------------------------------------------------------------- session handlers: True to go on
+
+def handle_error(worker: Worker, s: BossSession, msg: dict) -> bool:
+    log.warning("boss %s: %s", s.boss, str(msg.get("reason", "?"))[:200])
+    return True                         # never answer an error with an error
+
+
+def handle_assign(worker: Worker, s: BossSession, msg: dict) -> bool:
+    try:
+        start_assignment(worker, s, msg)
+    except ProtocolError:
+        worker.slots.release()          # no encode will hold it
+        raise
+    return True
+
+
+def handle_wait(worker: Worker, s: BossSession, msg: dict) -> bool:
+    worker.slots.release()              # nothing for it now: other sessions may use the slot
+    retry = min(max(field_float(msg, "retry_after", WAIT_RETRY), MIN_WAIT_RETRY), MAX_WAIT_RETRY)
+    ask_later(worker, s, retry)
+    return True
+
+
+def handle_collected(worker: Worker, s: BossSession, msg: dict) -> bool:
+    """The boss has the result: drop our copy."""
+    with s.lock:
+        a = s.work.pop(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), None)
+    if a is not None:
+        a.output.unlink(missing_ok=True)
+    return True
+
+
+def handle_cancel(worker: Worker, s: BossSession, msg: dict) -> bool:
+    """Another worker's copy won, or the boss lost interest: stop encoding it."""
+    with s.lock:
+        a = s.work.pop(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), None)
+    if a is not None:
+        a.cancel.set()
+        a.output.unlink(missing_ok=True)
+    return True
+
+
+def handle_end(worker: Worker, s: BossSession, msg: dict) -> bool:
+    worker.slots.release()
+    with contextlib.suppress(ConnectionClosed):
+        s.send(Msg.BYE)
+    log.info("boss %s has no more chunks; session over", s.boss)
+    return False
+
+
+SESSION_HANDLERS: dict[Msg, Callable[[Worker, BossSession, dict], bool]] = {
+    Msg.ERROR: handle_error,
+    Msg.ASSIGN: handle_assign,
+    Msg.WAIT: handle_wait,
+    Msg.COLLECTED: handle_collected,
+    Msg.CANCEL: handle_cancel,
+    Msg.END: handle_end,
+}
+ANSWERS = {Msg.ASSIGN, Msg.WAIT, Msg.END}     # the replies to our `request`
+
+
+def ask_for_chunk(worker: Worker, s: BossSession) -> None:
+    """Send `request` once a worker-wide slot is free; the slot is held until the boss's answer
+    (an `assign` keeps it until that encode ends)."""
+    if s.closed.is_set():
+        return
+    if not worker.slots.acquire(blocking=False):
+        ask_later(worker, s, WAIT_RETRY)      # all slots busy, maybe with other bosses
+        return
+    with s.lock:
+        if s.closed.is_set():
+            worker.slots.release()
+            return
+        s.asked += 1
+    try:
+        s.send(Msg.REQUEST, count=1)
+    except ConnectionClosed:
+        pass                              # end_session gives the slot back
+
+
+def ask_later(worker: Worker, s: BossSession, delay: float) -> None:
+    timer = threading.Timer(delay, ask_for_chunk, args=(worker, s))
+    timer.daemon = True
+    timer.start()
+
+
+def field_float(msg: dict, key: str, default: float) -> float:
+    value = msg.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
+    chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
+    sha = get(msg, "sha256", str)
+    with s.lock:
+        received = s.received.pop(chunk, None)
+    if received != sha:
+        s.send(Msg.FAILED, chunk=chunk, reason="chunk bytes were not received")
+        worker.slots.release()
+        ask_for_chunk(worker, s)
+        return
+    a = Assignment(chunk, int_field(msg, "frames", 0, MAX_FRAMES), s.path(chunk, "in"), s.path(chunk, "out"),
+                   skip=int_field(msg, "skip", 0, MAX_FRAMES) if "skip" in msg else 0,
+                   limit=int_field(msg, "limit", 1, MAX_FRAMES) if "limit" in msg else None)
+    with s.lock:
+        s.work[chunk] = a
+    threading.Thread(target=run_encode, args=(worker, s, a), name=f"encode-{chunk}", daemon=True).start()
+
+
+def run_encode(worker: Worker, s: BossSession, a: Assignment) -> None:
+    """Encode one chunk (client/encode.py), report progress (also our liveness signal), then
+    done or failed; the slot it held is free again after."""
+    with worker.lock:
+        worker.busy += 1
+    bar = WorkerBar(a.chunk, a.frames) if worker.cfg.bars else None
+    last_sent = [0.0]
+
+    def on_frames(n: int) -> None:
+        if bar:
+            bar.update(n)
+        now = time.monotonic()
+        if now - last_sent[0] >= PROGRESS_INTERVAL:
+            last_sent[0] = now
+            with contextlib.suppress(ConnectionClosed):
+                s.send(Msg.PROGRESS, chunk=a.chunk, frames=n)
+
+    started = time.monotonic()
+    try:
+        a.result = encode(worker.cfg.tools, s.settings, a, worker.cfg.threads, on_frames)
+        if a.result is None:
+            return                         # cancelled
+        seconds = round(time.monotonic() - started, 3)
+        s.send(Msg.DONE, chunk=a.chunk, size=a.result[0], sha256=a.result[1], frames=a.frames, seconds=seconds)
+        worker.report(s, Event.CHUNK_ENCODED, chunk=a.chunk, seconds=seconds)
+    except FFmpegError as exc:
+        with s.lock:
+            s.work.pop(a.chunk, None)
+        a.output.unlink(missing_ok=True)
+        if a.cancel.is_set():
+            return                         # the boss cancelled it, or the session ended
+        reason = exc.last_line or str(exc)
+        reason = reason.replace(str(s.dir) + "/", "")      # our temp paths are nobody's business
+        log.warning("chunk %d failed: %s", a.chunk, reason)
+        with contextlib.suppress(ConnectionClosed):
+            s.send(Msg.FAILED, chunk=a.chunk, reason=reason[:MAX_REASON])
+        worker.report(s, Event.CHUNK_FAILED, chunk=a.chunk, detail=reason[:MAX_REASON])
+    except (ConnectionClosed, OSError) as exc:
+        log.warning("chunk %d: %s", a.chunk, exc)
+    finally:
+        if bar:
+            bar.finish()
+        with worker.lock:
+            worker.busy -= 1
+        worker.slots.release()
+        ask_for_chunk(worker, s)           # the slot is free again: ask for the next chunk
+
+
+def end_session(worker: Worker, s: BossSession) -> None:
+    """Stop the session's encodes, give back the slots its open requests held, remove its files."""
+    with s.lock:
+        s.closed.set()
+        work = list(s.work.values())
+        s.work.clear()
+        asked, s.asked = s.asked, 0
+    for _ in range(asked):
+        worker.slots.release()
+    for a in work:
+        a.cancel.set()
+    with worker.lock:
+        worker.sessions.pop(s.id, None)
+    with contextlib.suppress(OSError):
+        s.sock.close()
+    shutil.rmtree(s.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- file port
+
+class FileHandler(PortHandler):
+    def serve(self, worker: Worker, sock: socket.socket) -> None:
+        deadline = Deadline(sock, HANDSHAKE_TIMEOUT)      # hello and a valid session key, in all
+        try:
+            server_hello(sock, "worker", {Role.BOSS})
+            msg = recv_msg(sock)
+            try:
+                s = worker.session(get(msg, "session", str), get(msg, "key", str))
+                deadline.met()
+                sock.settimeout(TRANSFER_STALL_TIMEOUT)
+                if msg["type"] is Msg.PUT:
+                    receive_chunk(worker, s, sock, msg)
+                elif msg["type"] is Msg.GET:
+                    send_result(s, sock, msg)
+                else:
+                    raise RequestRejected("the file port takes put or get")
+            except (RequestRejected, TransferError) as exc:
+                send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=msg["type"].value)
+        except (ConnectionClosed, ProtocolError, TranscoderError, OSError) as exc:
+            log.warning("file transfer with %s failed: %s", self.client_address[0], exc)
+
+
+def receive_chunk(worker: Worker, s: BossSession, sock: socket.socket, msg: dict) -> None:
+    chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
+    size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)
+    sha = get(msg, "sha256", str)
+    free = 0 if faults.on("disk-full") else shutil.disk_usage(s.dir).free
+    if free < 3 * size + DISK_HEADROOM:            # input, output and some slack
+        raise RequestRejected(f"disk nearly full on this worker ({free // 2**20} MiB free)")
+    send_msg(sock, Msg.OK)                         # go ahead: the bytes may follow
+    recv_file(sock, s.path(chunk, "in"), size, sha)
+    with s.lock:
+        s.received[chunk] = sha
+    send_msg(sock, Msg.OK, sha256=sha)
+
+
+def send_result(s: BossSession, sock: socket.socket, msg: dict) -> None:
+    chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
+    with s.lock:
+        a = s.work.get(chunk)
+    if a is None or a.result is None:
+        raise RequestRejected(f"no result for chunk {chunk}")
+    size, sha = a.result
+    send_msg(sock, Msg.FILE, size=size, sha256=sha)
+    send_file(sock, a.output, size)

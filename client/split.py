@@ -1,0 +1,273 @@
+"""Split: plan the chunks and cut the input into them (stream copy), with each chunk's manifest.
+
+Planning is pure (plan_cuts, split_piece, gop_spans: unit-tested without ffmpeg); Splitter runs
+the segment muxer, counts each piece's frames and hashes what workers will be sent.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from client import media
+from client.scheduler import Chunk
+from common import ffmpeg
+from common.config import FFMPEG_TOOL_TIMEOUT
+from common.errors import FFmpegError, TranscoderError
+from common.settings import Settings
+from common.transfer import sha256_file
+
+log = logging.getLogger("boss")
+
+ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1"}   # when the first chunk confirms it
+
+
+def plan_cuts(keyframes: list[float], start: float, end: float, target: float) -> list[float]:
+    """Keyframe timestamps to cut at so chunks last about `target` seconds.
+
+    Times are relative to `start` (ffmpeg shifts an input to begin at 0 before muxing). A last
+    chunk shorter than half the target is merged into the one before it.
+    """
+    cuts: list[float] = []
+    last = 0.0
+    for t in sorted(set(k - start for k in keyframes)):
+        if t - last >= target and end - start - t >= 0.5 * target:
+            cuts.append(t)
+            last = t
+    return cuts
+
+
+def split_piece(frames: int, seconds: float, target: float) -> list[tuple[int, int]]:
+    """(skip, count) frame ranges cutting one keyframe-to-keyframe piece into chunks of about
+    `target` seconds; a piece not much longer than the target stays whole."""
+    parts = max(1, round(seconds / target)) if seconds > 1.5 * target else 1
+    parts = min(parts, frames)
+    bounds = [frames * k // parts for k in range(parts + 1)]
+    return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
+
+
+@dataclass(frozen=True)
+class Span:
+    """The packets a frame-range chunk needs from its piece, positions in decode order."""
+    first: int      # a keyframe: decoding starts here
+    end: int        # one past the last packet: a keyframe's position, or the piece's end
+    skip: int       # decoded frames before the chunk's own
+
+
+def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]], lead: int = 0) -> list[Span]:
+    """For each (skip, count) frame range of one piece (packets in decode order, one frame each),
+    the whole GOPs it needs: from the last keyframe shown at least `lead` frames before its first
+    frame (the encoder's warm-up; else the piece's start) to the keyframe after the last packet it
+    shows.
+
+    A keyframe qualifies when nothing before it in the file is shown after it. `skip` counts the
+    frames shown from that keyframe up to the range. Pictures stored after the keyframe but shown
+    before it are left out: a decoder drops them when they need the GOP before (open GOPs), but
+    shows them when they do not (HEVC RADL, closed-GOP MPEG-2), so the boss counts those spans'
+    frames by decoding (Job.exact_skip).
+    """
+    order = sorted(range(len(pts)), key=pts.__getitem__)        # display index -> file position
+    shown_before, highest = [], float("-inf")
+    for t in pts:                                                # highest pts before each position
+        shown_before.append(highest)
+        highest = max(highest, t)
+    keys = [i for i, k in enumerate(key) if k]
+    # valid starts show everything after them later, so their timestamps rise with their position
+    starts = [i for i in keys if shown_before[i] < pts[i]] or [0]
+    start_pts = [pts[i] for i in starts]
+    spans = []
+    for skip, count in ranges:
+        first_pts = pts[order[skip]]
+        if skip >= lead:
+            first = starts[max(0, bisect.bisect_right(start_pts, pts[order[skip - lead]]) - 1)]
+        else:
+            first = starts[0]
+        last = max(order[skip:skip + count])
+        after = bisect.bisect_right(keys, last)
+        end = keys[after] if after < len(keys) else len(pts)
+        before = sum(1 for i in range(first, end) if pts[first] <= pts[i] < first_pts)
+        spans.append(Span(first, end, before))
+    return spans
+
+
+def auto_chunk_seconds(duration: float, workers: int) -> float:
+    """About four chunks per worker (so faster workers take more), between 10 s and 120 s each.
+
+    Not shorter: every chunk starts with a keyframe and fresh rate control, and with 2 s chunks
+    the output grew 5-20 % against a single run (docs/parity.md); at 10 s it stays within 5 %.
+    """
+    return min(120.0, max(10.0, duration / max(1, workers * 4)))
+
+
+class Splitter:
+    """Cuts one input into chunk files in `work`/src and takes each chunk's manifest."""
+
+    def __init__(self, tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, work: Path,
+                 chunk_seconds: float | None) -> None:
+        self.tools, self.info, self.settings, self.work = tools, info, settings, work
+        self.input = info.path
+        self.chunk_seconds = chunk_seconds
+        self.expected_frames = info.frames      # decoded frames, once split() has counted them
+
+    def split(self, workers: int, entry_points: bool = True) -> list[Chunk]:
+        """Cut the video at keyframes into chunk files and take each one's manifest.
+
+        entry_points=False: the keyframes after the first are not places a decoder can start
+        (x264's intra refresh flags its recovery points as keyframes), so every chunk decodes
+        from the first."""
+        info = self.info
+        target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers)
+        cuts = plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target) \
+            if entry_points else []
+        key = info.key if entry_points else [i == 0 for i in range(info.frames)]
+        src_dir = self.work / "src"
+        src_dir.mkdir()
+        ffmpeg.run(ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts),
+                   timeout=FFMPEG_TOOL_TIMEOUT)
+        files = sorted(src_dir.glob("piece_*.mkv"))
+        if len(files) != len(cuts) + 1:
+            log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))
+        packets = self.piece_packets(files, cuts)
+        bounds = [sum(packets[:i]) for i in range(len(files) + 1)]     # each piece's packets in info.pts
+        frames = self.count_frames(files, packets)
+        if frames[0] == packets[0] and any(f < n for f, n in zip(frames[1:], packets[1:])):
+            log.warning("the video's keyframes after the first do not decode on their own (intra refresh?): "
+                        "every chunk decodes from the first")
+            shutil.rmtree(src_dir)
+            return self.split(workers, entry_points=False)
+        chunks: list[Chunk] = []
+        digests: dict[Path, tuple[int, str]] = {}       # chunks cut by frame range may share a file
+
+        def digest(path: Path) -> tuple[int, str]:
+            if path not in digests:
+                digests[path] = path.stat().st_size, sha256_file(path)
+            return digests[path]
+
+        for i, path in enumerate(files):
+            # presentation order; a chunk starts, on the input's video timeline, at its first frame
+            pts = sorted(info.pts[bounds[i]:bounds[i + 1]])
+            ranges = split_piece(frames[i], pts[-1] - pts[0] + 1 / info.frame_rate, target) \
+                if frames[i] == packets[i] else [(0, frames[i])]
+            if len(ranges) == 1:
+                # field-coded pieces have two packets a frame, some without a timestamp: no span
+                size, sha = digest(path)
+                chunks.append(Chunk(index=len(chunks), source=path, size=size, sha256=sha,
+                                    frames=frames[i], start=pts[0] - info.video_start,
+                                    span=pts[-1] - pts[0] if frames[i] == packets[i] else None))
+                continue
+            log.info("no clean keyframe for %.1fs: cutting piece %d into %d chunks by frame range "
+                     "(each worker decodes from the keyframe before its range)", pts[-1] - pts[0], i, len(ranges))
+            piece_pts = info.pts[bounds[i]:bounds[i + 1]]
+            lead = ffmpeg.WARMUP_FRAMES if self.settings.vcodec in ffmpeg.WARMUP_ENCODERS else 0
+            spans = gop_spans(piece_pts, key[bounds[i]:bounds[i + 1]], ranges, lead)
+            sources = self.span_files(path, piece_pts, spans)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                skips = list(pool.map(lambda r, sp: self.exact_skip(sources[sp], piece_pts, sp, pts[r[0]]),
+                                      ranges, spans))
+            for (skip, count), span, exact in zip(ranges, spans, skips):
+                # no trustworthy count from the span's keyframe: decode from the piece's (clean) start
+                source, skip_in_source = (sources[span], exact) if exact is not None else (path, skip)
+                size, sha = digest(source)
+                chunks.append(Chunk(index=len(chunks), source=source, size=size, sha256=sha,
+                                    frames=count, start=pts[skip] - info.video_start,
+                                    skip=skip_in_source, whole=False, span=pts[skip + count - 1] - pts[skip]))
+        self.expected_frames = sum(frames)
+        log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
+        return chunks
+
+    def exact_skip(self, source: Path, piece_pts: list[float], span: Span, first_pts: float) -> int | None:
+        """The frames a decoder outputs from `source` (a span file) before the chunk's first frame.
+
+        Counted from the timestamps when nothing stored after the span's keyframe is shown before
+        it; otherwise by decoding, since whether a decoder shows such pictures depends on the codec
+        (dropped: open-GOP B-frames; shown: HEVC RADL, closed-GOP MPEG-2). None when the decoded
+        frames do not line up with the source's timestamps."""
+        keyframe_pts = piece_pts[span.first]
+        if all(t >= keyframe_pts for t in piece_pts[span.first:span.end]):
+            return span.skip
+        at = first_pts - keyframe_pts            # span files start at their keyframe's timestamp
+        try:
+            times = ffmpeg.frame_times(self.tools, source, until=at + 1.0)
+        except FFmpegError:
+            return None
+        found = next(((k, t) for k, t in enumerate(times) if t is not None and t >= at - 0.0005), None)
+        if found is None or found[1] - at > 0.0015:
+            log.debug("%s: decoded frames do not line up at %.3fs; using the whole piece", source.name, at)
+            return None
+        return found[0]
+
+    def span_files(self, piece: Path, pts: list[float], spans: list[Span]) -> dict[Span, Path]:
+        """A file for each span of a piece cut by frame range, so a worker gets the GOPs its chunk
+        needs, not the whole piece. Spans overlap (a chunk's last GOP is the next one's first),
+        so they are cut in rounds, each a stream copy of the piece at the ends of spans that do
+        not overlap."""
+        files = {span: piece for span in spans if span.first == 0 and span.end == len(pts)}
+        rounds: list[list[Span]] = []
+        for span in sorted(set(spans) - set(files), key=lambda sp: (sp.first, sp.end)):
+            free = next((r for r in rounds if r[-1].end <= span.first), None)
+            if free is None:
+                rounds.append([span])
+            else:
+                free.append(span)
+        for n, spans_in_round in enumerate(rounds):
+            at = sorted({p for sp in spans_in_round for p in (sp.first, sp.end)} - {0, len(pts)})
+            pattern = piece.with_name(f"{piece.stem}.{n}_%04d.mkv")
+            # the piece's own timestamps start at its first packet's
+            ffmpeg.run(ffmpeg.segment_cmd(self.tools, piece, pattern, [pts[p] - pts[0] for p in at]),
+                       timeout=FFMPEG_TOOL_TIMEOUT)
+            made = sorted(piece.parent.glob(f"{piece.stem}.{n}_*.mkv"))
+            edges = [0, *at, len(pts)]
+            wanted = {sp: made[edges.index(sp.first)] for sp in spans_in_round} if len(made) == len(at) + 1 else {}
+            # each file on its own: a cut one GOP late would move packets between two of them
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                held = dict(zip(wanted, pool.map(lambda f: ffmpeg.count_packets(self.tools, f), wanted.values())))
+            wrong = [sp for sp in spans_in_round if held.get(sp) != sp.end - sp.first]
+            if wrong:
+                sp = wrong[0]
+                raise TranscoderError(f"cutting {piece.name} into GOP spans went wrong: {len(made)} files for "
+                                      f"{len(at)} cuts, {held.get(sp)} packets where {sp.end - sp.first}")
+            for extra in set(made) - set(wanted.values()):
+                extra.unlink()
+            files.update(wanted)
+        return files
+
+    def piece_packets(self, files: list[Path], cuts: list[float]) -> list[int]:
+        """Video packets in each piece. When the segment muxer made the pieces planned, they
+        follow from where each cut keyframe sits in the input, and one ffprobe over all pieces
+        confirms none was lost (one ffprobe per piece took 2 minutes for 1,154 pieces)."""
+        info = self.info
+        total = None
+        if len(files) == len(cuts) + 1:
+            listing = files[0].parent / "pieces.ffconcat"
+            listing.write_text(ffmpeg.concat_list([f.name for f in files]), encoding="utf-8")
+            total = ffmpeg.count_packets(self.tools, listing, concat=True)
+            listing.unlink()
+        if total == info.frames:
+            position = {k - info.start: i for k, i in zip(info.keyframes, info.keyframe_positions)}
+            starts = [0, *(position[t] for t in cuts), info.frames]
+            return [b - a for a, b in zip(starts, starts[1:])]
+        log.debug("the segment muxer made %d pieces of %d packets for %d planned cuts: probing each piece",
+                  len(files), total or -1, len(cuts))
+        packets = [len(ffmpeg.stream_packets(self.tools, path)) for path in files]
+        if sum(packets) != info.frames:
+            raise TranscoderError(f"splitting lost frames: chunks hold {sum(packets)}, the input has {info.frames}")
+        return packets
+
+    def count_frames(self, files: list[Path], packets: list[int]) -> list[int]:
+        """Frames per chunk. Usually one per packet; but field-coded video (interlaced H.264 in
+        MPEG-TS) has two packets a frame, and MPEG-4 Part 2 in AVI has placeholder packets that
+        decode to nothing. Unless the codec is one we trust and the first two chunks agree (the
+        second starts at a cut keyframe), decode every chunk to count its frames."""
+        def decoded(f: Path) -> int:
+            return ffmpeg.decode_check(self.tools, f, count_only=True)
+
+        first = decoded(files[0])
+        if first == packets[0] and self.info.video.codec in ONE_FRAME_PER_PACKET and \
+                (len(files) == 1 or decoded(files[1]) == packets[1]):
+            return packets
+        log.info("frames are not one per packet in this input: counting them by decoding")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return [first, *pool.map(decoded, files[1:])]
