@@ -23,7 +23,7 @@ from client.progress import bars_wanted
 from common import ffmpeg, tls
 from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
                         add_tls_client_options, read_password, run_main, setup_logging)
-from common.config import WORKER_SILENCE_TIMEOUT
+from common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
 from common.errors import UsageError
 from common.net import parse_host_port
 from common.settings import Settings, parse_rate, parse_scale
@@ -54,6 +54,7 @@ class BossConfig:
     allow_mixed: bool
     bars: bool
     report: Path | None
+    verify_fraction: float = DEFAULT_VERIFY_FRACTION
     tls: ssl.SSLContext | None = None       # --tls/--tls-ca: tracker and workers over TLS only
 
 
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-mixed-encoders", action="store_true",
                    help="also use workers whose ffmpeg build differs from the others' (chunks may differ)")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
+    p.add_argument("--verify-fraction", type=float, default=DEFAULT_VERIFY_FRACTION, metavar="F",
+                   help="besides each worker's first results, decode this random fraction of results in full "
+                   "(every result gets the packet-level checks; 1 decodes all)")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)
@@ -113,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         raise UsageError("give --tracker HOST:PORT and --user NAME, or --local N")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if not 0.0 <= args.verify_fraction <= 1.0:
+        raise UsageError("--verify-fraction must be between 0 and 1")
     if args.chunk_seconds is not None and not 0.5 <= args.chunk_seconds <= 3600:
         raise UsageError("--chunk-seconds must be between 0.5 and 3600")
     scale = parse_scale(args.scale) if args.scale else (None, None)
@@ -135,7 +141,8 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         wait_workers=max(0.0, args.wait_workers), silence_timeout=max(1.0, args.worker_timeout),
         tls=tls.client_context(args.tls_ca) if (args.tls or args.tls_ca) and not args.local else None,
         work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
-        allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet), report=args.report)
+        allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet), report=args.report,
+        verify_fraction=args.verify_fraction)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,10 @@ the frames span, decode errors, the audio's end against the video's.
 from __future__ import annotations
 
 import logging
+import random
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from client import media
 from client.scheduler import Chunk
@@ -22,31 +24,88 @@ AV_SYNC_TOLERANCE_MS = 50.0   # audio end vs video end may differ from the input
 SPAN_TOLERANCE = 0.002        # result vs source frame span: Matroska rounds each timestamp to 1 ms
 
 
-def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings) -> int:
-    """Check a result against the chunk's manifest: it decodes cleanly to exactly the chunk's
-    frame count, starts with a keyframe, and its frames span the source's time. Returns its
-    frame count; ChunkError or FFmpegError if it fails."""
+class VerifyPolicy:
+    """Which results the boss decodes in full; the rest get the packet-level checks only.
+
+    Every result: its SHA-256 (on arrival), then ffprobe over its packets, which decodes nothing:
+    the demuxer reads it without a message, one packet per expected frame, a keyframe first, no
+    empty packet, rising decode timestamps, and the frames span the source's time. Decoded in
+    full as well: each worker's results until one has passed a full check, a retried chunk, any
+    result whose packets look odd, and a random `fraction` of the rest (drawn from the system's
+    random source, so a worker cannot tell which of its results will be decoded)."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self._trusted: set[str] = set()         # workers with a result that passed a full check
+        self._lock = threading.Lock()
+        self._random = random.SystemRandom()
+
+    def wants_full(self, worker: str, chunk: Chunk) -> bool:
+        with self._lock:
+            return worker not in self._trusted or bool(chunk.errors) or self._random.random() < self.fraction
+
+    def passed_full(self, worker: str) -> None:
+        with self._lock:
+            self._trusted.add(worker)
+
+
+def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
+                 worker: str) -> tuple[int, bool]:
+    """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
+    it was decoded in full); ChunkError or FFmpegError if it fails."""
+    full = policy.wants_full(worker, chunk)
+    frames = _decoded_frames(tools, chunk, path, settings) if full else None
+    packets = ffmpeg.stream_packets(tools, path, strict=True)
+    odd = packet_oddity(chunk, packets, settings)
+    if odd and odd.startswith("!"):
+        raise ChunkError(f"{chunk.name}: {odd[1:]}")
+    if odd and frames is None:
+        log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
+        frames = _decoded_frames(tools, chunk, path, settings)
+    if frames is None:
+        return len(packets), False
+    policy.passed_full(worker)
+    return frames, True
+
+
+def _decoded_frames(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings) -> int:
+    """Decode a result start to end: no decoder message, exactly the chunk's frames."""
     frames = ffmpeg.decode_check(tools, path, timeout=FFMPEG_CHUNK_CHECK_TIMEOUT)
     if settings.fps is not None:
         if frames == 0:          # a new frame rate: the total is checked at the end
             raise ChunkError(f"{chunk.name}: no frames")
     elif frames != chunk.frames:
         raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
-    packets = ffmpeg.stream_packets(tools, path)
-    if not packets or not packets[0].key:
-        raise ChunkError(f"{chunk.name}: does not start with a keyframe")
-    span = max(p.pts for p in packets) - min(p.pts for p in packets)
-    if chunk.span is not None and settings.fps is None and abs(span - chunk.span) > SPAN_TOLERANCE:
-        raise ChunkError(f"{chunk.name}: frames span {span:.3f}s, the source's {chunk.span:.3f}s")
     return frames
 
 
+def packet_oddity(chunk: Chunk, packets: list[ffmpeg.Packet], settings: Settings) -> str | None:
+    """What is wrong with a result's packets: "!reason" rejects it outright, "reason" only makes
+    it worth decoding in full, None when nothing looks wrong."""
+    if not packets or not packets[0].key:
+        return "!does not start with a keyframe"
+    span = max(p.pts for p in packets) - min(p.pts for p in packets)
+    if chunk.span is not None and settings.fps is None and abs(span - chunk.span) > SPAN_TOLERANCE:
+        return f"!frames span {span:.3f}s, the source's {chunk.span:.3f}s"
+    if settings.fps is None and len(packets) != chunk.frames:
+        return f"{len(packets)} packets for {chunk.frames} frames"
+    if any(p.size == 0 for p in packets):
+        return "an empty packet"
+    if any(b.dts <= a.dts for a, b in zip(packets, packets[1:])):
+        return "decode timestamps do not rise"
+    return None
+
+
 def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settings: Settings,
-                  expected: int, chunks: int = 1) -> dict[str, Any]:
+                  expected: int, borders: Sequence[float] = ()) -> dict[str, Any]:
     """The checks a user would make with ffprobe; a TranscoderError if any fails.
 
     `expected` is the input's frame count (decoded frames, which differ from packets for
-    field-coded video)."""
+    field-coded video); `borders` where chunks meet, seconds from the video's start. Counts,
+    durations, streams and the A/V end come from the packets; the video is decoded only at the
+    start, the end and across a sample of chunk borders (where a join can go wrong: a decoder
+    running on from one chunk into the next), the audio in full (it is cheap)."""
+    chunks = len(borders) + 1
     out = media.inspect(tools, path)
     problems = []
     if settings.fps is not None:
@@ -65,12 +124,11 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
     if out.video.codec != settings.codec:
         problems.append(f"video codec is {out.video.codec}, not {settings.codec}")
     try:
-        decoded = ffmpeg.decode_check(tools, path, with_audio=True)
+        ffmpeg.decode_spans(tools, path, decode_spans_for(out, borders))
+        if out.of_kind("audio"):
+            ffmpeg.decode_check(tools, path, audio_only=True)
     except FFmpegError as exc:
         problems.append(exc.last_line or str(exc))
-        decoded = -1
-    if decoded >= 0 and settings.fps is None and decoded != expected:
-        problems.append(f"{decoded} frames decode, expected {expected}")
     av_offset = src_offset = 0.0
     if out.of_kind("audio") and info.of_kind("audio"):
         # where the first audio track ends against where the video ends, in both files
@@ -85,6 +143,25 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
             "audio_streams": len(out.of_kind("audio")), "av_offset_ms": round(av_offset, 1),
             "input_av_offset_ms": round(src_offset, 1),
             "input_streams": [s.label for s in info.streams], "streams": [s.label for s in out.streams]}
+
+
+BORDER_SAMPLES = 3       # chunk borders decoded across in the output check
+BORDER_FRAMES_AFTER = 10  # frames decoded past a border (from the keyframe before it)
+
+
+def decode_spans_for(out: media.MediaInfo, borders: Sequence[float]) -> list[tuple[float, float]]:
+    """Time spans of the output to decode: its first frames, its last, and across the first,
+    the last and one random chunk border."""
+    frame = 1.0 / (out.frame_rate or 25.0)
+    start, end = out.video_start, out.video_start + out.video_duration
+    inner = sorted(borders)
+    sample = set(inner[:1] + inner[-1:])
+    if len(inner) > 2:
+        sample.add(random.choice(inner[1:-1]))
+    spans = [(start, start + BORDER_FRAMES_AFTER * frame), (end - 2 * frame, end)]
+    # from two frames before a border: ffprobe seeks to the keyframe before, in the chunk before
+    spans += [(start + b - 2 * frame, start + b + BORDER_FRAMES_AFTER * frame) for b in sorted(sample)]
+    return spans
 
 
 def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:

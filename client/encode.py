@@ -41,9 +41,9 @@ def encode(tools: ffmpeg.Tools, settings: Settings, a: Assignment, threads: int,
     cmd = ffmpeg.encode_cmd(tools, a.input, a.output, settings, threads,
                             frame_range=(a.skip, a.limit) if a.limit is not None else None, warmup=warmup)
     try:
-        faults.hold(a.chunk, a.cancel)
         ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, cancel=a.cancel,
-                                 on_frames=lambda n: on_frames(max(0, n - warmup)))
+                                 on_frames=lambda n: on_frames(max(0, n - warmup)),
+                                 on_start=lambda proc: faults.hold(a.chunk, proc))
         if warmup and not a.cancel.is_set():
             chunk = ffmpeg.warmup_parts(a.output)[1]
             if not chunk.exists():

@@ -5,13 +5,17 @@ They live here, apart from the worker's code paths, which only ask `faults.on(na
 - corrupt-results: a result's middle bytes overwritten (its hash is taken after);
 - slow-results: a result with the right frames at twice the source's timestamps;
 - disk-full: the worker refuses every upload as if its disk were full;
-- hold: an encode waits, before ffmpeg starts, until the file FFDT_TEST_RELEASE names exists
-  (and writes FFDT_TEST_RELEASE + ".held.N" for chunk N, so a test knows it is holding one):
-  a deterministic "worker busy with a chunk" that does not depend on how fast ffmpeg is.
+- hold: each encode's ffmpeg is stopped (SIGSTOP) as soon as it starts, and continued once the
+  file FFDT_TEST_RELEASE names exists; FFDT_TEST_RELEASE + ".held.N" appears while chunk N is
+  held. A deterministic "worker in the middle of a chunk, its ffmpeg running" that does not
+  depend on how fast this machine encodes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -27,15 +31,22 @@ def on(name: str) -> bool:
     return name in ACTIVE
 
 
-def hold(chunk: int, cancel: ffmpeg.Cancel) -> None:
-    """With `hold` on: announce the held chunk, then wait for the test's release file."""
+def hold(chunk: int, proc: subprocess.Popen) -> None:
+    """With `hold` on: stop this chunk's ffmpeg now, continue it once the release file exists."""
     if not on("hold") or not _RELEASE:
         return
+    os.kill(proc.pid, signal.SIGSTOP)
     Path(f"{_RELEASE}.held.{chunk}").touch()
-    waited, pause = 0.0, threading.Event()
-    while not Path(_RELEASE).exists() and waited < HOLD_LIMIT and not cancel.is_set():
-        pause.wait(HOLD_POLL)         # a test switch, polling for a file another process makes
-        waited += HOLD_POLL
+
+    def release() -> None:
+        waited, pause = 0.0, threading.Event()
+        while not Path(_RELEASE).exists() and waited < HOLD_LIMIT and proc.poll() is None:
+            pause.wait(HOLD_POLL)         # a test switch, polling for a file another process makes
+            waited += HOLD_POLL
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+
+    threading.Thread(target=release, name=f"hold-{chunk}", daemon=True).start()
 
 
 def tamper(tools: ffmpeg.Tools, path: Path) -> None:

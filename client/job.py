@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -176,6 +177,8 @@ class Job:
         self.reporter: EventReporter | None = None
         self.ctx: JobContext | None = None
         self.ffmpeg_build: str | None = None      # every chunk is encoded by this build
+        self.verify = checks.VerifyPolicy(cfg.verify_fraction)
+        self.split_error: TranscoderError | None = None
 
     def run(self) -> int:
         cfg, info = self.cfg, self.info
@@ -190,20 +193,24 @@ class Job:
             if not offers:
                 raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
             audio = AudioJob(cfg.tools, cfg.input, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
-            with self.phases.timed("split"):
-                chunks, state = self.plan(len(offers))
-            scheduler = Scheduler(chunks, on_done=state.record_done)
+            scheduler, splitting = self.plan(len(offers))
             with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier:
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, report=self.report,
                                       on_result=lambda *a: verifier.submit(self.guarded_accept, *a),
                                       on_assigned=lambda: self.phases.mark("first_assigned"),
+                                      cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,
                                       tls=cfg.tls or tls.client_context(None))
                 with self.phases.timed("encode"):
                     if not scheduler.finished.is_set():
-                        self.start_links(offers)
+                        self.start_links(offers)      # workers connect while the split goes on
                         self.wait(scheduler)
+            if splitting is not None:
+                splitting.join()
+            if self.split_error is not None:
+                raise self.split_error
+            chunks = scheduler.chunks
             if scheduler.fatal:
                 raise TranscoderError(scheduler.fatal)
             with self.phases.timed("audio_wait"):
@@ -278,14 +285,14 @@ class Job:
     def wait(self, scheduler: Scheduler) -> None:
         """Until every chunk is done or the job fails. Refreshes the bar; asks the tracker for more
         workers now and then (new ones may have registered), and at once when all are lost."""
-        bar = BossBar(self.info.frames, len(scheduler.chunks)) if self.cfg.bars else None
+        bar = BossBar(self.info.frames) if self.cfg.bars else None
         alone_since: float | None = None
         next_ask = time.monotonic() + WORKER_REFRESH
         try:
             while not scheduler.finished.wait(BAR_REFRESH):
                 done, frames = scheduler.counts()
                 if bar:
-                    bar.update(frames, done)
+                    bar.update(frames, done, len(scheduler.chunks))
                 alive = sum(link.is_alive() for link in self.links)
                 now = time.monotonic()
                 if alive:
@@ -303,7 +310,7 @@ class Job:
                     scheduler.abort(f"no live workers for {self.cfg.wait_workers:g}s; "
                                     f"{len(scheduler.chunks) - done} chunk(s) left")
             if bar:
-                bar.update(*reversed(scheduler.counts()))
+                bar.update(*reversed(scheduler.counts()), len(scheduler.chunks))
         finally:
             if bar:
                 bar.finish()
@@ -326,7 +333,7 @@ class Job:
         assert self.ctx is not None
         sched, worker = self.ctx.scheduler, link.offer.name
         try:
-            frames = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings)
+            frames, full = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings, self.verify, worker)
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1
@@ -340,17 +347,23 @@ class Job:
             return
         self.phases.mark("last_result")
         link.stats.chunks_done += 1
+        link.stats.full_checks += full
         link.stats.frames_done += frames
         link.stats.encode_seconds += seconds
         self.report(Event.CHUNK_DONE, chunk=chunk.index, worker=worker, frames=frames, seconds=round(seconds, 3))
-        for other in self.links:              # the slower copy is no longer needed
-            if other.offer.name in others:
-                other.cancel(chunk.index)
+        self.cancel_copies(chunk.index, others)     # the slower copy is no longer needed
+
+    def cancel_copies(self, index: int, workers: set[str]) -> None:
+        for link in self.links:
+            if link.offer.name in workers:
+                link.cancel(index)
 
     # ------------------------------------------------------------ split
 
-    def plan(self, workers: int) -> tuple[list[Chunk], JobState]:
-        """The chunks: an interrupted run's, with its finished results, or a fresh split."""
+    def plan(self, workers: int) -> tuple[Scheduler, threading.Thread | None]:
+        """The chunk table: an interrupted run's, with its finished results, or one the split fills
+        in a thread of its own while workers already take the first chunks (the thread is
+        returned, to be joined)."""
         identity = Identity.of(self.cfg.input, {**self.cfg.settings.to_wire(), "acodec": self.cfg.acodec,
                                                 "chunk_seconds": self.cfg.chunk_seconds})
         state = JobState(self.work, identity)
@@ -360,17 +373,32 @@ class Job:
             done = sum(c.state is ChunkState.DONE for c in chunks)
             log.warning("resuming: %d of %d chunks already done", done, len(chunks))
             state.save(chunks, self.expected_frames)        # folds the journal in
-            return chunks, state
+            return Scheduler(chunks, on_done=state.record_done), None
         if state.path.exists():
             log.info("the input or the settings changed since the interrupted run: starting fresh")
         for old in list(self.work.iterdir()):
             if old.name not in ("audio.mka",):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
-        splitter = Splitter(self.cfg.tools, self.info, self.cfg.settings, self.work, self.cfg.chunk_seconds)
-        chunks = splitter.split(workers)
-        self.expected_frames = splitter.expected_frames
-        state.save(chunks, self.expected_frames)
-        return chunks, state
+        scheduler = Scheduler([], on_done=state.record_done, complete=False)
+        splitting = threading.Thread(target=self.split, args=(scheduler, state, workers), name="split", daemon=True)
+        splitting.start()
+        return scheduler, splitting
+
+    def split(self, scheduler: Scheduler, state: JobState, workers: int) -> None:
+        """The split stage (client/split.py), feeding the scheduler; a failure fails the job."""
+        try:
+            with self.phases.timed("split"):
+                splitter = Splitter(self.cfg.tools, self.info, self.cfg.settings, self.work, self.cfg.chunk_seconds)
+                chunks = splitter.run(workers, scheduler.add)
+            self.expected_frames = splitter.expected_frames
+            state.save(chunks, self.expected_frames)
+        except TranscoderError as exc:
+            self.split_error = exc
+            scheduler.abort(str(exc))
+        except Exception as exc:          # noqa: BLE001 - a bug here must fail the job, not hang it
+            log.exception("splitting failed")
+            self.split_error = TranscoderError(f"splitting failed: {exc}")
+            scheduler.abort(str(self.split_error))
 
     # ------------------------------------------------------------ summary
 

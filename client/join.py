@@ -97,7 +97,7 @@ def join(tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, contain
     tmp = output.with_name(f".{output.name}.ffdt-partial{output.suffix.lower()}")
     try:
         ffmpeg.run(ffmpeg.mux_cmd(tools, plan, tmp))
-        summary = checks.verify_output(tools, info, tmp, settings, expected_frames, len(chunks))
+        summary = checks.verify_output(tools, info, tmp, settings, expected_frames, [c.start for c in chunks[1:]])
         tmp.replace(output)
     except OSError as exc:
         raise TranscoderError(f"cannot write {output}: {exc.strerror or exc}") from None

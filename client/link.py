@@ -69,6 +69,7 @@ class JobContext:
     report: Callable[..., None]     # report(event, **fields) to the tracker, best effort
     on_result: ResultHandler        # a fetched result, to be checked (must not block)
     on_assigned: Callable[[], None] = lambda: None
+    cancel: Callable[[int, set[str]], None] = lambda index, workers: None   # tell these workers to drop a chunk
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
     tls: ssl.SSLContext | None = None       # verifies workers that speak TLS
 
@@ -83,12 +84,14 @@ class LinkStats:
     bytes_received: int = 0
     refusals: int = 0
     bad_results: int = 0
+    full_checks: int = 0        # results the boss decoded in full (the rest: packet checks)
 
     def summary(self) -> dict[str, Any]:
         return {"chunks": self.chunks_done, "frames": self.frames_done,
                 "fps": round(self.frames_done / self.encode_seconds, 1) if self.encode_seconds else 0.0,
                 "encode_seconds": round(self.encode_seconds, 3),
-                "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}
+                "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+                "decoded_by_boss": self.full_checks}
 
 
 class WorkerLink(threading.Thread):
@@ -189,8 +192,12 @@ class WorkerLink(threading.Thread):
         chunk = sched.take(self.offer.name, wait=WAIT_RETRY)
         if chunk is None:
             self._send(Msg.WAIT, retry_after=WAIT_RETRY)
-        else:
-            self._assign(chunk)
+            return True
+        holders = sched.steal(chunk, self.offer.name)
+        if holders:
+            log.debug("%s: taken from %s, which had not started it", chunk.name, ", ".join(sorted(holders)))
+            self.job.cancel(chunk.index, holders)
+        self._assign(chunk)
         return True
 
     def handle_progress(self, msg: dict) -> bool:

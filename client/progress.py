@@ -49,13 +49,13 @@ class WorkerBar(_Bar):
 class BossBar(_Bar):
     """The whole job: frames encoded (done chunks plus progress), chunks done, fps, ETA."""
 
-    def __init__(self, frames: int, chunks: int) -> None:
-        self.chunks = chunks
+    def __init__(self, frames: int) -> None:
         super().__init__(frames, [progressbar.Variable("chunks", format="chunks {formatted_value}", width=11),
                                   " ", progressbar.Percentage(), " ", progressbar.Bar(), " ",
                                   progressbar.SimpleProgress(), " frames ",
                                   progressbar.AdaptiveTransferSpeed(format="%(scaled)5.1f fps", prefixes=("",)),
-                                  " ", progressbar.AdaptiveETA()], chunks=f"0/{chunks}")
+                                  " ", progressbar.AdaptiveETA()], chunks="0/?")
 
-    def update(self, frames: int, chunks_done: int) -> None:
-        self._set(frames, chunks=f"{chunks_done}/{self.chunks}")
+    def update(self, frames: int, chunks_done: int, chunks: int) -> None:
+        """chunks: how many there are so far (the split may still be adding)."""
+        self._set(frames, chunks=f"{chunks_done}/{chunks}")

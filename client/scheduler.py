@@ -43,6 +43,7 @@ class Chunk:
     result: Path | None = None
     result_sha256: str | None = None
     progress: int = 0           # frames encoded so far, as the worker reports
+    started: bool = False       # a worker reported its encode began (else it may be held, prefetched)
 
     @property
     def name(self) -> str:
@@ -51,23 +52,38 @@ class Chunk:
 
 class Scheduler:
     def __init__(self, chunks: list[Chunk], max_attempts: int = MAX_ATTEMPTS, max_copies: int = 2,
-                 on_done: Callable[[Chunk], None] | None = None) -> None:
-        self.chunks = chunks
+                 on_done: Callable[[Chunk], None] | None = None, complete: bool = True) -> None:
+        self.chunks = list(chunks)
+        self.complete = complete          # every chunk is in the table (else the split is still adding)
         self.max_attempts = max_attempts
         self.max_copies = max_copies      # straggler copies: a chunk runs on at most this many workers
-        self.on_done = on_done            # called under the lock, e.g. to save the job state
-        self._pending: deque[Chunk] = deque(c for c in chunks if c.state is ChunkState.PENDING)
+        self.on_done = on_done            # called (outside the lock) with each chunk done, to journal it
+        # longest first: the short ones fill the gaps at the end, when workers finish unevenly
+        self._pending: deque[Chunk] = deque(sorted((c for c in chunks if c.state is ChunkState.PENDING),
+                                                   key=lambda c: -c.frames))
         self._cond = threading.Condition()
         self.finished = threading.Event()
         self.fatal: str | None = None
-        if all(c.state is ChunkState.DONE for c in chunks):
-            self.finished.set()
+        self._settling = 0                # results being moved into place outside the lock
+        self._finish_if_done()
+
+    def add(self, chunks: list[Chunk], complete: bool) -> None:
+        """More chunks from the split (indices following on); complete=True: that was the last."""
+        with self._cond:
+            if [c.index for c in chunks] != list(range(len(self.chunks), len(self.chunks) + len(chunks))):
+                raise ValueError("chunks must be added in index order")
+            self.chunks.extend(chunks)
+            self._pending.extend(sorted((c for c in chunks if c.state is ChunkState.PENDING), key=lambda c: -c.frames))
+            self.complete = complete
+            self._finish_if_done()
+            self._cond.notify_all()
 
     def take(self, worker: str, wait: float) -> Chunk | None:
         """The next pending chunk for `worker`, waiting up to `wait` seconds for one to appear.
 
-        With the queue empty, an idle worker gets a copy of the slowest chunk still being
-        encoded elsewhere (a straggler); the first valid result wins.
+        With the queue empty, an idle worker (one that holds no chunk: a worker asks ahead while
+        it encodes) gets a copy of the slowest chunk still being encoded elsewhere (a straggler),
+        or one held there but not started; the first valid result wins.
         """
         with self._cond:
             self._cond.wait_for(lambda: self._pending or self.finished.is_set(), timeout=wait)
@@ -77,6 +93,9 @@ class Scheduler:
             if self.finished.is_set():
                 return None
             if not self._pending:
+                if not self.complete or \
+                        any(worker in c.workers for c in self.chunks if c.state is ChunkState.ASSIGNED):
+                    return None           # more chunks are coming; or busy: copies are for idle workers only
                 chunk = self._straggler(worker)
                 if chunk is not None:
                     chunk.workers.add(worker)
@@ -88,19 +107,47 @@ class Scheduler:
             chunk.tried_on.append(worker)
             chunk.attempts += 1
             chunk.progress = 0
+            chunk.started = False
             return chunk
 
     def _straggler(self, worker: str) -> Chunk | None:
-        # a copy started from scratch can only win against a chunk less than half done
+        # a copy started from scratch can only win against a chunk less than half done; one that
+        # another worker holds behind the chunk it is encoding (prefetched) is taken first
+        # (never to a worker that was lost while it held the chunk: a frozen one that woke up)
         running = [c for c in self.chunks if c.state is ChunkState.ASSIGNED and c.progress < c.frames / 2
-                   and len(c.workers) < self.max_copies and worker not in c.workers]
-        return min(running, key=lambda c: c.progress / max(1, c.frames), default=None)
+                   and len(c.workers) < self.max_copies and worker not in c.workers
+                   and not any(loss.startswith(worker + ": ") for loss in c.losses)]
+        return min(running, key=lambda c: (not self._prefetched(c), c.progress / max(1, c.frames), -c.frames),
+                   default=None)
+
+    def _prefetched(self, chunk: Chunk, holders: set[str] | None = None) -> bool:
+        """Held, not started, by workers (`holders`, default all of the chunk's) that are each
+        encoding another chunk. (A chunk just handed to an idle worker is about to start: taking
+        it would only move it.) Lock held."""
+        holders = chunk.workers if holders is None else holders
+        return not chunk.started and bool(holders) and all(
+            any(o is not chunk and o.started and holder in o.workers for o in self.chunks
+                if o.state is ChunkState.ASSIGNED) for holder in holders)
+
+    def steal(self, chunk: Chunk, worker: str) -> set[str]:
+        """`worker` took a straggler copy of `chunk`: if the others hold it behind another encode
+        and have not started it (prefetched), it becomes `worker`'s alone. Returns the workers it was taken
+        from, whose copies are to be cancelled."""
+        with self._cond:
+            if chunk.state is not ChunkState.ASSIGNED or worker not in chunk.workers:
+                return set()
+            others = chunk.workers - {worker}
+            if not self._prefetched(chunk, others):
+                return set()
+            chunk.workers = {worker}
+            return others
 
     def progress(self, index: int, worker: str, frames: int) -> None:
         with self._cond:
             chunk = self._get(index)
             if chunk is not None and worker in chunk.workers and chunk.state is ChunkState.ASSIGNED:
                 chunk.progress = min(frames, chunk.frames)
+                chunk.started = True
 
     def assigned_to(self, index: int, worker: str) -> Chunk | None:
         with self._cond:
@@ -111,22 +158,35 @@ class Scheduler:
              received: Path | None = None) -> set[str] | None:
         """Record a verified result (moving the `received` file to `result` if given). Returns the
         other workers still encoding a copy (to be cancelled), or None if the chunk was already
-        done: this result is a duplicate and is left where it is."""
+        done: this result is a duplicate and is left where it is.
+
+        The file work (the rename, on_done's journal line) runs outside the lock: the chunk is
+        marked done first, so a second copy cannot overwrite it, and `finished` waits until every
+        such file is in place."""
         with self._cond:
             chunk.workers.discard(worker)
             if chunk.state is ChunkState.DONE:
                 return None
-            if received is not None:
-                received.replace(result)     # under the lock: a second copy cannot overwrite it
             others, chunk.workers = set(chunk.workers), set()
             chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, sha256
             chunk.progress = chunk.frames
+            self._settling += 1
+        try:
+            if received is not None:
+                received.replace(result)
             if self.on_done is not None:
                 self.on_done(chunk)
-            if all(c.state is ChunkState.DONE for c in self.chunks):
-                self.finished.set()
-            self._cond.notify_all()
-            return others
+        finally:
+            with self._cond:
+                self._settling -= 1
+                self._finish_if_done()
+                self._cond.notify_all()
+        return others
+
+    def _finish_if_done(self) -> None:
+        """Set `finished` once every chunk is known, done, and its result file in place. Lock held."""
+        if self.complete and not self._settling and all(c.state is ChunkState.DONE for c in self.chunks):
+            self.finished.set()
 
     def fail(self, chunk: Chunk, worker: str, reason: str) -> None:
         """A failed attempt: back to the queue, or the job fails after max_attempts."""

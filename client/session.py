@@ -49,6 +49,7 @@ DISK_HEADROOM = 256 * 1024 * 1024                   # keep this much free beyond
 MAX_REASON = 300                                    # characters of an ffmpeg error sent to the boss
 MAX_WAIT_RETRY = 10.0                               # a boss's `retry_after` is capped to this...
 MIN_WAIT_RETRY = 0.05                               # ... and floored to this
+ENCODER_WAIT_POLL = 0.5                             # a waiting chunk checks for a cancel this often
 SESSION_STOP_FLUSH = 2.0                            # seconds to deliver audit events when stopping
 
 
@@ -68,6 +69,9 @@ class BossSession:
     work: dict[int, Assignment] = field(default_factory=dict)
     closed: threading.Event = field(default_factory=threading.Event)
     asked: int = 0          # requests sent and not answered yet: each holds a worker slot
+    assignments: int = 0    # assignments so far, numbering each one's files
+    uploading: dict[int, object] = field(default_factory=dict)   # chunk -> the upload in progress
+    discard: set[object] = field(default_factory=set)            # uploads cancelled while in progress
 
     def answered(self) -> None:
         """A reply to one of our requests arrived; a reply we never asked for breaks the protocol."""
@@ -105,8 +109,11 @@ class Worker:
         self.root = Path(tempfile.mkdtemp(prefix=f"ffdt-worker-{os.getpid()}-", dir=root))
         self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER, tls=cfg.tls_client)
         self.reporter = EventReporter(self.tracker, keepalive=False)    # heartbeats keep the connection
-        # worker-wide: every boss's session shares these, so --slots bounds the machine's encodes
-        self.slots = threading.BoundedSemaphore(cfg.slots)
+        # worker-wide, shared by every boss's session: `hand` bounds the chunks asked for or held
+        # (--slots encoding plus --prefetch uploaded and waiting, so an encode never waits on the
+        # network), `encode_slots` the encodes running at once
+        self.hand = threading.BoundedSemaphore(cfg.slots + cfg.prefetch)
+        self.encode_slots = threading.BoundedSemaphore(cfg.slots)
         self.msg_server = self._bind(cfg.msg_port, MessageHandler, "message")
         self.file_server = self._bind(cfg.file_port, FileHandler, "file")
         self.msg_port = self.msg_server.server_address[1]
@@ -292,7 +299,7 @@ def _check_ticket(keys: list[bytes], ticket: object, name: str) -> tuple[str, st
 
 def run_session(worker: Worker, s: BossSession) -> None:
     """Ask for chunks while a slot is free; encode each in its own thread; stop on `end`."""
-    for _ in range(worker.cfg.slots):
+    for _ in range(worker.cfg.slots + worker.cfg.prefetch):
         ask_for_chunk(worker, s)
     while True:
         msg = recv_msg_or_reject(s.sock, s.send)
@@ -320,13 +327,13 @@ def handle_assign(worker: Worker, s: BossSession, msg: dict) -> bool:
     try:
         start_assignment(worker, s, msg)
     except ProtocolError:
-        worker.slots.release()          # no encode will hold it
+        worker.hand.release()          # no encode will hold it
         raise
     return True
 
 
 def handle_wait(worker: Worker, s: BossSession, msg: dict) -> bool:
-    worker.slots.release()              # nothing for it now: other sessions may use the slot
+    worker.hand.release()              # nothing for it now: other sessions may use the slot
     retry = min(max(field_float(msg, "retry_after", WAIT_RETRY), MIN_WAIT_RETRY), MAX_WAIT_RETRY)
     ask_later(worker, s, retry)
     return True
@@ -342,9 +349,15 @@ def handle_collected(worker: Worker, s: BossSession, msg: dict) -> bool:
 
 
 def handle_cancel(worker: Worker, s: BossSession, msg: dict) -> bool:
-    """Another worker's copy won, or the boss lost interest: stop encoding it."""
+    """Another worker's copy won, or the boss lost interest: stop encoding it, and drop its
+    bytes, whether uploaded or still arriving."""
+    chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
     with s.lock:
-        a = s.work.pop(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), None)
+        a = s.work.pop(chunk, None)
+        s.received.pop(chunk, None)
+        if chunk in s.uploading:
+            s.discard.add(s.uploading[chunk])      # receive_chunk drops it when it completes
+        s.path(chunk, "in").unlink(missing_ok=True)
     if a is not None:
         a.cancel.set()
         a.output.unlink(missing_ok=True)
@@ -352,7 +365,7 @@ def handle_cancel(worker: Worker, s: BossSession, msg: dict) -> bool:
 
 
 def handle_end(worker: Worker, s: BossSession, msg: dict) -> bool:
-    worker.slots.release()
+    worker.hand.release()
     with contextlib.suppress(ConnectionClosed):
         s.send(Msg.BYE)
     log.info("boss %s has no more chunks; session over", s.boss)
@@ -371,16 +384,16 @@ ANSWERS = {Msg.ASSIGN, Msg.WAIT, Msg.END}     # the replies to our `request`
 
 
 def ask_for_chunk(worker: Worker, s: BossSession) -> None:
-    """Send `request` once a worker-wide slot is free; the slot is held until the boss's answer
-    (an `assign` keeps it until that encode ends)."""
+    """Send `request` once the worker can hold another chunk; that place is held until the boss's
+    answer (an `assign` keeps it until that encode ends)."""
     if s.closed.is_set():
         return
-    if not worker.slots.acquire(blocking=False):
+    if not worker.hand.acquire(blocking=False):
         ask_later(worker, s, WAIT_RETRY)      # all slots busy, maybe with other bosses
         return
     with s.lock:
         if s.closed.is_set():
-            worker.slots.release()
+            worker.hand.release()
             return
         s.asked += 1
     try:
@@ -403,26 +416,47 @@ def field_float(msg: dict, key: str, default: float) -> float:
 def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
     chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
     sha = get(msg, "sha256", str)
+    frames = int_field(msg, "frames", 0, MAX_FRAMES)
+    skip = int_field(msg, "skip", 0, MAX_FRAMES) if "skip" in msg else 0
+    limit = int_field(msg, "limit", 1, MAX_FRAMES) if "limit" in msg else None
     with s.lock:
         received = s.received.pop(chunk, None)
-    if received != sha:
+        s.assignments += 1
+        own = str(s.assignments)
+    # files of their own per assignment: a cancelled earlier copy of this chunk, still winding
+    # down in its thread, must not remove this one's
+    a = Assignment(chunk, frames, s.path(chunk, own + ".in"), s.path(chunk, own + ".out"), skip=skip, limit=limit)
+    try:
+        if received != sha:
+            raise FileNotFoundError
+        s.path(chunk, "in").replace(a.input)
+    except OSError:
         s.send(Msg.FAILED, chunk=chunk, reason="chunk bytes were not received")
-        worker.slots.release()
+        worker.hand.release()
         ask_for_chunk(worker, s)
         return
-    a = Assignment(chunk, int_field(msg, "frames", 0, MAX_FRAMES), s.path(chunk, "in"), s.path(chunk, "out"),
-                   skip=int_field(msg, "skip", 0, MAX_FRAMES) if "skip" in msg else 0,
-                   limit=int_field(msg, "limit", 1, MAX_FRAMES) if "limit" in msg else None)
     with s.lock:
+        earlier = s.work.get(chunk)
         s.work[chunk] = a
+    if earlier is not None:                  # assigned again without a cancel: the new one wins
+        earlier.cancel.set()
     threading.Thread(target=run_encode, args=(worker, s, a), name=f"encode-{chunk}", daemon=True).start()
 
 
 def run_encode(worker: Worker, s: BossSession, a: Assignment) -> None:
-    """Encode one chunk (client/encode.py), report progress (also our liveness signal), then
-    done or failed; the slot it held is free again after."""
+    """Wait for a free encoder (a prefetched chunk waits for the one before it), encode the chunk
+    (client/encode.py), report progress (also our liveness signal), then done or failed; its
+    place in hand is free again after, and the next chunk is asked for."""
+    while not worker.encode_slots.acquire(timeout=ENCODER_WAIT_POLL):
+        if a.cancel.is_set() or s.closed.is_set():
+            a.input.unlink(missing_ok=True)
+            worker.hand.release()
+            ask_for_chunk(worker, s)       # cancelled before it started: room for another
+            return
     with worker.lock:
         worker.busy += 1
+    with contextlib.suppress(ConnectionClosed):
+        s.send(Msg.PROGRESS, chunk=a.chunk, frames=0)      # started: no longer worth copying elsewhere
     bar = WorkerBar(a.chunk, a.frames) if worker.cfg.bars else None
     last_sent = [0.0]
 
@@ -445,7 +479,8 @@ def run_encode(worker: Worker, s: BossSession, a: Assignment) -> None:
         worker.report(s, Event.CHUNK_ENCODED, chunk=a.chunk, seconds=seconds)
     except FFmpegError as exc:
         with s.lock:
-            s.work.pop(a.chunk, None)
+            if s.work.get(a.chunk) is a:
+                del s.work[a.chunk]
         a.output.unlink(missing_ok=True)
         if a.cancel.is_set():
             return                         # the boss cancelled it, or the session ended
@@ -462,8 +497,9 @@ def run_encode(worker: Worker, s: BossSession, a: Assignment) -> None:
             bar.finish()
         with worker.lock:
             worker.busy -= 1
-        worker.slots.release()
-        ask_for_chunk(worker, s)           # the slot is free again: ask for the next chunk
+        worker.encode_slots.release()
+        worker.hand.release()
+        ask_for_chunk(worker, s)           # room for another chunk: ask for it
 
 
 def end_session(worker: Worker, s: BossSession) -> None:
@@ -474,7 +510,7 @@ def end_session(worker: Worker, s: BossSession) -> None:
         s.work.clear()
         asked, s.asked = s.asked, 0
     for _ in range(asked):
-        worker.slots.release()
+        worker.hand.release()
     for a in work:
         a.cancel.set()
     with worker.lock:
@@ -515,10 +551,24 @@ def receive_chunk(worker: Worker, s: BossSession, sock: socket.socket, msg: dict
     free = 0 if faults.on("disk-full") else shutil.disk_usage(s.dir).free
     if free < 3 * size + DISK_HEADROOM:            # input, output and some slack
         raise RequestRejected(f"disk nearly full on this worker ({free // 2**20} MiB free)")
-    send_msg(sock, Msg.OK)                         # go ahead: the bytes may follow
-    recv_file(sock, s.path(chunk, "in"), size, sha)
+    upload = object()                              # this upload, for a cancel that comes during it
+    arrived = False
     with s.lock:
-        s.received[chunk] = sha
+        s.uploading[chunk] = upload
+    try:
+        send_msg(sock, Msg.OK)                     # go ahead: the bytes may follow
+        recv_file(sock, s.path(chunk, "in"), size, sha)
+        arrived = True
+    finally:
+        with s.lock:
+            if s.uploading.get(chunk) is upload:
+                del s.uploading[chunk]
+            cancelled = upload in s.discard
+            s.discard.discard(upload)
+            if cancelled:
+                s.path(chunk, "in").unlink(missing_ok=True)
+            elif arrived:
+                s.received[chunk] = sha
     send_msg(sock, Msg.OK, sha256=sha)
 
 

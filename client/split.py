@@ -11,6 +11,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from client import media
 from client.scheduler import Chunk
@@ -23,6 +24,7 @@ from common.transfer import sha256_file
 log = logging.getLogger("boss")
 
 ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1"}   # when the first chunk confirms it
+PREFIX_PACKETS = 120       # packets of a piece decoded to confirm it (intra refresh recovers over more)
 
 
 def plan_cuts(keyframes: list[float], start: float, end: float, target: float) -> list[float]:
@@ -93,13 +95,20 @@ def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]], 
     return spans
 
 
+CHUNKS_PER_WORKER = 3      # enough for faster workers to take more and the short ones to fill the tail
+MIN_AUTO_CHUNK = 5.0       # seconds; shorter chunks cost size (docs/parity.md)
+MAX_AUTO_CHUNK = 120.0
+
+
 def auto_chunk_seconds(duration: float, workers: int) -> float:
-    """About four chunks per worker (so faster workers take more), between 10 s and 120 s each.
+    """About three chunks per worker, between 5 s and 120 s each.
 
     Not shorter: every chunk starts with a keyframe and fresh rate control, and with 2 s chunks
-    the output grew 5-20 % against a single run (docs/parity.md); at 10 s it stays within 5 %.
+    the output grew 5-20 % against a single run; at 5 s all but one clip (a static 10 fps camera,
+    +6 %) stay within 5 % (docs/parity.md). Balance comes from handing out the longest chunks
+    first, prefetching, and copying a straggler's chunk to an idle worker, not from tiny chunks.
     """
-    return min(120.0, max(10.0, duration / max(1, workers * 4)))
+    return min(MAX_AUTO_CHUNK, max(MIN_AUTO_CHUNK, duration / max(1, workers * CHUNKS_PER_WORKER)))
 
 
 class Splitter:
@@ -111,6 +120,119 @@ class Splitter:
         self.input = info.path
         self.chunk_seconds = chunk_seconds
         self.expected_frames = info.frames      # decoded frames, once split() has counted them
+
+    def run(self, workers: int, emit: Callable[[list[Chunk], bool], None]) -> list[Chunk]:
+        """Split the input, handing chunks to `emit(chunks, complete)` as soon as each is ready:
+        while the segment muxer is still cutting the rest when the plan allows it
+        (split_streaming), else all at once when the split is done."""
+        chunks = self.split_streaming(workers, emit)
+        if chunks is None:
+            chunks = self.split(workers)
+            emit(chunks, True)
+        return chunks
+
+    def streaming_plan(self, workers: int) -> tuple[list[float], float] | None:
+        """The cut times, if this input can be split while its chunks are handed out: a codec
+        whose packets are frames, and every piece a whole chunk (none cut by frame range)."""
+        info = self.info
+        if info.video.codec not in ONE_FRAME_PER_PACKET:
+            return None
+        target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers)
+        cuts = plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target)
+        position = dict(zip((k - info.start for k in info.keyframes), info.keyframe_positions))
+        bounds = [0, *(position[t] for t in cuts), info.frames]
+        for a, b in zip(bounds, bounds[1:]):
+            pts = sorted(info.pts[a:b])
+            if len(split_piece(b - a, pts[-1] - pts[0] + 1 / info.frame_rate, target)) > 1:
+                return None
+        return cuts, target
+
+    def split_streaming(self, workers: int, emit: Callable[[list[Chunk], bool], None]) -> list[Chunk] | None:
+        """Cut with the segment muxer and emit each piece's chunk as the muxer finishes it; None
+        (nothing emitted, nothing left behind) when the plan does not allow it or the first two
+        pieces show that packets are not frames here (then split() does it all)."""
+        plan = self.streaming_plan(workers)
+        if plan is None:
+            return None
+        cuts, target = plan
+        info = self.info
+        keyframe_at = _TimeIndex([k - info.start for k in info.keyframes], info.keyframe_positions)
+        src_dir = self.work / "src"
+        src_dir.mkdir()
+        chunks: list[Chunk] = []
+        held: list[Chunk] = []           # the first two, until their frames are confirmed
+        emitted = False                  # chunks have gone out: no falling back to split() now
+        position = 0                     # where the next piece starts, in info.pts
+        cmd = ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, list_on_stdout=True)
+        try:
+            with ffmpeg.run_lines(cmd, timeout=FFMPEG_TOOL_TIMEOUT) as lines:
+                for i, line in enumerate(lines):
+                    path = src_dir / f"piece_{i:05d}.mkv"
+                    end = _csv_end(line)
+                    # the piece ends at the next planned cut, the last one at the video's end
+                    planned = i == len(cuts) or (i < len(cuts) and end is not None
+                                                 and abs(end - cuts[i]) <= _TimeIndex.TOLERANCE)
+                    if not planned and not emitted:
+                        raise _NotStreamable()       # the muxer cut elsewhere: plan it all after the cut
+                    end_position = keyframe_at.get(end) if planned and i < len(cuts) and end is not None else None
+                    if not planned:
+                        log.warning("%s: the segment muxer did not cut where planned; counting its packets",
+                                    path.name)
+                    count = (end_position - position) if end_position is not None else \
+                        ffmpeg.count_packets(self.tools, path)
+                    chunk = self._whole_chunk(len(chunks), path, position, count)
+                    position += count
+                    chunks.append(chunk)
+                    if len(held) < 2 and len(chunks) <= 2:
+                        held.append(chunk)
+                        if len(held) == 2 and not self._frames_confirmed(held):
+                            raise _NotStreamable()
+                        if len(held) == 2:
+                            emit(held, False)
+                            emitted = True
+                        continue
+                    emit([chunk], False)
+        except _NotStreamable:
+            shutil.rmtree(src_dir)
+            return None
+        if len(held) == 1:               # a single piece
+            if not self._frames_confirmed(held):
+                shutil.rmtree(src_dir)
+                return None
+            emit(held, False)
+        self.piece_total_check([c.source for c in chunks])
+        log.info("split into %d chunk%s of about %.1fs (handed out while cutting)", len(chunks),
+                 "s" if len(chunks) > 1 else "", target)
+        emit([], True)
+        return chunks
+
+    def _whole_chunk(self, index: int, path: Path, position: int, count: int) -> Chunk:
+        """The manifest of a chunk that is a whole piece: packets [position, position+count)."""
+        info = self.info
+        if count < 1 or position + count > info.frames:
+            raise TranscoderError(f"splitting went wrong: piece {index} holds {count} packets at {position} "
+                                  f"of {info.frames}")
+        pts = sorted(info.pts[position:position + count])
+        return Chunk(index=index, source=path, size=path.stat().st_size, sha256=sha256_file(path), frames=count,
+                     start=pts[0] - info.video_start, span=pts[-1] - pts[0])
+
+    def _frames_confirmed(self, first: list[Chunk]) -> bool:
+        """The first packets of the first two pieces decode to a frame each (see count_frames)."""
+        for chunk in first:
+            n = min(chunk.frames, PREFIX_PACKETS)
+            if ffmpeg.count_frames_in(self.tools, chunk.source, packets=n) != n:
+                log.debug("%s: its first %d packets are not %d frames: splitting it all first", chunk.name, n, n)
+                return False
+        return True
+
+    def piece_total_check(self, files: list[Path]) -> None:
+        """One ffprobe over all pieces: together they hold every packet of the input."""
+        listing = self.work / "src" / "pieces.ffconcat"
+        listing.write_text(ffmpeg.concat_list([f.name for f in files]), encoding="utf-8")
+        total = ffmpeg.count_packets(self.tools, listing, concat=True)
+        listing.unlink()
+        if total != self.info.frames:
+            raise TranscoderError(f"splitting lost frames: chunks hold {total}, the input has {self.info.frames}")
 
     def split(self, workers: int, entry_points: bool = True) -> list[Chunk]:
         """Cut the video at keyframes into chunk files and take each one's manifest.
@@ -259,15 +381,47 @@ class Splitter:
     def count_frames(self, files: list[Path], packets: list[int]) -> list[int]:
         """Frames per chunk. Usually one per packet; but field-coded video (interlaced H.264 in
         MPEG-TS) has two packets a frame, and MPEG-4 Part 2 in AVI has placeholder packets that
-        decode to nothing. Unless the codec is one we trust and the first two chunks agree (the
-        second starts at a cut keyframe), decode every chunk to count its frames."""
+        decode to nothing. Unless the codec is one we trust and the first packets of the first two
+        chunks decode to a frame each (the second starts at a cut keyframe: with intra refresh it
+        decodes fewer), decode every chunk to count its frames."""
         def decoded(f: Path) -> int:
             return ffmpeg.decode_check(self.tools, f, count_only=True)
 
-        first = decoded(files[0])
-        if first == packets[0] and self.info.video.codec in ONE_FRAME_PER_PACKET and \
-                (len(files) == 1 or decoded(files[1]) == packets[1]):
+        def prefix_agrees(i: int) -> bool:
+            n = min(packets[i], PREFIX_PACKETS)
+            return ffmpeg.count_frames_in(self.tools, files[i], packets=n) == n
+
+        if self.info.video.codec in ONE_FRAME_PER_PACKET and all(map(prefix_agrees, range(min(2, len(files))))):
             return packets
         log.info("frames are not one per packet in this input: counting them by decoding")
         with ThreadPoolExecutor(max_workers=2) as pool:
-            return [first, *pool.map(decoded, files[1:])]
+            return list(pool.map(decoded, files))
+
+
+class _NotStreamable(Exception):
+    """The first pieces show this input must be split in full before chunks go out."""
+
+
+class _TimeIndex:
+    """Keyframe positions by time, matched within a tolerance (a segment list prints 6 decimals)."""
+
+    TOLERANCE = 0.0015
+
+    def __init__(self, times: list[float], positions: list[int]) -> None:
+        pairs = sorted(zip(times, positions))
+        self.times = [t for t, _ in pairs]
+        self.positions = [p for _, p in pairs]
+
+    def get(self, at: float) -> int | None:
+        i = bisect.bisect_left(self.times, at - self.TOLERANCE)
+        if i < len(self.times) and abs(self.times[i] - at) <= self.TOLERANCE:
+            return self.positions[i]
+        return None
+
+
+def _csv_end(line: str) -> float | None:
+    """The end time of a segment-list line "name,start,end" (None if unreadable)."""
+    try:
+        return float(line.strip().rsplit(",", 1)[1])
+    except (IndexError, ValueError):
+        return None

@@ -25,7 +25,7 @@ from client.session import Worker
 from common import ffmpeg
 from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
                         add_tls_client_options, read_password, run_main, setup_logging)
-from common.config import MAX_SLOTS
+from common.config import DEFAULT_PREFETCH, MAX_SLOTS
 from common.errors import UsageError
 from common.net import parse_host_port
 from common.tls import client_context, server_context
@@ -43,6 +43,7 @@ class WorkerConfig:
     msg_port: int
     file_port: int
     slots: int
+    prefetch: int
     threads: int
     workdir: Path | None
     tools: ffmpeg.Tools
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", help="address bosses should use to reach this worker "
                    "(default: --host, or this machine's address toward the tracker)")
     p.add_argument("--slots", type=int, default=1, help="chunks encoded at the same time")
+    p.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH,
+                   help="chunks fetched ahead and held while encoding, so an encode never waits on the network")
     p.add_argument("--threads", type=int, default=0, help="ffmpeg threads per chunk (0: ffmpeg decides)")
     p.add_argument("--workdir", type=Path, help="where chunks are kept while encoding (default: system temp)")
     add_ffmpeg_options(p, quiet_help="no progress bars, warnings only")
@@ -103,10 +106,12 @@ def run_worker(args: argparse.Namespace) -> int:
             raise UsageError(f"port {port} out of range")
     if not 1 <= args.slots <= MAX_SLOTS:
         raise UsageError(f"--slots must be 1..{MAX_SLOTS}")
+    if not 0 <= args.prefetch <= MAX_SLOTS:
+        raise UsageError(f"--prefetch must be 0..{MAX_SLOTS}")
     tracker = parse_host_port(args.tracker)
     cfg = WorkerConfig(tracker=tracker, user=args.user, password=read_password(args.password_file),
                        bind=args.host, advertise=advertised_host(args, tracker), msg_port=args.msg_port,
-                       file_port=args.file_port, slots=args.slots, threads=max(0, args.threads),
+                       file_port=args.file_port, slots=args.slots, prefetch=args.prefetch, threads=max(0, args.threads),
                        workdir=args.workdir, tools=ffmpeg.find_tools(args.ffmpeg, args.use_global),
                        bars=bars_wanted(args.quiet), **tls_options(args))
     worker = Worker(cfg)

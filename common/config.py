@@ -28,6 +28,7 @@ MAX_FRAME = 256 * 1024          # one control message
 MAX_CHUNK_BYTES = 8 * 1024**3   # one chunk on the file port
 MAX_WORKERS_PER_REQUEST = 256
 MAX_SLOTS = 64
+DEFAULT_PREFETCH = 1            # chunks a worker holds, uploaded, beside those it encodes
 MAX_CHUNK_INDEX = 10_000_000     # chunk numbers on the wire
 MAX_FRAMES = 10**9              # frame counts and ranges on the wire
 
@@ -37,6 +38,7 @@ FFMPEG_TOOL_TIMEOUT = 6 * 60 * 60   # split / audio / concat / verify of a whole
 FFMPEG_CHUNK_CHECK_TIMEOUT = 600.0  # the boss's check of one chunk's result
 FFMPEG_PROBE_TIMEOUT = 120.0       # one ffprobe of a file's streams
 FFMPEG_QUERY_TIMEOUT = 30.0        # ffmpeg -version / -encoders
+DEFAULT_VERIFY_FRACTION = 0.1   # results the boss decodes in full, besides each worker's first
 MAX_ATTEMPTS = 3                # a chunk failing this often fails the job
 
 # SCRAM

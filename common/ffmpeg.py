@@ -5,6 +5,7 @@ like `-x.mp4` or `a:b.mp4` is never read as an option or a protocol.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -18,9 +19,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from common.config import FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
 from common.errors import FFmpegError, UsageError
@@ -71,10 +73,12 @@ def input_path(path: Path) -> str:
 
 # ---------------------------------------------------------------- runners
 
-def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0) -> str:
-    """Run to completion; return stdout. FFmpegError with stderr's tail on failure or timeout.
+def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0, strict: bool = False) -> str:
+    """Run to completion; return stdout. FFmpegError with stderr's tail on failure or timeout,
+    and with strict=True also when it printed any message (run it with `-v error`).
     nice > 0 runs the child at a lower priority (work that must not slow the job's main path)."""
     log.debug("running %s", shlex.join(cmd))
+    started = time.monotonic()
     try:
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               errors="replace", timeout=timeout,
@@ -83,8 +87,11 @@ def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0) 
         raise FFmpegError(cmd, None, f"no result after {timeout:g}s") from exc
     except OSError as exc:
         raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
+    log.debug("%.2fs for %s", time.monotonic() - started, Path(cmd[0]).name)
     if done.returncode != 0:
         raise FFmpegError(cmd, done.returncode, tail(done.stderr))
+    if strict and done.stderr.strip():
+        raise FFmpegError(cmd, 0, tail(done.stderr, 1))
     return done.stdout
 
 
@@ -135,52 +142,91 @@ def _lower_priority(nice: int) -> None:
     os.nice(nice)
 
 
-def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[int], None] = lambda n: None,
-                      cancel: Cancel | None = None) -> str:
-    """Run an ffmpeg that has `-progress pipe:1`, reporting `frame=` values as they come.
+@dataclass
+class _Child:
+    proc: subprocess.Popen
+    timed_out: bool = False
+    returncode: int | None = None
+    stderr: str = ""
 
-    The child is killed on timeout, on cancel, and on any exception here (KeyboardInterrupt
-    included), so it never outlives the caller. Returns stderr (warnings) on success.
-    """
+
+@contextlib.contextmanager
+def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
+    """A child with stdout piped and stderr kept in a temp file (a pipe could fill and block it),
+    killed on timeout and on any exception in the block (KeyboardInterrupt included), so it never
+    outlives the caller. After the block: its return code and stderr."""
     log.debug("running %s", shlex.join(cmd))
-    cancel = cancel or Cancel()
     with tempfile.TemporaryFile("w+", errors="replace") as err:
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=err, text=True, errors="replace", preexec_fn=die_with_parent)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                                    errors="replace", preexec_fn=die_with_parent)
         except OSError as exc:
             raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
-        cancel.attach(proc)
-        timed_out: list[bool] = []
-        timer = threading.Timer(timeout, lambda: (timed_out.append(True), proc.kill()))
+        child = _Child(proc)
+
+        def expire() -> None:
+            child.timed_out = True
+            proc.kill()
+
+        timer = threading.Timer(timeout, expire)
         timer.daemon = True
         timer.start()
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("frame="):
-                    value = line[6:].strip()
-                    if value.isdigit():
-                        on_frames(int(value))
-            returncode = proc.wait()
+            yield child
+            child.returncode = proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
             raise
         finally:
             timer.cancel()
-            cancel.attach(None)
             if proc.stdout is not None:
                 proc.stdout.close()
         err.seek(0)
-        stderr = err.read()
-    if returncode != 0:
+        child.stderr = err.read()
+
+
+def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[int], None] = lambda n: None,
+                      cancel: Cancel | None = None,
+                      on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> str:
+    """Run an ffmpeg that has `-progress pipe:1`, reporting `frame=` values as they come.
+
+    The child is killed on timeout, on cancel, and on any exception here (KeyboardInterrupt
+    included), so it never outlives the caller. Returns stderr (warnings) on success.
+    """
+    cancel = cancel or Cancel()
+    with _child(cmd, timeout) as child:
+        cancel.attach(child.proc)
+        try:
+            on_start(child.proc)
+            assert child.proc.stdout is not None
+            for line in child.proc.stdout:
+                if line.startswith("frame="):
+                    value = line[6:].strip()
+                    if value.isdigit():
+                        on_frames(int(value))
+        finally:
+            cancel.attach(None)
+    if child.returncode != 0:
         if cancel.is_set():
-            raise FFmpegError(cmd, returncode, "cancelled")
-        if timed_out:
+            raise FFmpegError(cmd, child.returncode, "cancelled")
+        if child.timed_out:
             raise FFmpegError(cmd, None, f"no result after {timeout:g}s")
-        raise FFmpegError(cmd, returncode, tail(stderr) or "killed")
-    return stderr
+        raise FFmpegError(cmd, child.returncode, tail(child.stderr) or "killed")
+    return child.stderr
+
+
+@contextlib.contextmanager
+def run_lines(cmd: list[str], *, timeout: float) -> Iterator[Iterator[str]]:
+    """Run a child and hand its stdout lines to the caller as they come. Leaving the block
+    normally waits for the child (FFmpegError with stderr's tail if it failed); leaving it by an
+    exception kills it first."""
+    with _child(cmd, timeout) as child:
+        assert child.proc.stdout is not None
+        yield iter(child.proc.stdout.readline, "")
+    if child.returncode != 0:
+        raise FFmpegError(cmd, None if child.timed_out else child.returncode,
+                          f"no result after {timeout:g}s" if child.timed_out else tail(child.stderr) or "killed")
 
 
 # ---------------------------------------------------------------- probing
@@ -202,16 +248,18 @@ class Packet:
     duration: float
     key: bool
     pts_known: bool = True    # False: the file stores none (second fields), `pts` is the dts
+    size: int = -1            # bytes (-1: not asked for)
 
 
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
 
 
-def stream_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet]:
+def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: bool = False) -> list[Packet]:
     """The packets of one stream (the first video one by default) in file (decode) order,
-    without decoding them."""
+    without decoding them. strict=True: any demuxer message (a damaged file) is an FFmpegError."""
     out = run([tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-select_streams", stream, "-show_entries",
-               "packet=pts_time,dts_time,duration_time,flags", "-of", "compact=p=0", input_path(path)])
+               "packet=pts_time,dts_time,duration_time,flags,size", "-of", "compact=p=0", input_path(path)],
+              strict=strict)
     packets = []
     for line in out.splitlines():
         f = dict(_PKT_FIELD.findall(line))
@@ -220,8 +268,9 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0") -> list[Packet
         pts = pts if known else dts
         if pts is None:
             continue
+        size = f.get("size", "")
         packets.append(Packet(pts, dts if dts is not None else pts, _num(f.get("duration_time")) or 0.0,
-                              f.get("flags", "").startswith("K"), known))
+                              f.get("flags", "").startswith("K"), known, int(size) if size.isdigit() else -1))
     return packets
 
 
@@ -231,6 +280,24 @@ def frame_times(tools: Tools, path: Path, until: float) -> list[float | None]:
     out = run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", f"%+{until:.3f}",
                "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
     return [_num(line.split(",")[0]) for line in out.splitlines() if line.strip()]
+
+
+def count_frames_in(tools: Tools, path: Path, packets: int) -> int:
+    """Frames a decoder outputs from the first `packets` video packets of a file (decoder
+    messages ignored, as with decode_check(count_only=True))."""
+    out = run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", f"%+#{int(packets)}",
+               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
+def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]]) -> int:
+    """Decode the video in each (start, end) time span (from the keyframe at or before start) in
+    one ffprobe run; return the frames decoded. Any decoder message is an FFmpegError."""
+    intervals = ",".join(f"{max(0.0, a):.6f}%{b:.6f}" for a, b in spans)
+    out = run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", intervals,
+               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)],
+              strict=True)
+    return sum(1 for line in out.splitlines() if line.strip())
 
 
 def count_packets(tools: Tools, path: Path, concat: bool = False) -> int:
@@ -253,14 +320,16 @@ def _num(text: str | None) -> float | None:
         return None
 
 
-def decode_check(tools: Tools, path: Path, *, with_audio: bool = False, count_only: bool = False,
-                 timeout: float = FFMPEG_TOOL_TIMEOUT) -> int:
+def decode_check(tools: Tools, path: Path, *, with_audio: bool = False, audio_only: bool = False,
+                 count_only: bool = False, timeout: float = FFMPEG_TOOL_TIMEOUT) -> int:
     """Decode start to end; return the video frame count. Any message is an error unless
     count_only=True: a piece of the source may warn where a single run over the source warns
     too (broken DTS; H.264 "mmco: unref short failure" after an open-GOP keyframe)."""
     cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-nostats", "-progress", "pipe:1",
-           "-i", input_path(path), "-map", "0:v:0"]
-    if with_audio:
+           "-i", input_path(path)]
+    if not audio_only:
+        cmd += ["-map", "0:v:0"]
+    if with_audio or audio_only:
         cmd += ["-map", "0:a?"]
     cmd += ["-fps_mode", "passthrough", "-enc_time_base", "-1", "-f", "null", "-"]
     frames = [0]
@@ -288,8 +357,10 @@ def capabilities(tools: Tools) -> tuple[str, list[str]]:
 
 # ---------------------------------------------------------------- builders
 
-def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[float]) -> list[str]:
-    """Split the first video stream at the given keyframe times (stream copy, video only)."""
+def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[float],
+                list_on_stdout: bool = False) -> list[str]:
+    """Split the first video stream at the given keyframe times (stream copy, video only).
+    list_on_stdout: print "name,start,end" for each piece as soon as it is complete."""
     # +genpts: AVI with B-frames stores no presentation timestamps, which Matroska needs
     cmd = [tools.ffmpeg, *BASE_FLAGS, "-fflags", "+genpts", "-i", input_path(src), "-map", "0:v:0", "-an", "-sn",
            "-dn", "-c", "copy", "-f", "segment", "-reset_timestamps", "1",
@@ -300,6 +371,8 @@ def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[
         cmd += ["-segment_times", ",".join(f"{t:.6f}" for t in cut_times)]
     else:
         cmd += ["-segment_time", "1000000000"]
+    if list_on_stdout:
+        cmd += ["-segment_list", "pipe:1", "-segment_list_type", "csv"]
     return cmd + [input_path(out_pattern)]
 
 

@@ -169,12 +169,21 @@ class Cluster:
             stop(proc)
 
 
+@pytest.fixture(scope="session")
+def users_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tracker data dir with users `b` (boss) and `w` (worker), made once per test run: each
+    add-user is a process and 200,000 SCRAM iterations."""
+    made = Cluster(tmp_path_factory.mktemp("users") / "tracker-data")
+    made.add_user("b", "boss")
+    made.add_user("w", "worker")
+    return made.data
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, users_data: Path) -> Iterator[Cluster]:
     """A tracker with users `b` (boss) and `w` (worker); start workers with cluster.start_worker()."""
     c = Cluster(tmp_path / "tracker-data")
-    c.add_user("b", "boss")
-    c.add_user("w", "worker")
+    shutil.copytree(users_data, c.data)
     c.start_tracker()
     try:
         yield c

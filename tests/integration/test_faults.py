@@ -45,20 +45,21 @@ def finish(boss: subprocess.Popen, timeout: float = 240) -> str:
 
 
 def test_worker_killed_mid_chunk(cluster, clips, tmp_path):
-    victim, port, _ = cluster.start_worker()
+    release = tmp_path / "release"          # never made: the victim's encodes stay held
+    victim, port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "hold", "FFDT_TEST_RELEASE": str(release)})
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW)
-    assigned = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
-                        "a chunk assigned to the victim")
+    boss = start_boss(cluster, clips["hd20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "4")
+    held = poll_for(lambda: list(tmp_path.glob("release.held.*")), 60, "the victim holding a chunk mid-encode")
+    chunk = int(held[0].name.rsplit(".", 1)[1])
+    assert ffmpeg_of(victim.pid), "the victim's ffmpeg is running when it is killed"
     victim.kill()
     # its ffmpeg must not live on as an orphan (PR_SET_PDEATHSIG)
-    poll_for(lambda: not ffmpeg_of(victim.pid), 1.0, "the killed worker's ffmpeg to end")
+    poll_for(lambda: not ffmpeg_of(victim.pid), 5.0, "the killed worker's ffmpeg to end")
     finish(boss)
     assert_same_media(clips["hd20.mp4"], out)
     lost = events(cluster, "worker_lost", worker=worker_name(port))
     assert lost, "the tracker should log the lost worker"
-    chunk = assigned[0]["chunk"]
     redone = [e for e in events(cluster, "chunk_done", chunk=chunk) if e["worker"] != worker_name(port)]
     assert redone, f"chunk {chunk} should have been done by the other worker"
 

@@ -20,11 +20,11 @@ def pki(tmp_path):
     return files
 
 
-def test_a_job_over_tls_everywhere(tmp_path, clips, pki):
+def test_a_job_over_tls_everywhere(tmp_path, clips, pki, users_data):
+    import shutil
     from tests.conftest import Cluster
     c = Cluster(tmp_path / "tracker-data")
-    c.add_user("b", "boss")
-    c.add_user("w", "worker")
+    shutil.copytree(users_data, c.data)
     tls_server = ("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]))
     try:
         c.start_tracker(*tls_server)

@@ -1,6 +1,8 @@
 """Unit-test fixtures: the repo on sys.path, socket pairs with timeouts, background threads.
 
-Unit tests run no ffmpeg and open no network sockets beyond socket.socketpair().
+Unit tests run no ffmpeg and start no processes. They use socket.socketpair(), and listening
+sockets on 127.0.0.1 port 0 where the code under test connects by address (the boss's link, the
+in-process tracker).
 """
 from __future__ import annotations
 

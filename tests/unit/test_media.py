@@ -74,9 +74,10 @@ def test_never_cuts_at_the_very_start():
 # ---------------------------------------------------------------- auto_chunk_seconds
 
 @pytest.mark.parametrize("duration, workers, seconds", [
-    (600.0, 3, 50.0),      # 600 s over 3 workers * 4 chunks each
-    (10.0, 1, 10.0),
-    (1.0, 8, 10.0),        # floor: never shorter than 10 s (keyframe cost, docs/parity.md)
+    (600.0, 4, 50.0),      # 600 s over 4 workers * 3 chunks each
+    (60.0, 2, 10.0),
+    (60.0, 6, 5.0),        # floor: never shorter than 5 s (keyframe cost, docs/parity.md)
+    (1.0, 8, 5.0),
     (36000.0, 1, 120.0),   # ceiling: never longer than 120 s
 ])
 def test_auto_chunk_seconds(duration, workers, seconds):
@@ -86,7 +87,7 @@ def test_auto_chunk_seconds(duration, workers, seconds):
 def test_auto_chunk_seconds_stays_in_bounds():
     for duration in (0.0, 0.1, 7.0, 500.0, 1e6):
         for workers in (0, 1, 2, 16, 256):      # 0: no division by zero
-            assert 10.0 <= auto_chunk_seconds(duration, workers) <= 120.0
+            assert 5.0 <= auto_chunk_seconds(duration, workers) <= 120.0
 
 
 # ---------------------------------------------------------------- containers

@@ -1,6 +1,7 @@
 """The boss's chunk table (client/scheduler.py): assignment, retries, lost workers, completion."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -224,3 +225,78 @@ def test_a_failed_copy_does_not_requeue_a_chunk_still_encoding_elsewhere():
     assert s.take("w2", wait=NO_WAIT) is chunk
     s.fail(chunk, "w2", "boom")
     assert chunk.state is ChunkState.ASSIGNED and chunk.workers == {"w1"} and s.fatal is None
+
+
+def test_the_longest_chunks_go_out_first():
+    chunks = make_chunks(4)
+    for chunk, frames in zip(chunks, (25, 40, 10, 40)):
+        chunk.frames = frames
+    s = Scheduler(chunks)
+    assert [s.take(f"w{i}", wait=NO_WAIT).index for i in range(4)] == [1, 3, 0, 2]
+
+
+def test_a_worker_holding_a_chunk_gets_no_copy_and_an_idle_one_takes_a_held_chunk_not_yet_started():
+    s = Scheduler(make_chunks(3))
+    a, b = s.take("w1", wait=NO_WAIT), s.take("w1", wait=NO_WAIT)    # w1 encodes a, holds b (prefetched)
+    s.progress(a.index, "w1", 0)                                      # a started, b not
+    c = s.take("w2", wait=NO_WAIT)
+    assert s.take("w2", wait=NO_WAIT) is None, "w2 still holds c: asking ahead gets no copy"
+    assert finish(s, c, "w2")
+    stolen = s.take("w2", wait=NO_WAIT)
+    assert stolen is b, "the held, unstarted chunk is taken before a copy of one being encoded"
+    assert s.steal(b, "w2") == {"w1"} and b.workers == {"w2"}
+    assert s.assigned_to(b.index, "w1") is None                       # w1's copy is to be cancelled
+    assert s.steal(a, "w2") == set(), "a chunk already started is never taken away"
+
+
+def test_chunks_added_while_splitting_are_handed_out_and_the_job_finishes_only_when_complete():
+    chunks = make_chunks(3)
+    s = Scheduler([], complete=False)
+    assert s.take("w1", wait=NO_WAIT) is None
+    s.add(chunks[:2], complete=False)
+    first = s.take("w1", wait=NO_WAIT)
+    assert first is not None and s.take("w2", wait=NO_WAIT) is not None
+    assert s.take("w3", wait=NO_WAIT) is None, "no straggler copies while chunks are still coming"
+    for chunk in chunks[:2]:
+        assert finish(s, chunk, "w1" if chunk is first else "w2")
+    assert not s.finished.is_set(), "every chunk known so far is done, but the split goes on"
+    s.add(chunks[2:], complete=True)
+    assert finish(s, s.take("w1", wait=NO_WAIT), "w1")
+    assert s.finished.is_set()
+    with pytest.raises(ValueError):
+        s.add(make_chunks(1), complete=True)       # index 0 again: out of order
+
+
+def test_on_done_runs_outside_the_lock_and_finished_waits_for_it():
+    seen: list[tuple[bool, bool]] = []
+
+    def on_done(chunk: Chunk) -> None:          # journals to disk: must not hold up other links
+        other: list[bool] = []
+        probe = threading.Thread(target=lambda: other.append(s._cond.acquire(timeout=1) and not s._cond.release()))
+        probe.start()
+        probe.join(timeout=5)
+        seen.append((other == [True], s.finished.is_set()))
+
+    s = Scheduler(make_chunks(1), on_done=on_done)
+    assert finish(s, s.take("w1", wait=NO_WAIT), "w1")
+    assert seen == [(True, False)], "another thread could take the lock, and the job was not finished yet"
+    assert s.finished.is_set()
+
+
+def test_a_chunk_just_handed_to_an_idle_worker_is_copied_not_taken_away():
+    s = Scheduler(make_chunks(1))
+    chunk = s.take("w1", wait=NO_WAIT)               # w1 is about to start it; no progress seen yet
+    copy = s.take("w2", wait=NO_WAIT)
+    assert copy is chunk and chunk.workers == {"w1", "w2"}
+    assert s.steal(chunk, "w2") == set() and chunk.workers == {"w1", "w2"}, "w1 keeps its copy"
+
+
+def test_a_worker_lost_while_holding_a_chunk_gets_no_copy_of_it_when_it_comes_back():
+    s = Scheduler(make_chunks(2))
+    chunk = s.take("w1", wait=NO_WAIT)
+    s.release("w1", "silent for 30s")                # frozen: its chunk goes back to the queue
+    assert s.take("w2", wait=NO_WAIT) is chunk
+    other = s.take("w3", wait=NO_WAIT)
+    assert finish(s, other, "w3")
+    assert s.take("w1", wait=NO_WAIT) is None, "the woken worker is not handed its old chunk again"
+    assert s.take("w3", wait=NO_WAIT) is chunk       # an idle worker that was not lost still gets a copy
