@@ -30,30 +30,31 @@ class VerifyPolicy:
     Every result: its SHA-256 (on arrival), then ffprobe over its packets, which decodes nothing:
     the demuxer reads it without a message, one packet per expected frame, a keyframe first, no
     empty packet, rising decode timestamps, and the frames span the source's time. Decoded in
-    full as well: each worker's results until one has passed a full check, a retried chunk, any
-    result whose packets look odd, and a random `fraction` of the rest (drawn from the system's
-    random source, so a worker cannot tell which of its results will be decoded)."""
+    full as well: results from an ffmpeg build until one of its results has passed a full check
+    (a broken build or encoder shows at once), a retried chunk, any result whose packets look odd,
+    and a random `fraction` of the rest (drawn from the system's random source, so a worker
+    cannot tell which of its results will be decoded)."""
 
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
-        self._trusted: set[str] = set()         # workers with a result that passed a full check
+        self._trusted: set[str] = set()         # ffmpeg builds with a result that passed a full check
         self._lock = threading.Lock()
         self._random = random.SystemRandom()
 
-    def wants_full(self, worker: str, chunk: Chunk) -> bool:
+    def wants_full(self, build: str, chunk: Chunk) -> bool:
         with self._lock:
-            return worker not in self._trusted or bool(chunk.errors) or self._random.random() < self.fraction
+            return build not in self._trusted or bool(chunk.errors) or self._random.random() < self.fraction
 
-    def passed_full(self, worker: str) -> None:
+    def passed_full(self, build: str) -> None:
         with self._lock:
-            self._trusted.add(worker)
+            self._trusted.add(build)
 
 
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
-                 worker: str) -> tuple[int, bool]:
+                 worker: str, build: str) -> tuple[int, bool]:
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
     it was decoded in full); ChunkError or FFmpegError if it fails."""
-    full = policy.wants_full(worker, chunk)
+    full = policy.wants_full(build, chunk)
     frames = _decoded_frames(tools, chunk, path, settings) if full else None
     packets = ffmpeg.stream_packets(tools, path, strict=True)
     odd = packet_oddity(chunk, packets, settings)
@@ -64,7 +65,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
         frames = _decoded_frames(tools, chunk, path, settings)
     if frames is None:
         return len(packets), False
-    policy.passed_full(worker)
+    policy.passed_full(build)
     return frames, True
 
 
@@ -91,7 +92,8 @@ def packet_oddity(chunk: Chunk, packets: list[ffmpeg.Packet], settings: Settings
         return f"{len(packets)} packets for {chunk.frames} frames"
     if any(p.size == 0 for p in packets):
         return "an empty packet"
-    if any(b.dts <= a.dts for a, b in zip(packets, packets[1:])):
+    dts = [p.dts for p in packets if p.dts_known]
+    if any(b <= a for a, b in zip(dts, dts[1:])):
         return "decode timestamps do not rise"
     return None
 
@@ -102,9 +104,8 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
 
     `expected` is the input's frame count (decoded frames, which differ from packets for
     field-coded video); `borders` where chunks meet, seconds from the video's start. Counts,
-    durations, streams and the A/V end come from the packets; the video is decoded only at the
-    start, the end and across a sample of chunk borders (where a join can go wrong: a decoder
-    running on from one chunk into the next), the audio in full (it is cheap)."""
+    durations, streams and the A/V end come from the packets; the video is decoded only where
+    chunks begin and across one random border (decode_spans_for), the audio in full (it is cheap)."""
     chunks = len(borders) + 1
     out = media.inspect(tools, path)
     problems = []
@@ -145,22 +146,22 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
             "input_streams": [s.label for s in info.streams], "streams": [s.label for s in out.streams]}
 
 
-BORDER_SAMPLES = 3       # chunk borders decoded across in the output check
-BORDER_FRAMES_AFTER = 10  # frames decoded past a border (from the keyframe before it)
+BORDER_FRAMES_AFTER = 10  # frames decoded from each chunk's first in the output
 
 
 def decode_spans_for(out: media.MediaInfo, borders: Sequence[float]) -> list[tuple[float, float]]:
-    """Time spans of the output to decode: its first frames, its last, and across the first,
-    the last and one random chunk border."""
+    """Time spans of the output to decode: the first frames of the file and of every chunk (a
+    chunk whose first frames do not decode with the output's parameter sets), and one random
+    border decoded straight across, from the chunk before it (a decoder that cannot run on from
+    one chunk into the next: repeated picture order counts)."""
     frame = 1.0 / (out.frame_rate or 25.0)
-    start, end = out.video_start, out.video_start + out.video_duration
-    inner = sorted(borders)
-    sample = set(inner[:1] + inner[-1:])
-    if len(inner) > 2:
-        sample.add(random.choice(inner[1:-1]))
-    spans = [(start, start + BORDER_FRAMES_AFTER * frame), (end - 2 * frame, end)]
-    # from two frames before a border: ffprobe seeks to the keyframe before, in the chunk before
-    spans += [(start + b - 2 * frame, start + b + BORDER_FRAMES_AFTER * frame) for b in sorted(sample)]
+    start = out.video_start
+    after = BORDER_FRAMES_AFTER * frame
+    # half a frame in: ffprobe seeks to the keyframe at or before, which is the chunk's first frame
+    spans = [(start + b + frame / 2, start + b + after) for b in [0.0, *sorted(borders)]]
+    if borders:
+        b = random.choice(list(borders))
+        spans.append((start + b - 2 * frame, start + b + after))   # seeks into the chunk before
     return spans
 
 

@@ -333,7 +333,8 @@ class Job:
         assert self.ctx is not None
         sched, worker = self.ctx.scheduler, link.offer.name
         try:
-            frames, full = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings, self.verify, worker)
+            frames, full = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings, self.verify, worker,
+                                               link.offer.ffmpeg)
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1

@@ -249,6 +249,7 @@ class Packet:
     key: bool
     pts_known: bool = True    # False: the file stores none (second fields), `pts` is the dts
     size: int = -1            # bytes (-1: not asked for)
+    dts_known: bool = True    # False: the file stores none here (Matroska, before the first B-frames)
 
 
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
@@ -270,7 +271,8 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: boo
             continue
         size = f.get("size", "")
         packets.append(Packet(pts, dts if dts is not None else pts, _num(f.get("duration_time")) or 0.0,
-                              f.get("flags", "").startswith("K"), known, int(size) if size.isdigit() else -1))
+                              f.get("flags", "").startswith("K"), known, int(size) if size.isdigit() else -1,
+                              dts is not None))
     return packets
 
 
