@@ -99,15 +99,19 @@ def packet_oddity(chunk: Chunk, packets: list[ffmpeg.Packet], settings: Settings
 
 
 def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settings: Settings,
-                  expected: int, borders: Sequence[float] = ()) -> dict[str, Any]:
+                  expected: int, borders: Sequence[float] = (), source_audio_end: float | None = None
+                  ) -> dict[str, Any]:
     """The checks a user would make with ffprobe; a TranscoderError if any fails.
 
     `expected` is the input's frame count (decoded frames, which differ from packets for
-    field-coded video); `borders` where chunks meet, seconds from the video's start. Counts,
+    field-coded video); `borders` where chunks meet, seconds from the video's start;
+    `source_audio_end` where the input's first audio track ends, if already known. Counts,
     durations, streams and the A/V end come from the packets; the video is decoded only where
-    chunks begin and across one random border (decode_spans_for), the audio in full (it is cheap)."""
+    chunks begin (decode_spans_for; one border was decoded across by check_across), the audio
+    in full (it is cheap)."""
     chunks = len(borders) + 1
-    out = media.inspect(tools, path)
+    probed = ffmpeg.probe_with_packets(tools, path)
+    out = media.inspect(tools, path, probed)
     problems = []
     if settings.fps is not None:
         # a new rate: frames follow the duration, give or take one per chunk border
@@ -133,8 +137,11 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
     av_offset = src_offset = 0.0
     if out.of_kind("audio") and info.of_kind("audio"):
         # where the first audio track ends against where the video ends, in both files
-        av_offset = (media_end(tools, path, "a:0") - (out.video_start + out.video_duration)) * 1000
-        src_offset = (media_end(tools, info.path, "a:0") - (info.video_start + info.video_duration)) * 1000
+        audio_end = max((p.pts + p.duration for p in probed[1].get(out.of_kind("audio")[0].index, [])), default=0.0)
+        av_offset = (audio_end - (out.video_start + out.video_duration)) * 1000
+        if source_audio_end is None:
+            source_audio_end = media_end(tools, info.path, "a:0")
+        src_offset = (source_audio_end - (info.video_start + info.video_duration)) * 1000
         if abs(av_offset - src_offset) > AV_SYNC_TOLERANCE_MS:
             problems.append(f"audio ends {av_offset:+.0f} ms from the video's end, the input's {src_offset:+.0f} ms")
     if problems:
@@ -150,19 +157,31 @@ BORDER_FRAMES_AFTER = 10  # frames decoded from each chunk's first in the output
 
 
 def decode_spans_for(out: media.MediaInfo, borders: Sequence[float]) -> list[tuple[float, float]]:
-    """Time spans of the output to decode: the first frames of the file and of every chunk (a
-    chunk whose first frames do not decode with the output's parameter sets), and one random
-    border decoded straight across, from the chunk before it (a decoder that cannot run on from
-    one chunk into the next: repeated picture order counts)."""
+    """Time spans of the output to decode: the first frames of every chunk (one whose frames do
+    not decode with the output's parameter sets shows there). Decoding straight across a border
+    is check_across(), run on two chunks while the others are still being encoded."""
     frame = 1.0 / (out.frame_rate or 25.0)
     start = out.video_start
-    after = BORDER_FRAMES_AFTER * frame
     # half a frame in: ffprobe seeks to the keyframe at or before, which is the chunk's first frame
-    spans = [(start + b + frame / 2, start + b + after) for b in [0.0, *sorted(borders)]]
-    if borders:
-        b = random.choice(list(borders))
-        spans.append((start + b - 2 * frame, start + b + after))   # seeks into the chunk before
-    return spans
+    return [(start + b + frame / 2, start + b + BORDER_FRAMES_AFTER * frame) for b in [0.0, *sorted(borders)]]
+
+
+def check_across(tools: ffmpeg.Tools, first: Chunk, second: Chunk, work: Path, frame_rate: float) -> None:
+    """Decode two adjacent verified chunks joined as the output will join them, the first whole
+    (a chunk written by a worker may have no seek index) and the second's first frames: a
+    decoder that cannot run on from one chunk into the next (x265 picture order counts repeating
+    across a border) fails here, long before the join. FFmpegError if it does; one border stands
+    for all, since every chunk is encoded alike."""
+    assert first.result is not None and second.result is not None
+    listing = work / f"across_{first.index:05d}.ffconcat"
+    listing.write_text(ffmpeg.concat_list([first.result.name, second.result.name], [second.start - first.start]),
+                       encoding="utf-8")
+    frame = 1.0 / (frame_rate or 25.0)
+    border = second.start - first.start
+    try:
+        ffmpeg.decode_spans(tools, listing, [(0.0, border + BORDER_FRAMES_AFTER * frame)], concat=True)
+    finally:
+        listing.unlink(missing_ok=True)
 
 
 def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:

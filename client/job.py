@@ -179,6 +179,8 @@ class Job:
         self.ffmpeg_build: str | None = None      # every chunk is encoded by this build
         self.verify = checks.VerifyPolicy(cfg.verify_fraction)
         self.split_error: TranscoderError | None = None
+        self.border_lock = threading.Lock()
+        self.border_checked = False      # two adjacent chunks decoded across their border
 
     def run(self) -> int:
         cfg, info = self.cfg, self.info
@@ -353,6 +355,27 @@ class Job:
         link.stats.encode_seconds += seconds
         self.report(Event.CHUNK_DONE, chunk=chunk.index, worker=worker, frames=frames, seconds=round(seconds, 3))
         self.cancel_copies(chunk.index, others)     # the slower copy is no longer needed
+        self.check_a_border()
+
+    def check_a_border(self) -> None:
+        """Once two adjacent chunks are done, decode across their border (checks.check_across);
+        a failure fails the job now instead of at the join."""
+        assert self.ctx is not None
+        sched = self.ctx.scheduler
+        with self.border_lock:
+            if self.border_checked:
+                return
+            pairs = [(a, b) for a, b in zip(sched.chunks, sched.chunks[1:])
+                     if a.state is ChunkState.DONE and b.state is ChunkState.DONE]
+            pair = min(pairs, key=lambda ab: ab[0].frames, default=None)   # the cheaper to decode
+            if pair is None:
+                return
+            self.border_checked = True
+        try:
+            checks.check_across(self.cfg.tools, *pair, self.work, self.info.frame_rate)
+        except FFmpegError as exc:
+            sched.abort(f"output check failed: {pair[0].name} and {pair[1].name} do not decode across their "
+                        f"border: {exc.last_line or exc}")
 
     def cancel_copies(self, index: int, workers: set[str]) -> None:
         for link in self.links:

@@ -16,7 +16,7 @@ from common.settings import Settings
 
 log = logging.getLogger("boss")
 
-AUDIO_NICENESS = 10     # the audio encode runs beside the chunk traffic; it must not slow it
+AUDIO_NICENESS = 19     # the audio encode runs beside the chunk traffic; it must not slow it
 
 
 def mp4_stream_tags(muxer: str, video: media.Stream, audio: list[media.Stream],
@@ -42,6 +42,7 @@ class AudioJob:
                  has_audio: bool) -> None:
         self.path: Path | None = work / "audio.mka" if has_audio else None
         self.error: FFmpegError | None = None
+        self.source_end: float | None = None    # where the source's first audio track ends, for the output check
         self._thread = threading.Thread(target=self._run, args=(tools, source, acodec, abitrate), name="audio", daemon=True)
         if has_audio:
             self._thread.start()
@@ -50,6 +51,8 @@ class AudioJob:
         assert self.path is not None
         try:
             ffmpeg.run(ffmpeg.audio_cmd(tools, source, self.path, acodec, abitrate), nice=AUDIO_NICENESS)
+            # read here, while workers encode, not after the last chunk: it demuxes the whole input
+            self.source_end = checks.media_end(tools, source, "a:0")
         except FFmpegError as exc:
             self.error = exc
 
@@ -97,7 +100,8 @@ def join(tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, contain
     tmp = output.with_name(f".{output.name}.ffdt-partial{output.suffix.lower()}")
     try:
         ffmpeg.run(ffmpeg.mux_cmd(tools, plan, tmp))
-        summary = checks.verify_output(tools, info, tmp, settings, expected_frames, [c.start for c in chunks[1:]])
+        summary = checks.verify_output(tools, info, tmp, settings, expected_frames, [c.start for c in chunks[1:]],
+                                         source_audio_end=audio.source_end)
         tmp.replace(output)
     except OSError as exc:
         raise TranscoderError(f"cannot write {output}: {exc.strerror or exc}") from None

@@ -68,14 +68,16 @@ class MediaInfo:
         return [s for s in self.streams if s.kind == kind and not s.attached_pic]
 
 
-def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
-    """Probe an input; UsageError with one clear line when it cannot be transcoded."""
+def inspect(tools: ffmpeg.Tools, path: Path,
+            probed: tuple[dict, dict[int, list[ffmpeg.Packet]]] | None = None) -> MediaInfo:
+    """Probe an input; UsageError with one clear line when it cannot be transcoded. `probed`:
+    ffmpeg.probe_with_packets() of it, already run."""
     if not path.exists():
         raise UsageError(f"{path}: no such file")
     if not path.is_file():
         raise UsageError(f"{path}: not a regular file")
     try:
-        info = ffmpeg.probe(tools, path)
+        info = probed[0] if probed else ffmpeg.probe(tools, path)
     except FFmpegError as exc:
         reason = exc.last_line or "unknown format"
         raise UsageError(f"{path}: not a media file ffmpeg can read ({reason})") from exc
@@ -85,7 +87,9 @@ def inspect(tools: ffmpeg.Tools, path: Path) -> MediaInfo:
         raise UsageError(f"{path}: not a media file ffmpeg can read (no streams)")
     if not any(s.kind == "video" and not s.attached_pic for s in streams):
         raise UsageError(f"{path}: has no video stream (audio-only or data); nothing to transcode")
-    packets = ffmpeg.stream_packets(tools, path, "v:" + str(_video_position(streams)))
+    video_index = next(s.index for s in streams if s.kind == "video" and not s.attached_pic)
+    packets = probed[1].get(video_index, []) if probed else \
+        ffmpeg.stream_packets(tools, path, "v:" + str(_video_position(streams)))
     # A capture cut mid-GOP starts with frames that need a keyframe before the file: no decoder
     # shows them, and the segment muxer drops them.
     first_key = next((i for i, p in enumerate(packets) if p.key), len(packets))

@@ -24,7 +24,7 @@ from common.transfer import sha256_file
 log = logging.getLogger("boss")
 
 ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1"}   # when the first chunk confirms it
-PREFIX_PACKETS = 120       # packets of a piece decoded to confirm it (intra refresh recovers over more)
+PREFIX_PACKETS = 8         # packets decoded from a keyframe to confirm it (intra refresh recovers over more)
 
 
 def plan_cuts(keyframes: list[float], start: float, end: float, target: float) -> list[float]:
@@ -164,6 +164,9 @@ class Splitter:
         emitted = False                  # chunks have gone out: no falling back to split() now
         position = 0                     # where the next piece starts, in info.pts
         cmd = ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, list_on_stdout=True)
+        checking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="entry-check")
+        # on the input, beside the segment muxer: the first two pieces' keyframes are entry points
+        confirmed = checking.submit(self._entry_points_confirmed, [0.0, *cuts[:1]])
         try:
             with ffmpeg.run_lines(cmd, timeout=FFMPEG_TOOL_TIMEOUT) as lines:
                 for i, line in enumerate(lines):
@@ -185,7 +188,7 @@ class Splitter:
                     chunks.append(chunk)
                     if len(held) < 2 and len(chunks) <= 2:
                         held.append(chunk)
-                        if len(held) == 2 and not self._frames_confirmed(held):
+                        if len(held) == 2 and not confirmed.result():
                             raise _NotStreamable()
                         if len(held) == 2:
                             emit(held, False)
@@ -195,8 +198,10 @@ class Splitter:
         except _NotStreamable:
             shutil.rmtree(src_dir)
             return None
+        finally:
+            checking.shutdown(wait=True)
         if len(held) == 1:               # a single piece
-            if not self._frames_confirmed(held):
+            if not confirmed.result():
                 shutil.rmtree(src_dir)
                 return None
             emit(held, False)
@@ -216,13 +221,15 @@ class Splitter:
         return Chunk(index=index, source=path, size=path.stat().st_size, sha256=sha256_file(path), frames=count,
                      start=pts[0] - info.video_start, span=pts[-1] - pts[0])
 
-    def _frames_confirmed(self, first: list[Chunk]) -> bool:
-        """The first packets of the first two pieces decode to a frame each (see count_frames)."""
-        for chunk in first:
-            n = min(chunk.frames, PREFIX_PACKETS)
-            if ffmpeg.count_frames_in(self.tools, chunk.source, packets=n) != n:
-                log.debug("%s: its first %d packets are not %d frames: splitting it all first", chunk.name, n, n)
-                return False
+    def _entry_points_confirmed(self, starts: list[float]) -> bool:
+        """The first PREFIX_PACKETS packets from each of these keyframes (seconds from the input's
+        start) decode to a frame each: packets are frames (not fields) and a decoder can start
+        there (not an intra-refresh recovery point, which shows nothing until it has recovered)."""
+        shown = ffmpeg.count_frames_at(self.tools, self.input, [self.info.start + at for at in starts],
+                                       packets=PREFIX_PACKETS)
+        if any(n < PREFIX_PACKETS for n in shown):
+            log.debug("%d packets from %s decode to %s frames: splitting it all first", PREFIX_PACKETS, starts, shown)
+            return False
         return True
 
     def piece_total_check(self, files: list[Path]) -> None:
@@ -389,7 +396,7 @@ class Splitter:
 
         def prefix_agrees(i: int) -> bool:
             n = min(packets[i], PREFIX_PACKETS)
-            return ffmpeg.count_frames_in(self.tools, files[i], packets=n) == n
+            return ffmpeg.count_frames_in(self.tools, files[i], packets=n) >= n
 
         if self.info.video.codec in ONE_FRAME_PER_PACKET and all(map(prefix_agrees, range(min(2, len(files))))):
             return packets

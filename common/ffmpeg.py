@@ -5,6 +5,7 @@ like `-x.mp4` or `a:b.mp4` is never read as an option or a protocol.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import ctypes.util
@@ -261,19 +262,38 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: boo
     out = run([tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-select_streams", stream, "-show_entries",
                "packet=pts_time,dts_time,duration_time,flags,size", "-of", "compact=p=0", input_path(path)],
               strict=strict)
-    packets = []
-    for line in out.splitlines():
-        f = dict(_PKT_FIELD.findall(line))
-        pts, dts = _num(f.get("pts_time")), _num(f.get("dts_time"))
-        known = pts is not None
-        pts = pts if known else dts
-        if pts is None:
-            continue
-        size = f.get("size", "")
-        packets.append(Packet(pts, dts if dts is not None else pts, _num(f.get("duration_time")) or 0.0,
-                              f.get("flags", "").startswith("K"), known, int(size) if size.isdigit() else -1,
-                              dts is not None))
-    return packets
+    packets = [_packet(dict(_PKT_FIELD.findall(line))) for line in out.splitlines()]
+    return [p for p in packets if p is not None]
+
+
+def _packet(f: dict[str, str]) -> Packet | None:
+    """A Packet from ffprobe's packet fields (None: no timestamp at all)."""
+    pts, dts = _num(f.get("pts_time")), _num(f.get("dts_time"))
+    known = pts is not None
+    pts = pts if known else dts
+    if pts is None:
+        return None
+    size = str(f.get("size", ""))
+    return Packet(pts, dts if dts is not None else pts, _num(f.get("duration_time")) or 0.0,
+                  str(f.get("flags", "")).startswith("K"), known, int(size) if size.isdigit() else -1, dts is not None)
+
+
+def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[Packet]]]:
+    """probe() and every stream's packets (by stream index, file order) in one ffprobe run: for
+    checking an output, where each process start counts."""
+    out = run([tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-print_format", "json", "-show_format",
+               "-show_streams", "-show_chapters", "-show_entries",
+               "packet=stream_index,pts_time,dts_time,duration_time,flags,size", input_path(path)])
+    try:
+        info = json.loads(out)
+    except ValueError as exc:
+        raise FFmpegError([tools.ffprobe], 0, "unreadable ffprobe output") from exc
+    packets: dict[int, list[Packet]] = {}
+    for entry in info.pop("packets", []):
+        packet = _packet({k: str(v) for k, v in entry.items()})
+        if packet is not None:
+            packets.setdefault(int(entry.get("stream_index", -1)), []).append(packet)
+    return info, packets
 
 
 def frame_times(tools: Tools, path: Path, until: float) -> list[float | None]:
@@ -284,20 +304,39 @@ def frame_times(tools: Tools, path: Path, until: float) -> list[float | None]:
     return [_num(line.split(",")[0]) for line in out.splitlines() if line.strip()]
 
 
-def count_frames_in(tools: Tools, path: Path, packets: int) -> int:
-    """Frames a decoder outputs from the first `packets` video packets of a file (decoder
-    messages ignored, as with decode_check(count_only=True))."""
-    out = run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", f"%+#{int(packets)}",
+def count_frames_in(tools: Tools, path: Path, packets: int, start: float | None = None) -> int:
+    """Frames a decoder outputs from the first `packets` video packets of a file, or from those
+    after seeking to `start` (a keyframe's time; decoder messages ignored, as with
+    decode_check(count_only=True)). One decoder thread: a few frames are not worth more."""
+    at = "" if start is None else f"{start + 0.0005:.6f}"     # past rounding, not past the next frame
+    out = run([tools.ffprobe, "-v", "error", "-threads", "1", "-select_streams", "v:0",
+               "-read_intervals", f"{at}%+#{int(packets)}",
                "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
     return sum(1 for line in out.splitlines() if line.strip())
 
 
-def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]]) -> int:
+def count_frames_at(tools: Tools, path: Path, starts: Sequence[float], packets: int) -> list[int]:
+    """For each keyframe time in `starts` (rising), the frames a decoder outputs from the
+    `packets` packets read after seeking there; one ffprobe run, one decoder thread."""
+    intervals = ",".join(f"{t + 0.0005:.6f}%+#{int(packets)}" for t in starts)   # past rounding only
+    out = run([tools.ffprobe, "-v", "error", "-threads", "1", "-select_streams", "v:0", "-read_intervals", intervals,
+               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
+    counts = [0] * len(starts)
+    for line in out.splitlines():
+        t = _num(line.split(",")[0])
+        if t is not None:       # a frame belongs to the last interval starting at or before it
+            counts[max(0, bisect.bisect_right(starts, t + 0.001) - 1)] += 1
+    return counts
+
+
+def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]], concat: bool = False) -> int:
     """Decode the video in each (start, end) time span (from the keyframe at or before start) in
-    one ffprobe run; return the frames decoded. Any decoder message is an FFmpegError."""
-    intervals = ",".join(f"{max(0.0, a):.6f}%{b:.6f}" for a, b in spans)
-    out = run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", intervals,
-               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)],
+    one ffprobe run, of a file or (concat=True) of the files an ffconcat list joins; return the
+    frames decoded. Any decoder message is an FFmpegError."""
+    intervals = ",".join(f"{a:.6f}%{b:.6f}" if a > 0 else f"%{b:.6f}" for a, b in spans)   # 0: no seek
+    demuxer = ["-f", "concat", "-safe", "0"] if concat else []
+    out = run([tools.ffprobe, "-v", "error", *demuxer, "-i", input_path(path), "-select_streams", "v:0",
+               "-read_intervals", intervals, "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0"],
               strict=True)
     return sum(1 for line in out.splitlines() if line.strip())
 
