@@ -38,16 +38,27 @@ class VerifyPolicy:
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
         self._trusted: set[str] = set()         # ffmpeg builds with a result that passed a full check
+        self._trying: set[str] = set()          # builds with such a check under way
         self._lock = threading.Lock()
         self._random = random.SystemRandom()
 
     def wants_full(self, build: str, chunk: Chunk) -> bool:
+        """Whether to decode this result in full. While one result of an untrusted build is being
+        decoded, that build's other results get the packet checks (and the random draw) only:
+        decoding several at once would cost the boss as much, for the same knowledge."""
         with self._lock:
-            return build not in self._trusted or bool(chunk.errors) or self._random.random() < self.fraction
+            if bool(chunk.errors) or self._random.random() < self.fraction:
+                return True
+            if build in self._trusted or build in self._trying:
+                return False
+            self._trying.add(build)
+            return True
 
-    def passed_full(self, build: str) -> None:
+    def full_done(self, build: str, passed: bool) -> None:
         with self._lock:
-            self._trusted.add(build)
+            self._trying.discard(build)
+            if passed:
+                self._trusted.add(build)
 
 
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
@@ -55,18 +66,21 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
     it was decoded in full); ChunkError or FFmpegError if it fails."""
     full = policy.wants_full(build, chunk)
-    frames = _decoded_frames(tools, chunk, path, settings) if full else None
-    packets = ffmpeg.stream_packets(tools, path, strict=True)
-    odd = packet_oddity(chunk, packets, settings)
-    if odd and odd.startswith("!"):
-        raise ChunkError(f"{chunk.name}: {odd[1:]}")
-    if odd and frames is None:
-        log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
-        frames = _decoded_frames(tools, chunk, path, settings)
-    if frames is None:
-        return len(packets), False
-    policy.passed_full(build)
-    return frames, True
+    passed = False
+    try:
+        frames = _decoded_frames(tools, chunk, path, settings) if full else None
+        packets = ffmpeg.stream_packets(tools, path, strict=True)
+        odd = packet_oddity(chunk, packets, settings)
+        if odd and odd.startswith("!"):
+            raise ChunkError(f"{chunk.name}: {odd[1:]}")
+        if odd and frames is None:
+            log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
+            frames = _decoded_frames(tools, chunk, path, settings)
+        passed = frames is not None
+        return (frames, True) if frames is not None else (len(packets), False)
+    finally:
+        if full:
+            policy.full_done(build, passed)
 
 
 def _decoded_frames(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings) -> int:
@@ -153,6 +167,7 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
             "input_streams": [s.label for s in info.streams], "streams": [s.label for s in out.streams]}
 
 
+BACKGROUND_NICENESS = 10  # checks that may take their time while workers encode
 BORDER_FRAMES_AFTER = 10  # frames decoded from each chunk's first in the output
 
 
@@ -179,7 +194,8 @@ def check_across(tools: ffmpeg.Tools, first: Chunk, second: Chunk, work: Path, f
     frame = 1.0 / (frame_rate or 25.0)
     border = second.start - first.start
     try:
-        ffmpeg.decode_spans(tools, listing, [(0.0, border + BORDER_FRAMES_AFTER * frame)], concat=True)
+        ffmpeg.decode_spans(tools, listing, [(0.0, border + BORDER_FRAMES_AFTER * frame)], concat=True,
+                            nice=BACKGROUND_NICENESS)
     finally:
         listing.unlink(missing_ok=True)
 

@@ -329,7 +329,8 @@ def count_frames_at(tools: Tools, path: Path, starts: Sequence[float], packets: 
     return counts
 
 
-def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]], concat: bool = False) -> int:
+def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]], concat: bool = False,
+                 nice: int = 0) -> int:
     """Decode the video in each (start, end) time span (from the keyframe at or before start) in
     one ffprobe run, of a file or (concat=True) of the files an ffconcat list joins; return the
     frames decoded. Any decoder message is an FFmpegError."""
@@ -337,7 +338,7 @@ def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]],
     demuxer = ["-f", "concat", "-safe", "0"] if concat else []
     out = run([tools.ffprobe, "-v", "error", *demuxer, "-i", input_path(path), "-select_streams", "v:0",
                "-read_intervals", intervals, "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0"],
-              strict=True)
+              strict=True, nice=nice)
     return sum(1 for line in out.splitlines() if line.strip())
 
 
