@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from common.config import FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
+from common.encoders import ENCODERS
 from common.errors import FFmpegError, UsageError
 from common.settings import Settings
 
@@ -425,7 +426,7 @@ def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[
 # chunk at frame 228 was 0.44 dB below one run over the same frames, 0.05 dB with 25 frames of
 # warm-up (0.04 dB with 50).
 WARMUP_FRAMES = 25
-WARMUP_ENCODERS = {"libx264", "libx265"}    # whose forced keyframes are IDR with -forced-idr 1
+WARMUP_ENCODERS = {name for name, e in ENCODERS.items() if e.warmup}
 
 
 def warmup_frames(s: Settings, skip: int) -> int:
@@ -498,29 +499,20 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
 
 
 def _rate_control(s: Settings) -> list[str]:
+    """Quality or bit rate, and preset, as the encoder's table entry (common/encoders.py) says."""
+    e = ENCODERS[s.vcodec]
     args: list[str] = []
-    crf = s.crf
-    if s.vcodec == "mpeg4":
-        args += ["-q:v", str(crf if crf is not None else 4)] if s.vbitrate is None else []
-    elif s.vbitrate is None:
-        default_crf = {"libx264": 23, "libx265": 28, "libvpx-vp9": 33, "libsvtav1": 35, "libaom-av1": 32}
-        args += ["-crf", str(crf if crf is not None else default_crf[s.vcodec])]
-        if s.vcodec == "libvpx-vp9":
-            args += ["-b:v", "0"]         # constant-quality mode for VP9
-    if s.vbitrate is not None:
+    if s.vbitrate is None:
+        args += [e.quality_option, str(s.crf if s.crf is not None else e.default_quality), *e.constant_quality_extra]
+    else:
         args += ["-b:v", str(s.vbitrate)]
     if s.maxrate is not None:
         args += ["-maxrate", str(s.maxrate)]
     if s.bufsize is not None:
         args += ["-bufsize", str(s.bufsize)]
-    if s.preset is not None:
-        if s.vcodec in ("libx264", "libx265", "libsvtav1"):
-            args += ["-preset", s.preset]
-        elif s.vcodec in ("libvpx-vp9", "libaom-av1"):
-            args += ["-cpu-used", s.preset]
-    if s.vcodec == "libvpx-vp9":
-        args += ["-row-mt", "1"]
-    return args
+    if s.preset is not None and e.preset_option:
+        args += [e.preset_option, s.preset]
+    return args + list(e.always)
 
 
 def audio_cmd(tools: Tools, src: Path, dst: Path, acodec: str, abitrate: int | None) -> list[str]:

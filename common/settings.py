@@ -10,19 +10,9 @@ from decimal import Decimal
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from common.encoders import ENCODERS
 from common.errors import ProtocolError, UsageError
 
-# Video encoders we know how to drive, with the presets each accepts.
-X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                "slower", "veryslow", "placebo")
-VIDEO_ENCODERS: dict[str, dict[str, Any]] = {
-    "libx264": {"codec": "h264", "crf": (0, 51), "presets": X26X_PRESETS},
-    "libx265": {"codec": "hevc", "crf": (0, 51), "presets": X26X_PRESETS},
-    "libvpx-vp9": {"codec": "vp9", "crf": (0, 63), "presets": tuple(str(i) for i in range(9))},
-    "libsvtav1": {"codec": "av1", "crf": (0, 63), "presets": tuple(str(i) for i in range(14))},
-    "libaom-av1": {"codec": "av1", "crf": (0, 63), "presets": tuple(str(i) for i in range(9))},
-    "mpeg4": {"codec": "mpeg4", "crf": (1, 31), "presets": ()},   # built in; qscale for "crf"
-}
 PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le", "nv12")
 COLOR_PRIMARIES = ("bt709", "bt470m", "bt470bg", "smpte170m", "smpte240m", "film", "bt2020", "smpte428",
                    "smpte431", "smpte432", "jedec-p22")
@@ -68,21 +58,21 @@ class Settings:
 
     def validate(self) -> None:
         """Raise UsageError unless every value is one we accept."""
-        spec = VIDEO_ENCODERS.get(self.vcodec)
+        spec = ENCODERS.get(self.vcodec)
         if spec is None:
-            raise UsageError(f"unsupported video encoder {self.vcodec!r}; choose from {', '.join(VIDEO_ENCODERS)}")
+            raise UsageError(f"unsupported video encoder {self.vcodec!r}; choose from {', '.join(ENCODERS)}")
         if self.crf is not None and self.vbitrate is not None:
             raise UsageError("use --crf or --vbitrate, not both")
         if self.crf is not None:
-            lo, hi = spec["crf"]
+            lo, hi = spec.quality_range
             if not lo <= self.crf <= hi:
                 raise UsageError(f"--crf for {self.vcodec} must be in {lo}..{hi}")
         for name in ("vbitrate", "maxrate", "bufsize"):
             value = getattr(self, name)
             if value is not None and not 1000 <= value <= 10**10:
                 raise UsageError(f"--{name} must be between 1k and 10G bits per second")
-        if self.preset is not None and self.preset not in spec["presets"]:
-            choices = ", ".join(spec["presets"]) or "none"
+        if self.preset is not None and self.preset not in spec.presets:
+            choices = ", ".join(spec.presets) or "none"
             raise UsageError(f"--preset {self.preset!r} is not valid for {self.vcodec} (choose from {choices})")
         if self.pix_fmt is not None and self.pix_fmt not in PIX_FMTS:
             raise UsageError(f"--pix-fmt must be one of {', '.join(PIX_FMTS)}")
@@ -109,7 +99,7 @@ class Settings:
     @property
     def codec(self) -> str:
         """The codec name (h264, vp9, ...) the encoder produces."""
-        return VIDEO_ENCODERS[self.vcodec]["codec"]
+        return ENCODERS[self.vcodec].codec
 
     def to_wire(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None and v is not False

@@ -1,0 +1,40 @@
+"""Every video encoder the project drives, and what it needs to know about each: one table, so
+that adding an encoder touches this file (and its tests) only.
+
+settings.py validates against it, ffmpeg.py builds rate-control flags from it, the boss and the
+worker decide the encoder warm-up from it; which containers can hold each `codec` is
+client/media.py's CONTAINERS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow", "placebo")
+
+
+@dataclass(frozen=True)
+class Encoder:
+    name: str                          # ffmpeg's encoder name (-c:v)
+    codec: str                         # the codec it writes, as ffprobe names it
+    quality_range: tuple[int, int]     # what --crf may be
+    default_quality: int               # the encoder's own default, passed explicitly
+    quality_option: str = "-crf"       # mpeg4 takes a quantiser (-q:v) instead
+    constant_quality_extra: tuple[str, ...] = ()   # flags that make the quality mode constant quality
+    presets: tuple[str, ...] = ()      # what --preset may be
+    preset_option: str | None = None   # how a preset is passed: names (-preset) or a number (-cpu-used)
+    always: tuple[str, ...] = ()       # flags every encode of it gets
+    warmup: bool = False               # a forced keyframe is an IDR (-forced-idr): the chunk warm-up works
+
+
+ENCODERS: dict[str, Encoder] = {e.name: e for e in (
+    Encoder("libx264", "h264", (0, 51), 23, presets=X26X_PRESETS, preset_option="-preset", warmup=True),
+    Encoder("libx265", "hevc", (0, 51), 28, presets=X26X_PRESETS, preset_option="-preset", warmup=True),
+    # VP9's constant-quality mode needs a zero target bit rate; row multithreading for speed
+    Encoder("libvpx-vp9", "vp9", (0, 63), 33, constant_quality_extra=("-b:v", "0"),
+            presets=tuple(str(i) for i in range(9)), preset_option="-cpu-used", always=("-row-mt", "1")),
+    Encoder("libsvtav1", "av1", (0, 63), 35, presets=tuple(str(i) for i in range(14)), preset_option="-preset"),
+    Encoder("libaom-av1", "av1", (0, 63), 32, presets=tuple(str(i) for i in range(9)), preset_option="-cpu-used"),
+    # built into every ffmpeg; a quantiser 1..31 stands in for the CRF
+    Encoder("mpeg4", "mpeg4", (1, 31), 4, quality_option="-q:v"),
+)}
