@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.scheduler import Chunk, ChunkState
+from client.scheduler import Chunk, ChunkState, Manifest
 from common.transfer import sha256_file
 
 log = logging.getLogger("boss")
@@ -62,11 +62,13 @@ class JobState:
         finished.update(self._journal_entries())
         chunks = []
         for c in data.get("chunks", []):
-            source = self.work / "src" / Path(str(c.get("source", ""))).name
-            if not source.is_file() or source.stat().st_size != c["size"]:
+            try:
+                manifest = Manifest.from_state(c, self.work / "src")
+            except (KeyError, TypeError, ValueError):
+                return None                 # a damaged state file: start fresh
+            if not manifest.source.is_file() or manifest.source.stat().st_size != manifest.size:
                 return None                 # the split itself is incomplete: redo it
-            chunk = Chunk(index=c["index"], source=source, size=c["size"], sha256=c["sha256"], frames=c["frames"],
-                          start=c["start"], skip=c.get("skip", 0), whole=c.get("whole", True), span=c.get("span"))
+            chunk = Chunk(manifest)
             result = self.work / f"{chunk.name}.out.mkv"
             done_sha = finished.get(chunk.index)
             if done_sha and result.is_file() and sha256_file(result) == done_sha:
@@ -106,8 +108,7 @@ class JobState:
     def save(self, chunks: list[Chunk], expected_frames: int) -> None:
         """Write the whole state and start an empty journal (a fresh split, or a resumed one)."""
         data = {"version": STATE_VERSION, "identity": self.identity.to_json(), "expected_frames": expected_frames,
-                "chunks": [{"index": c.index, "source": c.source.name, "size": c.size, "sha256": c.sha256,
-                            "frames": c.frames, "start": c.start, "skip": c.skip, "whole": c.whole, "span": c.span,
+                "chunks": [{**c.manifest.to_state(),
                             "result_sha256": c.result_sha256 if c.state is ChunkState.DONE else None}
                            for c in chunks]}
         with self._lock:

@@ -252,8 +252,7 @@ class WorkerLink(threading.Thread):
         if self.job.scheduler.assigned_to(chunk.index, self.offer.name) is None:
             self._send(Msg.WAIT, retry_after=WAIT_RETRY)    # finished elsewhere during the upload
             return
-        self._send(Msg.ASSIGN, chunk=chunk.index, size=chunk.size, sha256=chunk.sha256, frames=chunk.frames,
-                   **({} if chunk.whole else {"skip": chunk.skip, "limit": chunk.frames}))
+        self._send(Msg.ASSIGN, **chunk.manifest.assign_fields())
         self.job.on_assigned()
         self.job.report(Event.CHUNK_ASSIGNED, chunk=chunk.index, worker=self.offer.name)
         log.debug("%s -> %s (attempt %d)", chunk.name, self.offer.name, chunk.attempts)

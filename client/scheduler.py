@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -22,11 +22,12 @@ class ChunkState(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass
-class Chunk:
-    """A chunk's manifest and status."""
+@dataclass(frozen=True)
+class Manifest:
+    """What a chunk is, fixed once the split has made it. The state file keeps these fields
+    (to_state/from_state) and `assign` sends a projection of them (assign_fields)."""
     index: int
-    source: Path
+    source: Path                # the bytes a worker gets (a piece of the input, stream copy)
     size: int
     sha256: str
     frames: int                 # expected frame count, from the source chunk's packets
@@ -34,6 +35,33 @@ class Chunk:
     skip: int = 0               # frames to decode and drop first (a chunk cut inside a long GOP)
     whole: bool = True          # the chunk is its whole source piece (else: `frames` after `skip`)
     span: float | None = None   # its last frame's timestamp minus its first's (None: not known)
+
+    @property
+    def name(self) -> str:
+        return f"chunk_{self.index:05d}"
+
+    def assign_fields(self) -> dict[str, object]:
+        """The keys of `assign` (common/PROTOCOL.md 8.3) for this chunk."""
+        return {"chunk": self.index, "size": self.size, "sha256": self.sha256, "frames": self.frames,
+                **({} if self.whole else {"skip": self.skip, "limit": self.frames})}
+
+    def to_state(self) -> dict[str, object]:
+        """Every field, the source by its name in the work directory's src/."""
+        return {f.name: (self.source.name if f.name == "source" else getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_state(cls, data: dict, src_dir: Path) -> Manifest:
+        """The manifest to_state() wrote (KeyError, TypeError or ValueError if it is damaged)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["source"] = src_dir / Path(str(data["source"])).name      # never a path from the file
+        return cls(**values)
+
+
+@dataclass
+class Chunk:
+    """A chunk in the scheduler: its manifest, and its scheduling state (changed under the
+    scheduler's lock only)."""
+    manifest: Manifest
     state: ChunkState = ChunkState.PENDING
     attempts: int = 0
     workers: set[str] = field(default_factory=set)        # where it is being encoded now
@@ -45,9 +73,17 @@ class Chunk:
     progress: int = 0           # frames encoded so far, as the worker reports
     started: bool = False       # a worker reported its encode began (else it may be held, prefetched)
 
-    @property
-    def name(self) -> str:
-        return f"chunk_{self.index:05d}"
+    # the manifest's fields, read-only, for the code that schedules and checks chunks
+    index = property(lambda self: self.manifest.index)
+    source = property(lambda self: self.manifest.source)
+    size = property(lambda self: self.manifest.size)
+    sha256 = property(lambda self: self.manifest.sha256)
+    frames = property(lambda self: self.manifest.frames)
+    start = property(lambda self: self.manifest.start)
+    skip = property(lambda self: self.manifest.skip)
+    whole = property(lambda self: self.manifest.whole)
+    span = property(lambda self: self.manifest.span)
+    name = property(lambda self: self.manifest.name)
 
 
 class Scheduler:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from client import media
-from client.scheduler import Chunk
+from client.scheduler import Chunk, Manifest
 from common import ffmpeg
 from common.config import FFMPEG_TOOL_TIMEOUT
 from common.errors import FFmpegError, TranscoderError
@@ -218,8 +218,8 @@ class Splitter:
             raise TranscoderError(f"splitting went wrong: piece {index} holds {count} packets at {position} "
                                   f"of {info.frames}")
         pts = sorted(info.pts[position:position + count])
-        return Chunk(index=index, source=path, size=path.stat().st_size, sha256=sha256_file(path), frames=count,
-                     start=pts[0] - info.video_start, span=pts[-1] - pts[0])
+        return Chunk(Manifest(index=index, source=path, size=path.stat().st_size, sha256=sha256_file(path),
+                              frames=count, start=pts[0] - info.video_start, span=pts[-1] - pts[0]))
 
     def _entry_points_confirmed(self, starts: list[float]) -> bool:
         """The first PREFIX_PACKETS packets from each of these keyframes (seconds from the input's
@@ -283,9 +283,9 @@ class Splitter:
             if len(ranges) == 1:
                 # field-coded pieces have two packets a frame, some without a timestamp: no span
                 size, sha = digest(path)
-                chunks.append(Chunk(index=len(chunks), source=path, size=size, sha256=sha,
-                                    frames=frames[i], start=pts[0] - info.video_start,
-                                    span=pts[-1] - pts[0] if frames[i] == packets[i] else None))
+                chunks.append(Chunk(Manifest(index=len(chunks), source=path, size=size, sha256=sha,
+                                             frames=frames[i], start=pts[0] - info.video_start,
+                                             span=pts[-1] - pts[0] if frames[i] == packets[i] else None)))
                 continue
             log.info("no clean keyframe for %.1fs: cutting piece %d into %d chunks by frame range "
                      "(each worker decodes from the keyframe before its range)", pts[-1] - pts[0], i, len(ranges))
@@ -300,9 +300,9 @@ class Splitter:
                 # no trustworthy count from the span's keyframe: decode from the piece's (clean) start
                 source, skip_in_source = (sources[span], exact) if exact is not None else (path, skip)
                 size, sha = digest(source)
-                chunks.append(Chunk(index=len(chunks), source=source, size=size, sha256=sha,
-                                    frames=count, start=pts[skip] - info.video_start,
-                                    skip=skip_in_source, whole=False, span=pts[skip + count - 1] - pts[skip]))
+                chunks.append(Chunk(Manifest(index=len(chunks), source=source, size=size, sha256=sha,
+                                             frames=count, start=pts[skip] - info.video_start, skip=skip_in_source,
+                                             whole=False, span=pts[skip + count - 1] - pts[skip])))
         self.expected_frames = sum(frames)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks

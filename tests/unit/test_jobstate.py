@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from client.jobstate import Identity, JobState
-from client.scheduler import Chunk, ChunkState
+from client.scheduler import Chunk, ChunkState, Manifest
 
 
 def make_job(tmp_path: Path, n: int = 3) -> tuple[Path, Identity, list[Chunk]]:
@@ -18,8 +18,8 @@ def make_job(tmp_path: Path, n: int = 3) -> tuple[Path, Identity, list[Chunk]]:
     for i in range(n):
         piece = work / "src" / f"piece_{i:05d}.mkv"
         piece.write_bytes(bytes([i]) * (100 + i))
-        chunks.append(Chunk(index=i, source=piece, size=piece.stat().st_size,
-                            sha256=hashlib.sha256(piece.read_bytes()).hexdigest(), frames=10, start=float(i)))
+        chunks.append(Chunk(Manifest(index=i, source=piece, size=piece.stat().st_size,
+                                     sha256=hashlib.sha256(piece.read_bytes()).hexdigest(), frames=10, start=float(i))))
     return work, Identity.of(src, {"vcodec": "libx264"}), chunks
 
 
@@ -97,8 +97,7 @@ def test_a_new_state_starts_a_new_journal(tmp_path):
     state.save(chunks, 30)
     finish(chunks[0], work)
     state.record_done(chunks[0])
-    fresh = [Chunk(index=c.index, source=c.source, size=c.size, sha256=c.sha256, frames=c.frames, start=c.start)
-             for c in chunks]                 # say, a fresh split with nothing done
+    fresh = [Chunk(c.manifest) for c in chunks]      # say, a fresh split with nothing done
     state.save(fresh, 30)
     assert not state.journal.exists()
     loaded, _ = JobState(work, identity).load()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from client.link import MAX_REFUSALS, REFUSAL_BACKOFF, JobContext, WorkerLink, WorkerOffer
-from client.scheduler import Chunk, ChunkState, Scheduler
+from client.scheduler import Chunk, ChunkState, Manifest, Scheduler
 from common.audit_events import Event
 from common.errors import ConnectionClosed
 from common.protocol import Msg, Role, expect, recv_msg, send_msg, server_hello
@@ -126,7 +126,7 @@ def chunks(tmp_path: Path) -> list[Chunk]:
         data = bytes([65 + i]) * (3000 + i)
         src = tmp_path / f"src_{i}.mkv"
         src.write_bytes(data)
-        made.append(Chunk(index=i, source=src, size=len(data), sha256=sha(data), frames=25, start=float(i)))
+        made.append(Chunk(Manifest(index=i, source=src, size=len(data), sha256=sha(data), frames=25, start=float(i))))
     return made
 
 
@@ -241,7 +241,7 @@ def test_file_connection_closed_mid_upload_ends_the_link_and_requeues_the_chunk(
     data = bytes(range(256)) * 8192                            # 2 MiB: still being sent when we hang up
     src = tmp_path / "big.mkv"
     src.write_bytes(data)
-    chunk = Chunk(index=0, source=src, size=len(data), sha256=sha(data), frames=25, start=0.0)
+    chunk = Chunk(Manifest(index=0, source=src, size=len(data), sha256=sha(data), frames=25, start=0.0))
     sched, rec = Scheduler([chunk]), Recorder()
     link = make_link(sched, rec)
     msg = worker.accept_session()

@@ -1,20 +1,21 @@
 """The boss's chunk table (client/scheduler.py): assignment, retries, lost workers, completion."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from client.scheduler import Chunk, ChunkState, Scheduler
+from client.scheduler import Chunk, ChunkState, Manifest, Scheduler
 
 NO_WAIT = 0.05
 
 
 def make_chunks(n: int) -> list[Chunk]:
-    return [Chunk(index=i, source=Path(f"src/chunk_{i:05d}.mkv"), size=1000 + i, sha256=f"{i:064x}",
-                  frames=25, start=float(i)) for i in range(n)]
+    return [Chunk(Manifest(index=i, source=Path(f"src/chunk_{i:05d}.mkv"), size=1000 + i, sha256=f"{i:064x}",
+                           frames=25, start=float(i))) for i in range(n)]
 
 
 def finish(s: Scheduler, chunk: Chunk, worker: str) -> bool:
@@ -230,7 +231,7 @@ def test_a_failed_copy_does_not_requeue_a_chunk_still_encoding_elsewhere():
 def test_the_longest_chunks_go_out_first():
     chunks = make_chunks(4)
     for chunk, frames in zip(chunks, (25, 40, 10, 40)):
-        chunk.frames = frames
+        chunk.manifest = dataclasses.replace(chunk.manifest, frames=frames)
     s = Scheduler(chunks)
     assert [s.take(f"w{i}", wait=NO_WAIT).index for i in range(4)] == [1, 3, 0, 2]
 
@@ -300,3 +301,18 @@ def test_a_worker_lost_while_holding_a_chunk_gets_no_copy_of_it_when_it_comes_ba
     assert finish(s, other, "w3")
     assert s.take("w1", wait=NO_WAIT) is None, "the woken worker is not handed its old chunk again"
     assert s.take("w3", wait=NO_WAIT) is chunk       # an idle worker that was not lost still gets a copy
+
+
+def test_a_manifest_round_trips_through_the_state_file_and_assign_sends_its_projection():
+    whole = Manifest(index=3, source=Path("/work/src/piece_00003.mkv"), size=10, sha256="a" * 64, frames=50,
+                     start=1.5, span=1.96)
+    ranged = dataclasses.replace(whole, skip=12, whole=False)
+    for m in (whole, ranged):
+        assert Manifest.from_state(m.to_state(), Path("/work/src")) == m
+    assert whole.assign_fields() == {"chunk": 3, "size": 10, "sha256": "a" * 64, "frames": 50}
+    assert ranged.assign_fields()["skip"] == 12 and ranged.assign_fields()["limit"] == 50
+    # the state file names the source; where it lives is the boss's own business
+    state = {**whole.to_state(), "source": "../../etc/passwd"}
+    assert Manifest.from_state(state, Path("/work/src")).source == Path("/work/src/passwd")
+    with pytest.raises((KeyError, TypeError)):     # the job state loader starts fresh on these
+        Manifest.from_state({k: v for k, v in whole.to_state().items() if k != "sha256"}, Path("/work/src"))
