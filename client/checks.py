@@ -66,6 +66,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
     it was decoded in full); ChunkError or FFmpegError if it fails."""
     full = policy.wants_full(build, chunk)
+    log.debug("%s from %s: %s", chunk.name, worker, "decoding in full" if full else "packet checks")
     passed = False
     try:
         frames = _decoded_frames(tools, chunk, path, settings) if full else None

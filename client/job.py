@@ -34,6 +34,7 @@ from common.audit_events import Event
 from common.config import MAX_WORKERS_PER_REQUEST
 from common.errors import ChunkError, FFmpegError, ProtocolError, TranscoderError, UsageError
 from common.protocol import Role
+from common.settings import Settings
 
 if TYPE_CHECKING:
     from client.boss import BossConfig
@@ -124,7 +125,7 @@ def check_output_path(cfg: BossConfig) -> None:
         raise UsageError(f"{cfg.report.parent}: no such directory for --report")
 
 
-def settings_for_input(cfg: BossConfig, info: media.MediaInfo):
+def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:
     """The user's settings plus what the input implies: its rotation, its colour description
     (HDR10 metadata too), padding for an odd size."""
     s = cfg.settings
