@@ -95,20 +95,26 @@ def gop_spans(pts: list[float], key: list[bool], ranges: list[tuple[int, int]], 
     return spans
 
 
-CHUNKS_PER_WORKER = 3      # enough for faster workers to take more and the short ones to fill the tail
-MIN_AUTO_CHUNK = 5.0       # seconds; shorter chunks cost size (docs/parity.md)
+CHUNKS_PER_WORKER = 3      # at most: rounds of chunks each worker takes
+PREFERRED_MIN_CHUNK = 10.0  # seconds a chunk should last, where the input allows a round per worker
+MIN_AUTO_CHUNK = 5.0       # seconds; never shorter
 MAX_AUTO_CHUNK = 120.0
 
 
 def auto_chunk_seconds(duration: float, workers: int) -> float:
-    """About three chunks per worker, between 5 s and 120 s each.
+    """A whole number of rounds, so equal workers finish together: as many rounds of one chunk per
+    worker (up to three) as keep chunks at least 10 s long, one round if even that is shorter
+    (then down to 5 s), at most 120 s a chunk.
 
-    Not shorter: every chunk starts with a keyframe and fresh rate control, and with 2 s chunks
-    the output grew 5-20 % against a single run; at 5 s all but one clip (a static 10 fps camera,
-    +6 %) stay within 5 % (docs/parity.md). Balance comes from handing out the longest chunks
-    first, prefetching, and copying a straggler's chunk to an idle worker, not from tiny chunks.
+    Not shorter: every chunk starts with a keyframe and fresh rate control. With 5 s chunks two
+    of the shared clips broke the parity bounds (a static 10 fps camera +0.32 dB, a static
+    screen +6.7 % size); at 10 s every clip stays within them (docs/parity.md). Uneven workers
+    are balanced by the longest chunks going first, prefetching, and an idle worker taking over a
+    chunk another holds but has not started, or copying a straggler's.
     """
-    return min(MAX_AUTO_CHUNK, max(MIN_AUTO_CHUNK, duration / max(1, workers * CHUNKS_PER_WORKER)))
+    w = max(1, workers)
+    rounds = max(1, min(CHUNKS_PER_WORKER, int(duration // (w * PREFERRED_MIN_CHUNK))))
+    return min(MAX_AUTO_CHUNK, max(MIN_AUTO_CHUNK, duration / (w * rounds)))
 
 
 class Splitter:

@@ -74,10 +74,12 @@ def test_never_cuts_at_the_very_start():
 # ---------------------------------------------------------------- auto_chunk_seconds
 
 @pytest.mark.parametrize("duration, workers, seconds", [
-    (600.0, 4, 50.0),      # 600 s over 4 workers * 3 chunks each
-    (60.0, 2, 10.0),
-    (60.0, 6, 5.0),        # floor: never shorter than 5 s (keyframe cost, docs/parity.md)
-    (1.0, 8, 5.0),
+    (600.0, 4, 50.0),      # 600 s over 4 workers * 3 rounds
+    (60.0, 2, 10.0),       # three rounds of 10 s
+    (60.0, 4, 15.0),       # two rounds would be 7.5 s chunks: one round of 15 s instead
+    (60.0, 6, 10.0),       # one round
+    (60.0, 8, 7.5),        # one round, even if shorter than 10 s...
+    (1.0, 8, 5.0),         # ...but never below 5 s
     (36000.0, 1, 120.0),   # ceiling: never longer than 120 s
 ])
 def test_auto_chunk_seconds(duration, workers, seconds):
