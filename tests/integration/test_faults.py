@@ -24,13 +24,17 @@ def events(cluster, kind: str, **match) -> list[dict]:
             and all(e.get(k) == v for k, v in match.items())]
 
 
-def freeze_with_a_chunk(cluster, proc: subprocess.Popen, port: int) -> int:
-    """SIGSTOP a worker as soon as it holds a chunk; returns the chunk. (The boss reports to the
-    tracker asynchronously: use a clip whose chunks take seconds, so it still holds it.)"""
-    chunk = poll_for(lambda: events(cluster, "chunk_assigned", worker=worker_name(port)), 60,
-                     "a chunk assigned to the worker to freeze")[0]["chunk"]
+def held_worker(cluster, tmp_path):
+    """A worker whose every encode is held (its ffmpeg stopped) until tmp_path/release exists."""
+    return cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "hold", "FFDT_TEST_RELEASE": str(tmp_path / "release")})
+
+
+def freeze_with_a_chunk(tmp_path, proc: subprocess.Popen) -> int:
+    """SIGSTOP a held worker (held_worker) once it is in the middle of a chunk; returns the chunk.
+    The hold makes sure it has not finished that chunk, however fast this machine encodes."""
+    held = poll_for(lambda: list(tmp_path.glob("release.held.*")), 60, "a chunk held mid-encode")
     os.kill(proc.pid, signal.SIGSTOP)
-    return chunk
+    return int(held[0].name.rsplit(".", 1)[1])
 
 
 def assigned_elsewhere(cluster, chunk: int, port: int, timeout: float) -> list[dict]:
@@ -65,14 +69,15 @@ def test_worker_killed_mid_chunk(cluster, clips, tmp_path):
 
 
 def test_frozen_worker_is_replaced_and_not_trusted_when_it_wakes(cluster, clips, tmp_path):
-    frozen, port, _ = cluster.start_worker()
+    frozen, port, _ = held_worker(cluster, tmp_path)
     cluster.start_worker()
     out = tmp_path / "out.mp4"
     boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW, "--worker-timeout", "4")
-    first = freeze_with_a_chunk(cluster, frozen, port)
+    first = freeze_with_a_chunk(tmp_path, frozen)
     try:
         assigned_elsewhere(cluster, first, port, 60)
     finally:
+        (tmp_path / "release").touch()            # awake, it encodes normally
         os.kill(frozen.pid, signal.SIGCONT)
     finish(boss)
     assert_same_media(clips["hd20.mp4"], out)
@@ -248,12 +253,12 @@ def test_a_worker_that_registers_during_a_job_joins_it(cluster, clips, tmp_path)
 
 
 def test_a_straggling_chunk_is_copied_to_an_idle_worker_and_the_first_result_wins(cluster, clips, tmp_path):
-    slow, port, _ = cluster.start_worker()
+    slow, port, _ = held_worker(cluster, tmp_path)
     cluster.start_worker()
     out = tmp_path / "out.mp4"
     # a long silence allowance: the slow worker is not lost, only slow
     boss = start_boss(cluster, clips["hd20.mp4"], out, *SLOW, "--worker-timeout", "120")
-    stuck = freeze_with_a_chunk(cluster, slow, port)
+    stuck = freeze_with_a_chunk(tmp_path, slow)
     try:
         copy = assigned_elsewhere(cluster, stuck, port, 90)
         _, err = boss.communicate(timeout=120)      # finishes while the slow worker is still stopped
