@@ -101,6 +101,7 @@ class Scheduler:
         self.finished = threading.Event()
         self.fatal: str | None = None
         self._settling = 0                # results being moved into place outside the lock
+        self._known: set[str] = set()     # workers that have asked for chunks and are still there
         self._finish_if_done()
 
     def add(self, chunks: list[Chunk], complete: bool) -> None:
@@ -117,20 +118,25 @@ class Scheduler:
     def take(self, worker: str, wait: float) -> Chunk | None:
         """The next pending chunk for `worker`, waiting up to `wait` seconds for one to appear.
 
-        With the queue empty, an idle worker (one that holds no chunk: a worker asks ahead while
-        it encodes) gets a copy of the slowest chunk still being encoded elsewhere (a straggler),
-        or one held there but not started; the first valid result wins.
+        A worker that already holds a chunk (asking ahead while it encodes) gets one only while
+        there are more pending than workers holding none: the idle ones come first. With the
+        queue empty, an idle worker gets a copy of the slowest chunk still being encoded
+        elsewhere (a straggler), or one held there but not started; the first valid result wins.
         """
         with self._cond:
+            self._known.add(worker)
             self._cond.wait_for(lambda: self._pending or self.finished.is_set(), timeout=wait)
             # a chunk requeued by a lost worker may have been verified done since: skip it
             while self._pending and self._pending[0].state is not ChunkState.PENDING:
                 self._pending.popleft()
             if self.finished.is_set():
                 return None
+            holding = self._holding()
+            if self._pending and worker in holding and \
+                    len(self._pending) <= len(self._known - holding - {worker}):
+                return None               # a worker with nothing to do gets these first
             if not self._pending:
-                if not self.complete or \
-                        any(worker in c.workers for c in self.chunks if c.state is ChunkState.ASSIGNED):
+                if not self.complete or worker in holding:
                     return None           # more chunks are coming; or busy: copies are for idle workers only
                 chunk = self._straggler(worker)
                 if chunk is not None:
@@ -145,6 +151,10 @@ class Scheduler:
             chunk.progress = 0
             chunk.started = False
             return chunk
+
+    def _holding(self) -> set[str]:
+        """Workers that hold at least one chunk being encoded or waiting to be. Lock held."""
+        return {w for c in self.chunks if c.state is ChunkState.ASSIGNED for w in c.workers}
 
     def _straggler(self, worker: str) -> Chunk | None:
         # a copy started from scratch can only win against a chunk less than half done; one that
@@ -244,6 +254,7 @@ class Scheduler:
     def release(self, worker: str, reason: str) -> list[Chunk]:
         """A worker is gone: its chunks go back to the queue (not counted as the chunk's fault)."""
         with self._cond:
+            self._known.discard(worker)
             lost = [c for c in self.chunks if worker in c.workers]
             for chunk in lost:
                 chunk.losses.append(f"{worker}: {reason}")

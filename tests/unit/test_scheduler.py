@@ -316,3 +316,16 @@ def test_a_manifest_round_trips_through_the_state_file_and_assign_sends_its_proj
     assert Manifest.from_state(state, Path("/work/src")).source == Path("/work/src/passwd")
     with pytest.raises((KeyError, TypeError)):     # the job state loader starts fresh on these
         Manifest.from_state({k: v for k, v in whole.to_state().items() if k != "sha256"}, Path("/work/src"))
+
+
+def test_asking_ahead_yields_to_a_worker_that_has_nothing():
+    s = Scheduler(make_chunks(3))
+    s.take("w1", wait=NO_WAIT)                      # w1 encodes chunk 0
+    assert finish(s, s.take("w2", wait=NO_WAIT), "w2")      # w2 did chunk 1 and holds nothing
+    assert s.take("w1", wait=NO_WAIT) is None, "w1 asking ahead must not take w2's next chunk"
+    assert s.take("w2", wait=NO_WAIT) is s.chunks[2]
+    gone = Scheduler(make_chunks(3))
+    gone.take("w1", wait=NO_WAIT)
+    assert finish(gone, gone.take("w2", wait=NO_WAIT), "w2")
+    gone.release("w2", "session ended")             # w2 left the job: w1 may ask ahead again
+    assert gone.take("w1", wait=NO_WAIT) is gone.chunks[2]
