@@ -31,6 +31,7 @@ from client.split import Splitter
 from client.tracker_client import TrackerClient
 from common import tls
 from common.audit_events import Event
+from common.encoders import ENCODERS
 from common.config import MAX_WORKERS_PER_REQUEST
 from common.errors import ChunkError, FFmpegError, ProtocolError, TranscoderError, UsageError
 from common.protocol import Role
@@ -363,6 +364,8 @@ class Job:
         a failure fails the job now instead of at the join."""
         assert self.ctx is not None
         sched = self.ctx.scheduler
+        if not ENCODERS[self.cfg.settings.vcodec].check_joins:
+            return                       # its chunks start with a keyframe that resets the decoder
         with self.border_lock:
             if self.border_checked:
                 return

@@ -25,11 +25,16 @@ class Encoder:
     preset_option: str | None = None   # how a preset is passed: names (-preset) or a number (-cpu-used)
     always: tuple[str, ...] = ()       # flags every encode of it gets
     warmup: bool = False               # a forced keyframe is an IDR (-forced-idr): the chunk warm-up works
+    # joins are decoded straight across a border (checks.check_across): x265 once turned a chunk's
+    # forced IDR into a CRA whose picture order counts ran on from the chunk before; the others'
+    # chunks start with a keyframe that resets the decoder
+    check_joins: bool = False
 
 
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (
     Encoder("libx264", "h264", (0, 51), 23, presets=X26X_PRESETS, preset_option="-preset", warmup=True),
-    Encoder("libx265", "hevc", (0, 51), 28, presets=X26X_PRESETS, preset_option="-preset", warmup=True),
+    Encoder("libx265", "hevc", (0, 51), 28, presets=X26X_PRESETS, preset_option="-preset", warmup=True,
+            check_joins=True),
     # VP9's constant-quality mode needs a zero target bit rate; row multithreading for speed
     Encoder("libvpx-vp9", "vp9", (0, 63), 33, constant_quality_extra=("-b:v", "0"),
             presets=tuple(str(i) for i in range(9)), preset_option="-cpu-used", always=("-row-mt", "1")),
