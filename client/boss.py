@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also use workers whose ffmpeg build differs from the others' (chunks may differ)")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
     p.add_argument("--verify-fraction", type=float, default=DEFAULT_VERIFY_FRACTION, metavar="F",
-                   help="besides each worker's first results, decode this random fraction of results in full "
-                   "(every result gets the packet-level checks; 1 decodes all)")
+                   help="besides the first result of each ffmpeg build, decode this random fraction of results in "
+                   "full (every result gets the packet-level checks; 1 decodes all)")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)

@@ -38,7 +38,7 @@ FFMPEG_TOOL_TIMEOUT = 6 * 60 * 60   # split / audio / concat / verify of a whole
 FFMPEG_CHUNK_CHECK_TIMEOUT = 600.0  # the boss's check of one chunk's result
 FFMPEG_PROBE_TIMEOUT = 120.0       # one ffprobe of a file's streams
 FFMPEG_QUERY_TIMEOUT = 30.0        # ffmpeg -version / -encoders
-DEFAULT_VERIFY_FRACTION = 0.1   # results the boss decodes in full, besides each worker's first
+DEFAULT_VERIFY_FRACTION = 0.1   # results the boss decodes in full, besides each ffmpeg build's first
 MAX_ATTEMPTS = 3                # a chunk failing this often fails the job
 
 # SCRAM
