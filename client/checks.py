@@ -47,7 +47,7 @@ class VerifyPolicy:
         decoded, that build's other results get the packet checks (and the random draw) only:
         decoding several at once would cost the boss as much, for the same knowledge."""
         with self._lock:
-            if bool(chunk.errors) or self._random.random() < self.fraction:
+            if chunk.errors or self._random.random() < self.fraction:
                 return True
             if build in self._trusted or build in self._trying:
                 return False
@@ -72,8 +72,6 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
         frames = _decoded_frames(tools, chunk, path, settings) if full else None
         packets = ffmpeg.stream_packets(tools, path, strict=True)
         odd = packet_oddity(chunk, packets, settings)
-        if odd and odd.startswith("!"):
-            raise ChunkError(f"{chunk.name}: {odd[1:]}")
         if odd and frames is None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
             frames = _decoded_frames(tools, chunk, path, settings)
@@ -96,13 +94,13 @@ def _decoded_frames(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Set
 
 
 def packet_oddity(chunk: Chunk, packets: list[ffmpeg.Packet], settings: Settings) -> str | None:
-    """What is wrong with a result's packets: "!reason" rejects it outright, "reason" only makes
-    it worth decoding in full, None when nothing looks wrong."""
+    """What looks odd in a result's packets, worth decoding it in full for (None: nothing).
+    ChunkError for what rejects it outright."""
     if not packets or not packets[0].key:
-        return "!does not start with a keyframe"
+        raise ChunkError(f"{chunk.name}: does not start with a keyframe")
     span = max(p.pts for p in packets) - min(p.pts for p in packets)
     if chunk.span is not None and settings.fps is None and abs(span - chunk.span) > SPAN_TOLERANCE:
-        return f"!frames span {span:.3f}s, the source's {chunk.span:.3f}s"
+        raise ChunkError(f"{chunk.name}: frames span {span:.3f}s, the source's {chunk.span:.3f}s")
     if settings.fps is None and len(packets) != chunk.frames:
         return f"{len(packets)} packets for {chunk.frames} frames"
     if any(p.size == 0 for p in packets):
@@ -152,7 +150,7 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
     av_offset = src_offset = 0.0
     if out.of_kind("audio") and info.of_kind("audio"):
         # where the first audio track ends against where the video ends, in both files
-        audio_end = max((p.pts + p.duration for p in probed[1].get(out.of_kind("audio")[0].index, [])), default=0.0)
+        audio_end = packets_end(probed[1].get(out.of_kind("audio")[0].index, []))
         av_offset = (audio_end - (out.video_start + out.video_duration)) * 1000
         if source_audio_end is None:
             source_audio_end = media_end(tools, info.path, "a:0")
@@ -203,5 +201,8 @@ def check_across(tools: ffmpeg.Tools, first: Chunk, second: Chunk, work: Path, f
 
 def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:
     """Where a stream's last packet ends."""
-    packets = ffmpeg.stream_packets(tools, path, stream)
+    return packets_end(ffmpeg.stream_packets(tools, path, stream))
+
+
+def packets_end(packets: list[ffmpeg.Packet]) -> float:
     return max((p.pts + p.duration for p in packets), default=0.0)

@@ -32,7 +32,7 @@ from client.tracker_client import TrackerClient
 from common import tls
 from common.audit_events import Event
 from common.encoders import ENCODERS
-from common.config import MAX_WORKERS_PER_REQUEST
+from common.config import MAX_REASON, MAX_WORKERS_PER_REQUEST
 from common.errors import ChunkError, FFmpegError, ProtocolError, TranscoderError, UsageError
 from common.protocol import Role
 from common.settings import Settings
@@ -66,13 +66,16 @@ class Phases:
         finally:
             self.times[name] = round(time.monotonic() - start, 3)
 
-    def mark(self, what: str) -> None:
-        """Record the first `first_assigned` and the latest `last_result`."""
-        now = round(time.monotonic() - self.started, 3)
-        if what == "first_assigned" and self.first_assigned is None:
-            self.first_assigned = now
-        elif what == "last_result":
-            self.last_result = now
+    def since_start(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def assigned(self) -> None:
+        """A chunk went out: the first time is when the chunk traffic began."""
+        if self.first_assigned is None:
+            self.first_assigned = self.since_start()
+
+    def result_in(self) -> None:
+        self.last_result = self.since_start()
 
 
 def run_boss(cfg: BossConfig) -> int:
@@ -202,7 +205,7 @@ class Job:
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, report=self.report,
                                       on_result=lambda *a: verifier.submit(self.guarded_accept, *a),
-                                      on_assigned=lambda: self.phases.mark("first_assigned"),
+                                      on_assigned=self.phases.assigned,
                                       cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,
                                       tls=cfg.tls or tls.client_context(None))
@@ -343,14 +346,14 @@ class Job:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1
             log.warning("result of %s from %s rejected: %s", chunk.name, worker, exc)
-            self.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=worker, detail=str(exc)[:300])
+            self.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=worker, detail=str(exc)[:MAX_REASON])
             sched.fail(chunk, worker, str(exc))
             return
         others = sched.done(chunk, worker, self.work / f"{chunk.name}.out.mkv", sha, received=tmp)
         if others is None:
             tmp.unlink(missing_ok=True)       # a straggler copy finished second
             return
-        self.phases.mark("last_result")
+        self.phases.result_in()
         link.stats.chunks_done += 1
         link.stats.full_checks += full
         link.stats.frames_done += frames

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from client.scheduler import Chunk, ChunkState, Scheduler
 from common.audit_events import Event
-from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, TRANSFER_STALL_TIMEOUT,
-                           WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
+from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON,
+                           TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
 from common.errors import (ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected, TransferError,
                            TranscoderError)
 from common.net import connect
@@ -32,7 +32,6 @@ log = logging.getLogger("boss")
 REFUSAL_BACKOFF = 5.0
 MAX_BAD_RESULTS = 2       # results failing verification before the job stops using a worker
 MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
-MAX_REASON = 300          # characters of a peer's reason kept in logs and audit events
 
 
 @dataclass(frozen=True)

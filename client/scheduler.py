@@ -171,9 +171,8 @@ class Scheduler:
         encoding another chunk. (A chunk just handed to an idle worker is about to start: taking
         it would only move it.) Lock held."""
         holders = chunk.workers if holders is None else holders
-        return not chunk.started and bool(holders) and all(
-            any(o is not chunk and o.started and holder in o.workers for o in self.chunks
-                if o.state is ChunkState.ASSIGNED) for holder in holders)
+        encoding = {w for c in self.chunks if c.state is ChunkState.ASSIGNED and c.started for w in c.workers}
+        return not chunk.started and bool(holders) and holders <= encoding
 
     def steal(self, chunk: Chunk, worker: str) -> set[str]:
         """`worker` took a straggler copy of `chunk`: if the others hold it behind another encode

@@ -28,7 +28,7 @@ from client.tracker_client import TrackerClient
 from common import auth, ffmpeg
 from common.audit_events import Event
 from common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
-                           MAX_CHUNK_INDEX, MAX_FRAMES, PROGRESS_INTERVAL, RECONNECT_BACKOFF_CAP,
+                           MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON, PROGRESS_INTERVAL, RECONNECT_BACKOFF_CAP,
                            RECONNECT_BACKOFF_FIRST, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
 from common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
                            RequestRejected, TranscoderError, TransferError, UsageError)
@@ -46,7 +46,6 @@ log = logging.getLogger("worker")
 
 BOSS_SILENCE_TIMEOUT = FFMPEG_CHUNK_TIMEOUT + 60   # a boss is quiet while we encode
 DISK_HEADROOM = 256 * 1024 * 1024                   # keep this much free beyond a chunk's needs
-MAX_REASON = 300                                    # characters of an ffmpeg error sent to the boss
 MAX_WAIT_RETRY = 10.0                               # a boss's `retry_after` is capped to this...
 MIN_WAIT_RETRY = 0.05                               # ... and floored to this
 ENCODER_WAIT_POLL = 0.5                             # a waiting chunk checks for a cancel this often

@@ -24,6 +24,7 @@ from common.transfer import sha256_file
 log = logging.getLogger("boss")
 
 ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1"}   # when the first chunk confirms it
+CUT_TOLERANCE = 0.0015     # a segment list prints times with 6 decimals; a cut lands on a keyframe's time
 PREFIX_PACKETS = 8         # packets decoded from a keyframe to confirm it (intra refresh recovers over more)
 
 
@@ -145,13 +146,18 @@ class Splitter:
             return None
         target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers)
         cuts = plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target)
-        position = dict(zip((k - info.start for k in info.keyframes), info.keyframe_positions))
-        bounds = [0, *(position[t] for t in cuts), info.frames]
+        bounds = self.planned_bounds(cuts)
         for a, b in zip(bounds, bounds[1:]):
             pts = sorted(info.pts[a:b])
             if len(split_piece(b - a, pts[-1] - pts[0] + 1 / info.frame_rate, target)) > 1:
                 return None
         return cuts, target
+
+    def planned_bounds(self, cuts: list[float]) -> list[int]:
+        """Where each planned piece starts in info.pts (packet positions), and the end."""
+        info = self.info
+        position = dict(zip((k - info.start for k in info.keyframes), info.keyframe_positions))
+        return [0, *(position[t] for t in cuts), info.frames]
 
     def split_streaming(self, workers: int, emit: Callable[[list[Chunk], bool], None]) -> list[Chunk] | None:
         """Cut with the segment muxer and emit each piece's chunk as the muxer finishes it; None
@@ -161,12 +167,10 @@ class Splitter:
         if plan is None:
             return None
         cuts, target = plan
-        info = self.info
-        keyframe_at = _TimeIndex([k - info.start for k in info.keyframes], info.keyframe_positions)
+        bounds = self.planned_bounds(cuts)
         src_dir = self.work / "src"
         src_dir.mkdir()
         chunks: list[Chunk] = []
-        held: list[Chunk] = []           # the first two, until their frames are confirmed
         emitted = False                  # chunks have gone out: no falling back to split() now
         position = 0                     # where the next piece starts, in info.pts
         cmd = ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, list_on_stdout=True)
@@ -179,38 +183,32 @@ class Splitter:
                     path = src_dir / f"piece_{i:05d}.mkv"
                     end = _csv_end(line)
                     # the piece ends at the next planned cut, the last one at the video's end
-                    planned = i == len(cuts) or (i < len(cuts) and end is not None
-                                                 and abs(end - cuts[i]) <= _TimeIndex.TOLERANCE)
-                    if not planned and not emitted:
-                        raise _NotStreamable()       # the muxer cut elsewhere: plan it all after the cut
-                    end_position = keyframe_at.get(end) if planned and i < len(cuts) and end is not None else None
-                    if not planned:
+                    at_cut = i < len(cuts) and end is not None and abs(end - cuts[i]) <= CUT_TOLERANCE
+                    if not (at_cut or i == len(cuts)):
+                        if not emitted:
+                            raise _NotStreamable()   # the muxer cut elsewhere: plan it all after the cut
                         log.warning("%s: the segment muxer did not cut where planned; counting its packets",
                                     path.name)
-                    count = (end_position - position) if end_position is not None else \
-                        ffmpeg.count_packets(self.tools, path)
-                    chunk = self._whole_chunk(len(chunks), path, position, count)
+                    count = bounds[i + 1] - position if at_cut else ffmpeg.count_packets(self.tools, path)
+                    chunks.append(self._whole_chunk(len(chunks), path, position, count))
                     position += count
-                    chunks.append(chunk)
-                    if len(held) < 2 and len(chunks) <= 2:
-                        held.append(chunk)
-                        if len(held) == 2 and not confirmed.result():
+                    if len(chunks) == 2:     # the first two go out together, once their frames are confirmed
+                        if not confirmed.result():
                             raise _NotStreamable()
-                        if len(held) == 2:
-                            emit(held, False)
-                            emitted = True
-                        continue
-                    emit([chunk], False)
+                        emit(chunks[:2], False)
+                        emitted = True
+                    elif len(chunks) > 2:
+                        emit(chunks[-1:], False)
         except _NotStreamable:
             shutil.rmtree(src_dir)
             return None
         finally:
             checking.shutdown(wait=True)
-        if len(held) == 1:               # a single piece
+        if len(chunks) == 1:             # a single piece
             if not confirmed.result():
                 shutil.rmtree(src_dir)
                 return None
-            emit(held, False)
+            emit(chunks, False)
         self.piece_total_check([c.source for c in chunks])
         log.info("split into %d chunk%s of about %.1fs (handed out while cutting)", len(chunks),
                  "s" if len(chunks) > 1 else "", target)
@@ -239,13 +237,20 @@ class Splitter:
         return True
 
     def piece_total_check(self, files: list[Path]) -> None:
-        """One ffprobe over all pieces: together they hold every packet of the input."""
-        listing = self.work / "src" / "pieces.ffconcat"
-        listing.write_text(ffmpeg.concat_list([f.name for f in files]), encoding="utf-8")
-        total = ffmpeg.count_packets(self.tools, listing, concat=True)
-        listing.unlink()
+        """Together the pieces hold every packet of the input."""
+        total = self.total_packets(files)
         if total != self.info.frames:
             raise TranscoderError(f"splitting lost frames: chunks hold {total}, the input has {self.info.frames}")
+
+    def total_packets(self, files: list[Path]) -> int:
+        """Video packets in all these pieces (beside each other in src/), in one ffprobe run: one
+        per piece took 2 minutes for 1,154 pieces."""
+        listing = files[0].parent / "pieces.ffconcat"
+        listing.write_text(ffmpeg.concat_list([f.name for f in files]), encoding="utf-8")
+        try:
+            return ffmpeg.count_packets(self.tools, listing, concat=True)
+        finally:
+            listing.unlink()
 
     def split(self, workers: int, entry_points: bool = True) -> list[Chunk]:
         """Cut the video at keyframes into chunk files and take each one's manifest.
@@ -372,17 +377,11 @@ class Splitter:
     def piece_packets(self, files: list[Path], cuts: list[float]) -> list[int]:
         """Video packets in each piece. When the segment muxer made the pieces planned, they
         follow from where each cut keyframe sits in the input, and one ffprobe over all pieces
-        confirms none was lost (one ffprobe per piece took 2 minutes for 1,154 pieces)."""
+        confirms none was lost."""
         info = self.info
-        total = None
-        if len(files) == len(cuts) + 1:
-            listing = files[0].parent / "pieces.ffconcat"
-            listing.write_text(ffmpeg.concat_list([f.name for f in files]), encoding="utf-8")
-            total = ffmpeg.count_packets(self.tools, listing, concat=True)
-            listing.unlink()
+        total = self.total_packets(files) if len(files) == len(cuts) + 1 else None
         if total == info.frames:
-            position = {k - info.start: i for k, i in zip(info.keyframes, info.keyframe_positions)}
-            starts = [0, *(position[t] for t in cuts), info.frames]
+            starts = self.planned_bounds(cuts)
             return [b - a for a, b in zip(starts, starts[1:])]
         log.debug("the segment muxer made %d pieces of %d packets for %d planned cuts: probing each piece",
                   len(files), total or -1, len(cuts))
@@ -413,23 +412,6 @@ class Splitter:
 
 class _NotStreamable(Exception):
     """The first pieces show this input must be split in full before chunks go out."""
-
-
-class _TimeIndex:
-    """Keyframe positions by time, matched within a tolerance (a segment list prints 6 decimals)."""
-
-    TOLERANCE = 0.0015
-
-    def __init__(self, times: list[float], positions: list[int]) -> None:
-        pairs = sorted(zip(times, positions))
-        self.times = [t for t, _ in pairs]
-        self.positions = [p for _, p in pairs]
-
-    def get(self, at: float) -> int | None:
-        i = bisect.bisect_left(self.times, at - self.TOLERANCE)
-        if i < len(self.times) and abs(self.times[i] - at) <= self.TOLERANCE:
-            return self.positions[i]
-        return None
 
 
 def _csv_end(line: str) -> float | None:

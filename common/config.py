@@ -31,6 +31,7 @@ MAX_SLOTS = 64
 DEFAULT_PREFETCH = 1            # chunks a worker holds, uploaded, beside those it encodes
 MAX_CHUNK_INDEX = 10_000_000     # chunk numbers on the wire
 MAX_FRAMES = 10**9              # frame counts and ranges on the wire
+MAX_REASON = 300                # characters of a peer's or ffmpeg's reason sent, logged or audited
 
 # ffmpeg
 FFMPEG_CHUNK_TIMEOUT = 60 * 60  # one chunk's encode

@@ -297,34 +297,37 @@ def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[P
     return info, packets
 
 
-def frame_times(tools: Tools, path: Path, until: float) -> list[float | None]:
-    """Timestamps of the frames a decoder outputs, in order, from the start of a file up to about
-    `until` seconds in (None where it has none)."""
-    out = run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", f"%+{until:.3f}",
-               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
+def _decoded_times(tools: Tools, path: Path, intervals: str, *, concat: bool = False, one_thread: bool = False,
+                   strict: bool = False, nice: int = 0) -> list[float | None]:
+    """Timestamps of the video frames a decoder outputs in ffprobe's `-read_intervals`, in order
+    (None where a frame has none): of a file, or (concat=True) of the files an ffconcat list joins.
+    strict=True: any decoder message is an FFmpegError."""
+    demuxer = ["-f", "concat", "-safe", "0"] if concat else []
+    threads = ["-threads", "1"] if one_thread else []      # a few frames are not worth more
+    out = run([tools.ffprobe, "-v", "error", *threads, *demuxer, "-i", input_path(path), "-select_streams", "v:0",
+               "-read_intervals", intervals, "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0"],
+              strict=strict, nice=nice)
     return [_num(line.split(",")[0]) for line in out.splitlines() if line.strip()]
 
 
-def count_frames_in(tools: Tools, path: Path, packets: int, start: float | None = None) -> int:
-    """Frames a decoder outputs from the first `packets` video packets of a file, or from those
-    after seeking to `start` (a keyframe's time; decoder messages ignored, as with
-    decode_check(count_only=True)). One decoder thread: a few frames are not worth more."""
-    at = "" if start is None else f"{start + 0.0005:.6f}"     # past rounding, not past the next frame
-    out = run([tools.ffprobe, "-v", "error", "-threads", "1", "-select_streams", "v:0",
-               "-read_intervals", f"{at}%+#{int(packets)}",
-               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
-    return sum(1 for line in out.splitlines() if line.strip())
+def frame_times(tools: Tools, path: Path, until: float) -> list[float | None]:
+    """Timestamps of the frames a decoder outputs, in order, from the start of a file up to about
+    `until` seconds in (None where it has none)."""
+    return _decoded_times(tools, path, f"%+{until:.3f}")
+
+
+def count_frames_in(tools: Tools, path: Path, packets: int) -> int:
+    """Frames a decoder outputs from the first `packets` video packets of a file (decoder
+    messages ignored, as with decode_check(count_only=True))."""
+    return len(_decoded_times(tools, path, f"%+#{int(packets)}", one_thread=True))
 
 
 def count_frames_at(tools: Tools, path: Path, starts: Sequence[float], packets: int) -> list[int]:
     """For each keyframe time in `starts` (rising), the frames a decoder outputs from the
     `packets` packets read after seeking there; one ffprobe run, one decoder thread."""
     intervals = ",".join(f"{t + 0.0005:.6f}%+#{int(packets)}" for t in starts)   # past rounding only
-    out = run([tools.ffprobe, "-v", "error", "-threads", "1", "-select_streams", "v:0", "-read_intervals", intervals,
-               "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", input_path(path)])
     counts = [0] * len(starts)
-    for line in out.splitlines():
-        t = _num(line.split(",")[0])
+    for t in _decoded_times(tools, path, intervals, one_thread=True):
         if t is not None:       # a frame belongs to the last interval starting at or before it
             counts[max(0, bisect.bisect_right(starts, t + 0.001) - 1)] += 1
     return counts
@@ -336,11 +339,7 @@ def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]],
     one ffprobe run, of a file or (concat=True) of the files an ffconcat list joins; return the
     frames decoded. Any decoder message is an FFmpegError."""
     intervals = ",".join(f"{a:.6f}%{b:.6f}" if a > 0 else f"%{b:.6f}" for a, b in spans)   # 0: no seek
-    demuxer = ["-f", "concat", "-safe", "0"] if concat else []
-    out = run([tools.ffprobe, "-v", "error", *demuxer, "-i", input_path(path), "-select_streams", "v:0",
-               "-read_intervals", intervals, "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0"],
-              strict=True, nice=nice)
-    return sum(1 for line in out.splitlines() if line.strip())
+    return len(_decoded_times(tools, path, intervals, concat=concat, strict=True, nice=nice))
 
 
 def count_packets(tools: Tools, path: Path, concat: bool = False) -> int:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.conftest import poll_for
+
 import client.session as session_mod
 from client.session import (MAX_WAIT_RETRY, MIN_WAIT_RETRY, BossSession, FileHandler, Worker, end_session,
                             run_session)
@@ -34,16 +36,6 @@ DATA = bytes(range(256)) * 64          # a chunk's bytes (16 KiB)
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def poll_for(predicate: Callable[[], Any], what: str, timeout: float = IO_WAIT) -> Any:
-    """Wait until predicate() is true, or fail saying what did not happen."""
-    deadline, pause = time.monotonic() + timeout, threading.Event()
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pause.wait(0.01)
-    return value
 
 
 # ---------------------------------------------------------------- the stand-in worker
@@ -300,7 +292,7 @@ def cancel_during_upload(background, run: Running) -> None:
         send_msg(conn, Msg.PUT, session=run.s.id, key=run.s.key, chunk=0, size=len(DATA), sha256=sha(DATA))
         expect(conn, Msg.OK)
         conn.sendall(DATA[:len(DATA) // 2])
-        poll_for(lambda: parts_left(run.worker.root), "the upload to reach the disk")
+        poll_for(lambda: parts_left(run.worker.root), IO_WAIT, "the upload to reach the disk", interval=0.01)
         run.send(Msg.CANCEL, chunk=0)
         run.sync()                                     # the cancel has been handled, the upload goes on
         conn.sendall(DATA[len(DATA) // 2:])
@@ -349,7 +341,8 @@ def test_cancel_of_a_prefetched_chunk_waiting_for_the_encoder(background, start,
     assert done["chunk"] == 0 and encoder.calls == [0]  # chunk 1 never reached the encoder
 
 
-def test_cancel_of_a_running_encode_sends_no_done(background, start, encoder):
+def encoding_chunk_0(background, start, encoder):
+    """A session whose chunk 0 is uploaded, assigned and inside the (held) encoder."""
     encoder.gate.clear()
     run = start()
     run.next(Msg.REQUEST)
@@ -357,6 +350,11 @@ def test_cancel_of_a_running_encode_sends_no_done(background, start, encoder):
     assign(run, 0)
     run.next(Msg.PROGRESS)
     assert encoder.started.wait(IO_WAIT)
+    return run
+
+
+def test_cancel_of_a_running_encode_sends_no_done(background, start, encoder):
+    run = encoding_chunk_0(background, start, encoder)
     run.send(Msg.CANCEL, chunk=0)
     assert run.next(Msg.REQUEST, Msg.DONE, Msg.FAILED)["type"] is Msg.REQUEST
     assert chunk_files(run, 0) == []
@@ -387,18 +385,12 @@ def test_a_failed_encode_sends_ffmpegs_last_line_without_our_paths(background, s
 
 
 def test_session_closed_while_encoding_stops_the_encode_and_frees_its_place(background, start, encoder):
-    encoder.gate.clear()
-    run = start()
-    run.next(Msg.REQUEST)
-    put(background, run, 0)
-    assign(run, 0)
-    run.next(Msg.PROGRESS)
-    assert encoder.started.wait(IO_WAIT)
+    run = encoding_chunk_0(background, start, encoder)
     run.boss.close()
     with pytest.raises(ConnectionClosed):
         run.task.join()
     assert not run.s.dir.exists() and run.s.id not in run.worker.sessions
-    poll_for(lambda: run.worker.hand.held == 0, "the encode's place to come back")
+    poll_for(lambda: run.worker.hand.held == 0, IO_WAIT, "the encode's place to come back", interval=0.01)
     assert run.worker.busy == 0 and not run.worker.reports     # cancelled, not encoded
 
 
@@ -452,7 +444,7 @@ def test_file_connection_closed_mid_upload_leaves_nothing_and_the_session_goes_o
         send_msg(conn, Msg.PUT, session=run.s.id, key=run.s.key, chunk=0, size=len(DATA), sha256=sha(DATA))
         expect(conn, Msg.OK)
         conn.sendall(DATA[:1000])
-        poll_for(lambda: parts_left(run.worker.root), "the upload to reach the disk")
+        poll_for(lambda: parts_left(run.worker.root), IO_WAIT, "the upload to reach the disk", interval=0.01)
         conn.close()
         handler.join()
     assert not parts_left(run.worker.root) and chunk_files(run, 0) == []
@@ -472,7 +464,7 @@ def test_session_closed_mid_upload_gives_places_back_and_leaves_no_part_file(bac
         send_msg(conn, Msg.PUT, session=run.s.id, key=run.s.key, chunk=0, size=len(DATA), sha256=sha(DATA))
         expect(conn, Msg.OK)
         conn.sendall(DATA[:1000])
-        poll_for(lambda: parts_left(run.worker.root), "the upload to reach the disk")
+        poll_for(lambda: parts_left(run.worker.root), IO_WAIT, "the upload to reach the disk", interval=0.01)
         run.boss.close()                               # the boss goes away mid-transfer
         with pytest.raises(ConnectionClosed):
             run.task.join()

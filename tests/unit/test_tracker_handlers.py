@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+from tests.conftest import poll_for
 
 from common.auth import login
 from common.errors import AuthError, ConnectionClosed, ProtocolError
@@ -110,15 +111,6 @@ def closed(sock: socket.socket) -> bool:
     except (ConnectionClosed, ProtocolError):
         return True
     return False
-
-
-def poll_for(predicate: Callable[[], Any], what: str, timeout: float = IO_WAIT) -> Any:
-    deadline, pause = time.monotonic() + timeout, threading.Event()
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pause.wait(0.01)
-    return value
 
 
 def start_job(sock: socket.socket) -> str:
@@ -300,7 +292,7 @@ def test_a_registered_worker_that_disconnects_is_forgotten_and_audited(tracker, 
     expect_reply(sock, Msg.REGISTER, Msg.REGISTERED, **REGISTER)
     assert [w.name for w in tracker.state.live_workers(60.0)] == ["walt@127.0.0.1:9100"]
     sock.close()
-    lost = poll_for(lambda: tracker.events("worker_lost"), "worker_lost in the audit")
+    lost = poll_for(lambda: tracker.events("worker_lost"), IO_WAIT, "worker_lost in the audit", interval=0.01)
     assert (lost[0]["worker"], lost[0]["reason"]) == ("walt@127.0.0.1:9100", "disconnected")
     assert not tracker.state.live_workers(60.0)
 
@@ -311,5 +303,5 @@ def test_a_malformed_request_gets_error_then_the_connection_is_closed_and_audite
     err = call(sock, Msg.WORKERS, job=job, count=0, encoder="libx264")     # count out of range
     assert err["type"] is Msg.ERROR and err["in_reply_to"] == "workers"
     assert closed(sock)
-    [bad] = poll_for(lambda: tracker.events("protocol_error"), "protocol_error in the audit")
+    [bad] = poll_for(lambda: tracker.events("protocol_error"), IO_WAIT, "protocol_error in the audit", interval=0.01)
     assert bad["user"] == "alice" and "count" in bad["reason"]
