@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--fps", help="output frame rate (default: keep the source's timestamps)")
     enc.add_argument("--acodec", help="audio encoder, or copy (default suits the container)")
     enc.add_argument("--abitrate", help="audio bit rate, e.g. 160k")
-    p.add_argument("--chunk-seconds", type=float, help="target chunk length (default: about 4 chunks per worker)")
+    p.add_argument("--chunk-seconds", type=float, help="target chunk length (default: whole rounds of one chunk per worker, up to 3, "
+                   "chunks of 10 s or more where the input allows)")
     p.add_argument("--work-dir", type=Path, help="where chunks are kept (default: beside OUTPUT)")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
     p.add_argument("--restart", action="store_true",
@@ -100,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also use workers whose ffmpeg build differs from the others' (chunks may differ)")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
     p.add_argument("--verify-fraction", type=float, default=DEFAULT_VERIFY_FRACTION, metavar="F",
-                   help="besides the first result of each ffmpeg build, decode this random fraction of results in "
-                   "full (every result gets the packet-level checks; 1 decodes all)")
+                   help="decode this random fraction of results in full (every result gets the packet-level "
+                   "checks, each ffmpeg build's first result a decode of its start; 1 decodes all)")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)

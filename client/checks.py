@@ -14,26 +14,31 @@ from typing import Any, Sequence
 from client import media
 from client.scheduler import Chunk
 from common import ffmpeg
-from common.config import FFMPEG_CHUNK_CHECK_TIMEOUT
+from common.config import CHECK_FIXED_SECONDS, CHECK_SECONDS_PER_FRAME
 from common.errors import ChunkError, FFmpegError, TranscoderError
 from common.settings import Settings
 
 log = logging.getLogger("boss")
 
+HEAD_FRAMES = 30             # frames decoded from the first result of each ffmpeg build
+COMPARE_FRAMES = 3           # frames of every result compared with the source's
+MIN_PSNR_DB = 18.0           # x264 at CRF 51 on camera noise: 25 dB; a red box on a quarter of the picture: 15
 AV_SYNC_TOLERANCE_MS = 50.0   # audio end vs video end may differ from the input's by this much
 SPAN_TOLERANCE = 0.002        # result vs source frame span: Matroska rounds each timestamp to 1 ms
 
 
 class VerifyPolicy:
-    """Which results the boss decodes in full; the rest get the packet-level checks only.
+    """Which results the boss decodes, and how much of them; the rest get the packet checks only.
 
     Every result: its SHA-256 (on arrival), then ffprobe over its packets, which decodes nothing:
     the demuxer reads it without a message, one packet per expected frame, a keyframe first, no
     empty packet, rising decode timestamps, and the frames span the source's time. Decoded in
-    full as well: results from an ffmpeg build until one of its results has passed a full check
-    (a broken build or encoder shows at once), a retried chunk, any result whose packets look odd,
-    and a random `fraction` of the rest (drawn from the system's random source, so a worker
-    cannot tell which of its results will be decoded)."""
+    full as well: a retried chunk, any result whose packets look odd, and a random `fraction` of
+    the rest (drawn from the system's random source, so a worker cannot tell which of its results
+    will be decoded). The first result of each ffmpeg build has its first HEAD_FRAMES frames
+    decoded (a build whose encoder makes what the boss's decoder cannot read shows at once, for
+    a few frames' cost rather than a whole chunk's: with one round of chunks that decode sat
+    between the last result and the output)."""
 
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
@@ -42,19 +47,20 @@ class VerifyPolicy:
         self._lock = threading.Lock()
         self._random = random.SystemRandom()
 
-    def wants_full(self, build: str, chunk: Chunk) -> bool:
-        """Whether to decode this result in full. While one result of an untrusted build is being
-        decoded, that build's other results get the packet checks (and the random draw) only:
-        decoding several at once would cost the boss as much, for the same knowledge."""
+    def decode_frames(self, build: str, chunk: Chunk) -> int | None:
+        """How many of this result's frames to decode: None for all, 0 for none. While one result
+        of an untrusted build is being decoded, that build's other results get the packet checks
+        (and the random draw) only: decoding several at once would cost the boss as much, for the
+        same knowledge."""
         with self._lock:
             if chunk.errors or self._random.random() < self.fraction:
-                return True
+                return None
             if build in self._trusted or build in self._trying:
-                return False
+                return 0
             self._trying.add(build)
-            return True
+            return HEAD_FRAMES
 
-    def full_done(self, build: str, passed: bool) -> None:
+    def decoded(self, build: str, passed: bool) -> None:
         with self._lock:
             self._trying.discard(build)
             if passed:
@@ -65,26 +71,55 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
                  worker: str, build: str) -> tuple[int, bool]:
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
     it was decoded in full); ChunkError or FFmpegError if it fails."""
-    full = policy.wants_full(build, chunk)
-    log.debug("%s from %s: %s", chunk.name, worker, "decoding in full" if full else "packet checks")
+    limit = wanted = policy.decode_frames(build, chunk)
+    timeout = check_timeout(chunk)
+    log.debug("%s from %s: %s", chunk.name, worker, "decoding in full" if limit is None else
+              f"decoding {limit} frames" if limit else "packet checks")
     passed = False
     try:
-        frames = _decoded_frames(tools, chunk, path, settings) if full else None
-        packets = ffmpeg.stream_packets(tools, path, strict=True)
+        packets = ffmpeg.stream_packets(tools, path, strict=True, peer=True, timeout=timeout)
         odd = packet_oddity(chunk, packets, settings)
-        if odd and frames is None:
+        if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
-            frames = _decoded_frames(tools, chunk, path, settings)
-        passed = frames is not None
-        return (frames, True) if frames is not None else (len(packets), False)
+            limit = None
+        if limit is None:
+            frames = _decoded_frames(tools, chunk, path, settings, timeout)
+        else:
+            if limit:
+                ffmpeg.decode_check(tools, path, frames=limit, peer=True, timeout=timeout)
+            frames = len(packets)
+        compare_with_source(tools, chunk, path, settings, None if limit is None else COMPARE_FRAMES, timeout)
+        passed = True
+        return frames, limit is None
     finally:
-        if full:
-            policy.full_done(build, passed)
+        if wanted != 0:
+            policy.decoded(build, passed)
 
 
-def _decoded_frames(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings) -> int:
+def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, frames: int | None,
+                        timeout: float) -> None:
+    """The result's first `frames` frames (None: all) against the source's, by PSNR: a worker
+    that returns a well-formed but different picture fails here. ChunkError if one is below
+    MIN_PSNR_DB."""
+    values = ffmpeg.psnr_against_source(tools, chunk.source, path, settings,
+                                        None if chunk.whole else (chunk.skip, chunk.frames), frames, timeout=timeout)
+    if not values:
+        raise ChunkError(f"{chunk.name}: no frame to compare with the source")
+    worst = min(range(len(values)), key=values.__getitem__)
+    if values[worst] < MIN_PSNR_DB:
+        raise ChunkError(f"{chunk.name}: frame {worst} is not the source's picture "
+                         f"(PSNR {values[worst]:.1f} dB, below {MIN_PSNR_DB:g})")
+
+
+def check_timeout(chunk: Chunk) -> float:
+    """How long one ffmpeg/ffprobe run checking a result may take: in proportion to the chunk,
+    so a result made to stall the boss (a decoder bomb) costs it a bounded time."""
+    return CHECK_FIXED_SECONDS + CHECK_SECONDS_PER_FRAME * chunk.frames
+
+
+def _decoded_frames(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, timeout: float) -> int:
     """Decode a result start to end: no decoder message, exactly the chunk's frames."""
-    frames = ffmpeg.decode_check(tools, path, timeout=FFMPEG_CHUNK_CHECK_TIMEOUT)
+    frames = ffmpeg.decode_check(tools, path, peer=True, timeout=timeout)
     if settings.fps is not None:
         if frames == 0:          # a new frame rate: the total is checked at the end
             raise ChunkError(f"{chunk.name}: no frames")

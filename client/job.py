@@ -29,7 +29,7 @@ from client.reporter import EventReporter
 from client.scheduler import Chunk, ChunkState, Scheduler
 from client.split import Splitter
 from client.tracker_client import TrackerClient
-from common import tls
+from common import ffmpeg, tls
 from common.audit_events import Event
 from common.encoders import ENCODERS
 from common.config import MAX_REASON, MAX_WORKERS_PER_REQUEST
@@ -201,7 +201,8 @@ class Job:
                 raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
             audio = AudioJob(cfg.tools, cfg.input, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
             scheduler, splitting = self.plan(len(offers))
-            with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier:
+            with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier, \
+                    ffmpeg.children_killed_on_error():
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, report=self.report,
                                       on_result=lambda *a: verifier.submit(self.guarded_accept, *a),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from client import faults
 from client.scheduler import Chunk, ChunkState, Scheduler
 from common.audit_events import Event
 from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON,
@@ -25,7 +26,7 @@ from common.net import connect
 from common.protocol import (Msg, Role, client_hello, expect, field, int_field, recv_msg_or_reject,
                              send_msg)
 from common.settings import Settings
-from common.transfer import recv_file, send_file
+from common.transfer import recv_file, send_file, sha256_file
 
 log = logging.getLogger("boss")
 
@@ -234,7 +235,7 @@ class WorkerLink(threading.Thread):
 
     def _assign(self, chunk: Chunk) -> None:
         try:
-            self._put(chunk)
+            sent = self._put(chunk)
         except RequestRejected as exc:
             # the worker refused it (disk nearly full, the copy arrived damaged): not the chunk's
             # fault, so it goes back to the queue uncounted and this worker waits a little
@@ -251,7 +252,7 @@ class WorkerLink(threading.Thread):
         if self.job.scheduler.assigned_to(chunk.index, self.offer.name) is None:
             self._send(Msg.WAIT, retry_after=WAIT_RETRY)    # finished elsewhere during the upload
             return
-        self._send(Msg.ASSIGN, **chunk.manifest.assign_fields())
+        self._send(Msg.ASSIGN, **{**chunk.manifest.assign_fields(), **sent})
         self.job.on_assigned()
         self.job.report(Event.CHUNK_ASSIGNED, chunk=chunk.index, worker=self.offer.name)
         log.debug("%s -> %s (attempt %d)", chunk.name, self.offer.name, chunk.attempts)
@@ -267,16 +268,21 @@ class WorkerLink(threading.Thread):
             raise
         return sock
 
-    def _put(self, chunk: Chunk) -> None:
+    def _put(self, chunk: Chunk) -> dict[str, Any]:
+        """Upload a chunk's bytes; returns their size and sha256 for `assign`."""
+        source, size, sha = chunk.source, chunk.size, chunk.sha256
+        if faults.on("playlist-chunks"):
+            source = faults.outgoing(source)
+            size, sha = source.stat().st_size, sha256_file(source)
         with self._file_conn() as sock:
-            send_msg(sock, Msg.PUT, session=self.session, key=self.key, chunk=chunk.index,
-                     size=chunk.size, sha256=chunk.sha256)
+            send_msg(sock, Msg.PUT, session=self.session, key=self.key, chunk=chunk.index, size=size, sha256=sha)
             expect(sock, Msg.OK)          # room for it: send the bytes
-            send_file(sock, chunk.source, chunk.size)
+            send_file(sock, source, size)
             reply = expect(sock, Msg.OK)
-            if reply.get("sha256") != chunk.sha256:
+            if reply.get("sha256") != sha:
                 raise TransferError(f"{chunk.name}: worker confirmed the wrong checksum")
-        self.stats.bytes_sent += chunk.size
+        self.stats.bytes_sent += size
+        return {"size": size, "sha256": sha}
 
     def _collect(self, msg: dict) -> None:
         sched = self.job.scheduler

@@ -36,7 +36,10 @@ MAX_REASON = 300                # characters of a peer's or ffmpeg's reason sent
 # ffmpeg
 FFMPEG_CHUNK_TIMEOUT = 60 * 60  # one chunk's encode
 FFMPEG_TOOL_TIMEOUT = 6 * 60 * 60   # split / audio / concat / verify of a whole input
-FFMPEG_CHUNK_CHECK_TIMEOUT = 600.0  # the boss's check of one chunk's result
+# One check of a result (client/checks.py check_timeout): this much, plus this much per frame (a
+# decode at 10 fps still finishes). A result made to stall the boss is killed at the deadline.
+CHECK_FIXED_SECONDS = 20.0
+CHECK_SECONDS_PER_FRAME = 0.1
 FFMPEG_PROBE_TIMEOUT = 120.0       # one ffprobe of a file's streams
 FFMPEG_QUERY_TIMEOUT = 30.0        # ffmpeg -version / -encoders
 DEFAULT_VERIFY_FRACTION = 0.1   # results the boss decodes in full, besides each ffmpeg build's first

@@ -33,6 +33,14 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 BASE_FLAGS = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+# A file a peer sent (a chunk on a worker, a result on the boss) is opened as Matroska with local
+# files as the only protocol: a playlist, a concat script or any other indirection in it fails
+# instead of making ffmpeg read the host's other files or the network.
+PEER_FILE = ["-f", "matroska", "-protocol_whitelist", "file"]
+CONCAT = ["-f", "concat", "-safe", "0", "-protocol_whitelist", "file"]    # lists the boss wrote itself
+# What an ffmpeg child may see of our environment: ffmpeg parses hostile bytes, so nothing of ours
+# (FFDT_PASSWORD above all) goes to it; only what finding libraries and devices needs.
+CHILD_ENV_KEYS = ("PATH", "TMPDIR", "LANG", "LC_ALL", "LD_LIBRARY_PATH", "LIBVA_DRIVER_NAME", "CUDA_VISIBLE_DEVICES")
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "client" / "ffmpeg"
 INSTALL_HINT = "install it (Debian/Ubuntu: sudo apt-get install ffmpeg) or pass --ffmpeg PATH"
 
@@ -73,28 +81,84 @@ def input_path(path: Path) -> str:
     return "file:" + str(path)
 
 
+def input_args(path: Path, peer: bool = False) -> list[str]:
+    """`-i` and the path, with the demuxer forced (PEER_FILE) for a file a peer sent."""
+    return [*(PEER_FILE if peer else []), "-i", input_path(path)]
+
+
+def child_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in CHILD_ENV_KEYS if k in os.environ}
+
+
 # ---------------------------------------------------------------- runners
 
 def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0, strict: bool = False) -> str:
     """Run to completion; return stdout. FFmpegError with stderr's tail on failure or timeout,
     and with strict=True also when it printed any message (run it with `-v error`).
-    nice > 0 runs the child at a lower priority (work that must not slow the job's main path)."""
+    nice > 0 runs the child at a lower priority (work that must not slow the job's main path).
+    The child is killed on timeout, on any exception here, and by kill_children()."""
     log.debug("running %s", shlex.join(cmd))
     started = time.monotonic()
     try:
-        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace", timeout=timeout,
-                              preexec_fn=(lambda: _lower_priority(nice)) if nice else die_with_parent)
-    except subprocess.TimeoutExpired as exc:   # run() has already killed the child
-        raise FFmpegError(cmd, None, f"no result after {timeout:g}s") from exc
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="replace", env=child_env(),
+                                preexec_fn=(lambda: _lower_priority(nice)) if nice else die_with_parent)
     except OSError as exc:
         raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
+    with _tracked(proc):
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            raise FFmpegError(cmd, None, f"no result after {timeout:g}s") from exc
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     log.debug("%.2fs for %s", time.monotonic() - started, Path(cmd[0]).name)
-    if done.returncode != 0:
-        raise FFmpegError(cmd, done.returncode, tail(done.stderr))
-    if strict and done.stderr.strip():
-        raise FFmpegError(cmd, 0, tail(done.stderr, 1))
-    return done.stdout
+    if proc.returncode != 0:
+        raise FFmpegError(cmd, proc.returncode, tail(stderr) or "killed")
+    if strict and stderr.strip():
+        raise FFmpegError(cmd, 0, tail(stderr, 1))
+    return stdout
+
+
+_live: set[subprocess.Popen] = set()       # children of run() and _child() still running
+_live_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _tracked(proc: subprocess.Popen) -> Iterator[None]:
+    with _live_lock:
+        _live.add(proc)
+    try:
+        yield
+    finally:
+        with _live_lock:
+            _live.discard(proc)
+
+
+@contextlib.contextmanager
+def children_killed_on_error() -> Iterator[None]:
+    """If the block ends by an exception (Ctrl-C, SIGTERM, a failed job), kill every child first:
+    threads waiting on them (checks in a pool) then return at once instead of holding it up."""
+    try:
+        yield
+    except BaseException:
+        kill_children()
+        raise
+
+
+def kill_children() -> None:
+    """Kill every ffmpeg/ffprobe child still running, whichever thread waits on it: on Ctrl-C or
+    SIGTERM a check running in a pool thread must not hold the exit up (each waiting thread then
+    sees its child fail)."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
 
 
 def tail(stderr: str, lines: int = 5) -> str:
@@ -161,10 +225,12 @@ def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
     with tempfile.TemporaryFile("w+", errors="replace") as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    errors="replace", preexec_fn=die_with_parent)
+                                    errors="replace", env=child_env(), preexec_fn=die_with_parent)
         except OSError as exc:
             raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
         child = _Child(proc)
+        with _live_lock:
+            _live.add(proc)
 
         def expire() -> None:
             child.timed_out = True
@@ -182,6 +248,8 @@ def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
             raise
         finally:
             timer.cancel()
+            with _live_lock:
+                _live.discard(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
         err.seek(0)
@@ -257,12 +325,14 @@ class Packet:
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
 
 
-def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: bool = False) -> list[Packet]:
+def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: bool = False,
+                   peer: bool = False, timeout: float = FFMPEG_TOOL_TIMEOUT) -> list[Packet]:
     """The packets of one stream (the first video one by default) in file (decode) order,
-    without decoding them. strict=True: any demuxer message (a damaged file) is an FFmpegError."""
-    out = run([tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-select_streams", stream, "-show_entries",
-               "packet=pts_time,dts_time,duration_time,flags,size", "-of", "compact=p=0", input_path(path)],
-              strict=strict)
+    without decoding them. strict=True: any demuxer message (a damaged file) is an FFmpegError;
+    peer=True: a file a peer sent (PEER_FILE)."""
+    out = run([tools.ffprobe, "-v", "error", "-fflags", "+genpts", *input_args(path, peer), "-select_streams", stream,
+               "-show_entries", "packet=pts_time,dts_time,duration_time,flags,size", "-of", "compact=p=0"],
+              strict=strict, timeout=timeout)
     packets = [_packet(dict(_PKT_FIELD.findall(line))) for line in out.splitlines()]
     return [p for p in packets if p is not None]
 
@@ -302,7 +372,7 @@ def _decoded_times(tools: Tools, path: Path, intervals: str, *, concat: bool = F
     """Timestamps of the video frames a decoder outputs in ffprobe's `-read_intervals`, in order
     (None where a frame has none): of a file, or (concat=True) of the files an ffconcat list joins.
     strict=True: any decoder message is an FFmpegError."""
-    demuxer = ["-f", "concat", "-safe", "0"] if concat else []
+    demuxer = CONCAT if concat else []
     threads = ["-threads", "1"] if one_thread else []      # a few frames are not worth more
     out = run([tools.ffprobe, "-v", "error", *threads, *demuxer, "-i", input_path(path), "-select_streams", "v:0",
                "-read_intervals", intervals, "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0"],
@@ -345,7 +415,7 @@ def decode_spans(tools: Tools, path: Path, spans: Sequence[tuple[float, float]],
 def count_packets(tools: Tools, path: Path, concat: bool = False) -> int:
     """Video packets in a file, every one (stream_packets skips those without timestamps), or
     with concat=True in all the files of an ffconcat list: one ffprobe run, not one per file."""
-    demuxer = ["-f", "concat", "-safe", "0"] if concat else []
+    demuxer = CONCAT if concat else []
     out = run([tools.ffprobe, "-v", "error", *demuxer, "-i", input_path(path),
                "-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets",
                "-of", "default=noprint_wrappers=1"])
@@ -363,22 +433,26 @@ def _num(text: str | None) -> float | None:
 
 
 def decode_check(tools: Tools, path: Path, *, with_audio: bool = False, audio_only: bool = False,
-                 count_only: bool = False, timeout: float = FFMPEG_TOOL_TIMEOUT) -> int:
-    """Decode start to end; return the video frame count. Any message is an error unless
+                 count_only: bool = False, frames: int | None = None, peer: bool = False,
+                 timeout: float = FFMPEG_TOOL_TIMEOUT) -> int:
+    """Decode start to end (or the first `frames` video frames); return the video frame count.
+    Any message is an error unless
     count_only=True: a piece of the source may warn where a single run over the source warns
     too (broken DTS; H.264 "mmco: unref short failure" after an open-GOP keyframe)."""
     cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-nostats", "-progress", "pipe:1",
-           "-i", input_path(path)]
+           *input_args(path, peer)]
     if not audio_only:
         cmd += ["-map", "0:v:0"]
     if with_audio or audio_only:
         cmd += ["-map", "0:a?"]
+    if frames is not None:
+        cmd += ["-frames:v", str(frames)]
     cmd += ["-fps_mode", "passthrough", "-enc_time_base", "-1", "-f", "null", "-"]
-    frames = [0]
-    stderr = run_with_progress(cmd, timeout=timeout, on_frames=lambda n: frames.__setitem__(0, n))
+    seen = [0]
+    stderr = run_with_progress(cmd, timeout=timeout, on_frames=lambda n: seen.__setitem__(0, n))
     if stderr.strip() and not count_only:
         raise FFmpegError(cmd, 0, f"decode errors in {path.name}: {tail(stderr, 1)}")
-    return frames[0]
+    return seen[0]
 
 
 def capabilities(tools: Tools) -> tuple[str, list[str]]:
@@ -445,21 +519,9 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     frame_range=(skip, count): decode from the start, drop `skip` frames, encode the next `count`
     (a chunk cut inside a long GOP). warmup=N (up to skip): encode N frames before those, then
     split them off into warmup_parts(dst) (see WARMUP_FRAMES)."""
-    cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", "-i", input_path(src),
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", *input_args(src, peer=True),
            "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
-    # Chunks carry no display matrix, so turn the picture as ffmpeg's autorotate would in a
-    # single run; then scale the picture the viewer sees.
-    filters = {0: [], 90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}[s.rotate]
-    if frame_range is not None:
-        skip, count = frame_range
-        filters = [f"trim=start_frame={int(skip) - warmup}:end_frame={int(skip) + int(count)}",
-                   "setpts=PTS-STARTPTS", *filters]
-    if s.pad_even:
-        filters.append("pad=ceil(iw/2)*2:ceil(ih/2)*2")     # 4:2:0 needs even sizes; keep every pixel
-    if s.scale_w is not None:
-        filters.append(f"scale={s.scale_w}:{s.scale_h}")
-    if s.fps is not None:
-        filters.append(f"fps={s.fps}")
+    filters = picture_filters(s, frame_range, warmup)
     if filters:
         cmd += ["-vf", ",".join(filters)]
     # Keep every frame with its own timestamp (VFR included): by default ffmpeg would drop frames
@@ -495,6 +557,43 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
                 "-segment_format", "matroska", input_path(dst.with_name(dst.name + ".%d"))]
         return cmd
     return cmd + ["-f", "matroska", input_path(dst)]
+
+
+def picture_filters(s: Settings, frame_range: tuple[int, int] | None = None, warmup: int = 0) -> list[str]:
+    """The filters between a chunk's decoded frames and the encoder (encode_cmd; the boss's
+    comparison with the source runs the same)."""
+    # Chunks carry no display matrix, so turn the picture as ffmpeg's autorotate would in a
+    # single run; then scale the picture the viewer sees.
+    filters = {0: [], 90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}[s.rotate]
+    if frame_range is not None:
+        skip, count = frame_range
+        filters = [f"trim=start_frame={int(skip) - warmup}:end_frame={int(skip) + int(count)}",
+                   "setpts=PTS-STARTPTS", *filters]
+    if s.pad_even:
+        filters.append("pad=ceil(iw/2)*2:ceil(ih/2)*2")     # 4:2:0 needs even sizes; keep every pixel
+    if s.scale_w is not None:
+        filters.append(f"scale={s.scale_w}:{s.scale_h}")
+    if s.fps is not None:
+        filters.append(f"fps={s.fps}")
+    return filters
+
+
+def psnr_against_source(tools: Tools, source: Path, result: Path, s: Settings,
+                        frame_range: tuple[int, int] | None, frames: int | None, *, timeout: float) -> list[float]:
+    """PSNR (dB, all planes) of each of the first `frames` frames of a result (None: all) against
+    the source chunk's frames as the encoder saw them (picture_filters). Frames are paired by
+    their index, not their timestamps (Matroska rounds those to 1 ms)."""
+    ref = ",".join([*picture_filters(s, frame_range), "setpts=N"])
+    cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-i", input_path(source),
+           *input_args(result, peer=True), "-filter_complex",
+           f"[0:v:0]{ref}[ref];[1:v:0]setpts=N[res];[res][ref]psnr=stats_file=-:shortest=1",
+           *(["-frames:v", str(frames)] if frames else []), "-f", "null", "-"]
+    values = []
+    for line in run(cmd, timeout=timeout).splitlines():
+        found = re.search(r"psnr_avg:(\S+)", line)
+        if found:
+            values.append(float(found[1]))      # "inf" for identical frames
+    return values
 
 
 def _rate_control(s: Settings) -> list[str]:
@@ -557,7 +656,7 @@ class MuxPlan:
 
 def mux_cmd(tools: Tools, plan: MuxPlan, dst: Path) -> list[str]:
     """Join the chunks (concat demuxer) and mux in audio, subtitles, chapters and metadata."""
-    cmd = [tools.ffmpeg, *BASE_FLAGS, "-f", "concat", "-i", input_path(plan.concat_list)]
+    cmd = [tools.ffmpeg, *BASE_FLAGS, *CONCAT, "-i", input_path(plan.concat_list)]
     src = 1
     if plan.audio is not None:
         cmd += ["-itsoffset", f"{plan.audio_offset:.6f}", "-i", input_path(plan.audio)]

@@ -154,9 +154,9 @@ class Cluster:
         return entry
 
     def boss(self, src: Path, out: Path, *extra: str, user: str = "b", password: str = PASSWORD,
-             timeout: float = 300) -> subprocess.CompletedProcess:
+             timeout: float = 300, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return run_cli("client/boss.py", str(src), "-o", str(out), "--tracker", self.addr, "--user", user,
-                       "--quiet", *extra, password=password, timeout=timeout)
+                       "--quiet", *extra, password=password, timeout=timeout, extra_env=extra_env)
 
     def audit(self, job: str | None = None) -> list[dict]:
         args = ["logs", "--data-dir", str(self.data), "--json"] + (["--job", job] if job else [])

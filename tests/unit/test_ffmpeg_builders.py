@@ -82,7 +82,9 @@ def test_input_named_like_a_protocol_is_protected():
 def test_encode_cmd_defaults_golden():
     cmd = encode_cmd(TOOLS, Path("/w/chunk_00003.mkv"), Path("/w/chunk_00003.enc.mkv"), Settings())
     assert cmd == [
-        "ffmpeg", *BASE, "-nostats", "-progress", "pipe:1", "-i", "file:/w/chunk_00003.mkv",
+        "ffmpeg", *BASE, "-nostats", "-progress", "pipe:1",
+        "-f", "matroska", "-protocol_whitelist", "file",       # the boss's bytes: no playlist, no protocol
+        "-i", "file:/w/chunk_00003.mkv",
         "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1",
         "-fps_mode", "passthrough", "-enc_time_base", "-1",     # every frame keeps its own timestamp
         "-c:v", "libx264", "-crf", "23",
@@ -226,7 +228,7 @@ def test_mux_cmd_inputs_are_concat_audio_then_source_with_their_offsets():
     cmd = mux_cmd(TOOLS, full_plan(), Path("/out/movie.mp4"))
     assert inputs_of(cmd) == ["file:/w/list.ffconcat", "file:/w/audio.mka", "file:/in/movie.mkv"]
     concat = cmd.index("file:/w/list.ffconcat")
-    assert cmd[concat - 3:concat - 1] == ["-f", "concat"]       # the list is read by the concat demuxer
+    assert cmd[concat - 7:concat - 1] == ["-f", "concat", "-safe", "0", "-protocol_whitelist", "file"]
     for path, offset in (("file:/w/audio.mka", 0.021), ("file:/in/movie.mkv", -0.04)):
         i = cmd.index(path)
         assert cmd[i - 1] == "-i" and cmd[i - 3] == "-itsoffset"   # -itsoffset applies to the next input
@@ -389,7 +391,7 @@ def test_warm_up_starts_earlier_forces_an_idr_and_splits_there():
     assert cmd[cmd.index("-vf") + 1].split(",")[0] == "trim=start_frame=75:end_frame=150"
     assert value_of(cmd, "-force_key_frames") == "expr:eq(n,25)"      # the chunk's first frame
     assert value_of(cmd, "-forced-idr") == "1"
-    assert value_of(cmd, "-f") == "segment" and value_of(cmd, "-segment_frames") == "25"
+    assert values_of(cmd, "-f") == ["matroska", "segment"] and value_of(cmd, "-segment_frames") == "25"
     assert cmd[-1] == "file:/w/c.mkv.%d"
     assert [p.name for p in warmup_parts(Path("/w/c.mkv"))] == ["c.mkv.0", "c.mkv.1"]
 

@@ -1,0 +1,40 @@
+"""Which results the boss decodes (client/checks.py VerifyPolicy): the start of each ffmpeg
+build's first result, retried chunks and a random sample in full, the rest by packets only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from client.checks import HEAD_FRAMES, VerifyPolicy
+from client.scheduler import Chunk, Manifest
+
+
+def chunk(i: int, errors: list[str] | None = None) -> Chunk:
+    return Chunk(Manifest(index=i, source=Path(f"src/chunk_{i:05d}.mkv"), size=1, sha256="0" * 64, frames=10,
+                          start=float(i)), errors=errors or [])
+
+
+def test_a_builds_first_result_has_its_start_decoded_then_the_build_gets_packet_checks():
+    policy = VerifyPolicy(0.0)
+    assert policy.decode_frames("ffmpeg 5.1", chunk(0)) == HEAD_FRAMES
+    # while that check runs, the same build's other results are not decoded a second time
+    assert policy.decode_frames("ffmpeg 5.1", chunk(1)) == 0
+    # another build is checked on its own
+    assert policy.decode_frames("ffmpeg 6.0", chunk(2)) == HEAD_FRAMES
+    policy.decoded("ffmpeg 5.1", passed=True)
+    assert policy.decode_frames("ffmpeg 5.1", chunk(3)) == 0
+
+
+def test_a_failed_first_check_leaves_the_build_untrusted():
+    policy = VerifyPolicy(0.0)
+    assert policy.decode_frames("b", chunk(0)) == HEAD_FRAMES
+    policy.decoded("b", passed=False)
+    assert policy.decode_frames("b", chunk(1)) == HEAD_FRAMES
+
+
+def test_retried_chunks_and_the_random_sample_are_decoded_in_full():
+    policy = VerifyPolicy(0.0)
+    policy.decode_frames("b", chunk(0))
+    policy.decoded("b", passed=True)
+    assert policy.decode_frames("b", chunk(1, errors=["w1: 9 frames, expected 10"])) is None
+    everything = VerifyPolicy(1.0)
+    assert all(everything.decode_frames("b", chunk(i)) is None for i in range(20))
