@@ -166,6 +166,7 @@ def prepare_work_dir(cfg: BossConfig) -> Path:
         shutil.rmtree(work)
     try:
         work.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o700)         # the input's pieces and the results are the user's only
     except OSError as exc:
         raise UsageError(f"cannot create the work directory {work}: {exc.strerror}") from None
     return work

@@ -45,6 +45,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker")
 
 BOSS_SILENCE_TIMEOUT = FFMPEG_CHUNK_TIMEOUT + 60   # a boss is quiet while we encode
+# A `request` holds one of the worker's places until the boss answers. A boss that sends nothing
+# for this long while a request waits, and has no transfer going on our file port, is not
+# serving us: its session ends, and its places go to other bosses.
+REQUEST_ANSWER_TIMEOUT = float(os.environ.get("FFDT_TEST_ANSWER_TIMEOUT", "30"))   # shorter in tests
+MAX_SESSIONS_PER_BOSS = 4           # sessions of one boss user at once (a ticket opens one per job)
+MAX_CONNECTIONS_PER_PORT = 64       # open connections on each of our ports
+LISTEN_BACKLOG = 128
 DISK_HEADROOM = 256 * 1024 * 1024                   # keep this much free beyond a chunk's needs
 MAX_WAIT_RETRY = 10.0                               # a boss's `retry_after` is capped to this...
 MIN_WAIT_RETRY = 0.05                               # ... and floored to this
@@ -71,6 +78,8 @@ class BossSession:
     assignments: int = 0    # assignments so far, numbering each one's files
     uploading: dict[int, object] = field(default_factory=dict)   # chunk -> the upload in progress
     discard: set[object] = field(default_factory=set)            # uploads cancelled while in progress
+    heard: float = field(default_factory=time.monotonic)         # the boss's last message or transfer
+    transfers: int = 0      # file-port transfers of this session in progress
 
     def answered(self) -> None:
         """A reply to one of our requests arrived; a reply we never asked for breaks the protocol."""
@@ -211,10 +220,27 @@ def remove_stale_dirs(root: Path) -> None:
 class WorkerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, addr: tuple[str, int], handler: type, worker: Worker) -> None:
         self.worker = worker
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
         super().__init__(addr, handler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Each connection costs a thread: beyond MAX_CONNECTIONS_PER_PORT they are closed at once."""
+        with self._open_lock:
+            if len(self._open) >= MAX_CONNECTIONS_PER_PORT:
+                log.warning("refused a connection from %s: %d open", client_address[0], len(self._open))
+                return False
+            self._open.add(request)
+            return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("unexpected error serving %s", client_address)
@@ -281,7 +307,18 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
     session = BossSession(session_id, secrets.token_hex(16), boss, job, settings,
                           Path(tempfile.mkdtemp(prefix=f"s{session_id}-", dir=worker.root)), sock)
     with worker.lock:
-        worker.sessions[session_id] = session
+        # one session a job (a ticket is for one job), a few a boss: a boss cannot fill the
+        # worker with sessions, threads and directories
+        others = [o for o in worker.sessions.values() if o.boss == boss]
+        refused = ("a session for this job is open already" if any(o.job == job for o in others) else
+                   f"{len(others)} sessions of this boss are open already" if len(others) >= MAX_SESSIONS_PER_BOSS
+                   else None)
+        if refused is None:
+            worker.sessions[session_id] = session
+    if refused is not None:
+        shutil.rmtree(session.dir, ignore_errors=True)
+        send_msg(sock, Msg.ERROR, reason=refused, in_reply_to="session")
+        raise RequestRejected(refused)
     session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name)
     return session
 
@@ -302,6 +339,7 @@ def run_session(worker: Worker, s: BossSession) -> None:
         ask_for_chunk(worker, s)
     while True:
         msg = recv_msg_or_reject(s.sock, s.send)
+        s.heard = time.monotonic()
         if msg is None:
             continue
         kind = msg["type"]
@@ -398,7 +436,29 @@ def ask_for_chunk(worker: Worker, s: BossSession) -> None:
     try:
         s.send(Msg.REQUEST, count=1)
     except ConnectionClosed:
-        pass                              # end_session gives the slot back
+        return                            # end_session gives the slot back
+    watch_answer(worker, s, REQUEST_ANSWER_TIMEOUT)
+
+
+def watch_answer(worker: Worker, s: BossSession, delay: float) -> None:
+    """In `delay` seconds: end the session if the boss has been silent REQUEST_ANSWER_TIMEOUT with
+    a request unanswered and nothing moving on the file port (see REQUEST_ANSWER_TIMEOUT)."""
+    def check() -> None:
+        with s.lock:
+            if s.closed.is_set() or s.asked == 0:
+                return
+            quiet = time.monotonic() - s.heard
+            waiting = s.transfers > 0 or quiet < REQUEST_ANSWER_TIMEOUT
+        if waiting:
+            watch_answer(worker, s, max(1.0, REQUEST_ANSWER_TIMEOUT - quiet))
+            return
+        log.warning("boss %s answered no request for %.0fs: ending its session", s.boss, quiet)
+        with contextlib.suppress(OSError):
+            s.sock.shutdown(socket.SHUT_RDWR)     # run_session's recv ends; end_session frees the places
+
+    timer = threading.Timer(delay, check)
+    timer.daemon = True
+    timer.start()
 
 
 def ask_later(worker: Worker, s: BossSession, delay: float) -> None:
@@ -531,12 +591,19 @@ class FileHandler(PortHandler):
                 s = worker.session(get(msg, "session", str), get(msg, "key", str))
                 deadline.met()
                 sock.settimeout(TRANSFER_STALL_TIMEOUT)
-                if msg["type"] is Msg.PUT:
-                    receive_chunk(worker, s, sock, msg)
-                elif msg["type"] is Msg.GET:
-                    send_result(s, sock, msg)
-                else:
-                    raise RequestRejected("the file port takes put or get")
+                with s.lock:
+                    s.transfers += 1
+                try:
+                    if msg["type"] is Msg.PUT:
+                        receive_chunk(worker, s, sock, msg)
+                    elif msg["type"] is Msg.GET:
+                        send_result(s, sock, msg)
+                    else:
+                        raise RequestRejected("the file port takes put or get")
+                finally:
+                    with s.lock:
+                        s.transfers -= 1
+                        s.heard = time.monotonic()
             except (RequestRejected, TransferError) as exc:
                 send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=msg["type"].value)
         except (ConnectionClosed, ProtocolError, TranscoderError, OSError) as exc:

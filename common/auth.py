@@ -87,7 +87,8 @@ def check_ticket(key: bytes, ticket: object, worker: str, now: float | None = No
     if not (isinstance(boss, str) and isinstance(job, str) and isinstance(name, str)
             and isinstance(expires, int) and isinstance(mac, str)):
         raise AuthError("malformed ticket")
-    if not hmac.compare_digest(_ticket_mac(key, boss, job, name, expires), mac):
+    # compare bytes: compare_digest refuses str with non-ASCII characters, and mac is the peer's
+    if not hmac.compare_digest(_ticket_mac(key, boss, job, name, expires).encode(), mac.encode()):
         raise AuthError("ticket signature invalid")
     if name != worker:
         raise AuthError("ticket is for another worker")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
 import socket
 import struct
 from typing import Any, Callable, TypeVar
@@ -168,6 +169,16 @@ def int_field(msg: dict[str, Any], key: str, lo: int, hi: int) -> int:
     value = field(msg, key, int)
     if not lo <= value <= hi:
         raise ProtocolError(f"{msg['type'].value}: field {key!r} out of range [{lo}, {hi}]")
+    return value
+
+
+def optional_number(msg: dict[str, Any], key: str, kind: type[T], lo: float, hi: float) -> T | None:
+    """An optional int or float field within [lo, hi] (JSON's 1e999 parses as infinity: refused)."""
+    if msg.get(key) is None:
+        return None
+    value = field(msg, key, kind)
+    if not (math.isfinite(value) and lo <= value <= hi):  # type: ignore[arg-type]
+        raise ProtocolError(f"{msg['type'].value}: field {key!r} out of range [{lo:g}, {hi:g}]")
     return value
 
 

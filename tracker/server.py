@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import re
 import secrets
 import socket
@@ -21,21 +22,23 @@ from typing import Any, Callable
 
 from common import auth as ticket_auth
 from common.audit_events import PEER_EVENTS, Event
-from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_SLOTS,
-                           MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
+from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_CHUNK_INDEX, MAX_FRAMES,
+                           MAX_REASON, MAX_SLOTS, MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
 from common.net import Deadline
 from common.tls import wrap_server
-from common.protocol import (Msg, Role, field as get, int_field, recv_msg_or_reject, send_msg,
+from common.protocol import (Msg, Role, field as get, int_field, optional_number, recv_msg_or_reject, send_msg,
                              server_hello)
 from tracker.audit import Recorder
 from tracker.auth import ScramLogin
 from tracker.state import TrackerState, WorkerInfo
+from tracker.throttle import LoginThrottle
 from tracker.store import Store
 
 log = logging.getLogger(__name__)
 
 _HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
+MAX_SECONDS = 10**7              # durations on the wire (about 116 days)
 _conn_ids = itertools.count(1)
 
 
@@ -47,11 +50,13 @@ class TrackerContext:
     secret: bytes
     ttl: float = PEER_TTL
     tls: ssl.SSLContext | None = None           # TLS on the tracker's port, if configured
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 @dataclass
 class Session:
     peer: str
+    address: str = ""                           # the peer's IP address, without the port
     conn_id: int = field(default_factory=lambda: next(_conn_ids))
     claimed_role: Role | None = None
     name: str = ""
@@ -68,9 +73,13 @@ Reply = tuple[Msg, dict[str, Any]]
 # ---------------------------------------------------------------- handlers
 
 def handle_auth_start(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    user = get(msg, "user", str)
+    wait = ctx.throttle.wait_needed(s.address)
+    if wait > 0:
+        raise RequestRejected(f"too many failed logins from {s.address}: try again in {wait:.0f}s")
     s.login = ScramLogin(ctx.store, ctx.secret)
     try:
-        return Msg.AUTH_CHALLENGE, {"data": s.login.start(get(msg, "user", str), get(msg, "data", str))}
+        return Msg.AUTH_CHALLENGE, {"data": s.login.start(user, get(msg, "data", str))}
     except AuthError as exc:
         raise RequestRejected(str(exc)) from exc
 
@@ -84,6 +93,7 @@ def handle_auth_finish(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     except AuthError:
         ctx.audit.record(Event.AUTH_FAILED, peer=s.peer, user=login.user, role=_v(s.claimed_role),
                          reason="bad credentials")
+        time.sleep(ctx.throttle.failed(login.user or "", s.address))    # slows guessing one user from many places
         raise
     assert login.record is not None
     role = Role(login.record.role)
@@ -131,12 +141,34 @@ def handle_heartbeat(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
 def handle_job_start(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     _need(s, Role.BOSS)
     name = Path(get(msg, "input", str)).name[:200]        # a base name is enough for the log
+    settings = _settings(get(msg, "settings", dict, optional=True, default={}))
+    chunks = optional_number(msg, "chunks", int, 0, MAX_CHUNK_INDEX)
     job = ctx.state.start_job(s.user or "", name)
-    settings = get(msg, "settings", dict, optional=True, default={})
-    ctx.audit.record(Event.JOB_STARTED, peer=s.peer, user=s.user, job=job.id, input=name,
-                     chunks=get(msg, "chunks", int, optional=True),
-                     settings={k: v for k, v in settings.items() if isinstance(v, (str, int, float))})
+    if job is None:
+        raise RequestRejected("too many running jobs for this boss")
+    ctx.audit.record(Event.JOB_STARTED, peer=s.peer, user=s.user, job=job.id, input=name, chunks=chunks,
+                     settings=settings)
     return Msg.JOB, {"job": job.id}
+
+
+MAX_SETTINGS = 40               # keys of job_start's settings kept in the audit log
+MAX_SETTING_CHARS = 200
+
+
+def _settings(settings: dict) -> dict[str, Any]:
+    """job_start's settings as the audit log keeps them: a few short keys with scalar values
+    (strings cut short); more keys than any boss sends is a protocol error."""
+    if len(settings) > MAX_SETTINGS:
+        raise ProtocolError(f"job_start: more than {MAX_SETTINGS} settings")
+    kept: dict[str, Any] = {}
+    for key, value in settings.items():
+        if len(key) > 40:
+            raise ProtocolError("job_start: a settings key longer than 40 characters")
+        if isinstance(value, str):
+            kept[key] = value[:MAX_SETTING_CHARS]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            kept[key] = value
+    return kept
 
 
 def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
@@ -152,6 +184,7 @@ def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
                 "slots": w.slots, "ffmpeg": w.ffmpeg, "tls": w.tls,
                 "ticket": ticket_auth.make_ticket(w.ticket_key, boss, job.id, w.name, expires)}
                for w in picked]
+    ctx.state.gave(job.id, [w.name for w in picked])
     if workers or not exclude:     # a running job asking for more and getting none is not news
         ctx.audit.record(Event.WORKERS_GIVEN, peer=s.peer, user=s.user, job=job.id, encoder=encoder,
                          asked=count, count=len(workers), workers=[w.name for w in picked])
@@ -165,17 +198,20 @@ def handle_event(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
         raise RequestRejected(f"unknown event {name[:40]!r}")
     job_id = get(msg, "job", str)[:40]
     if s.role is Role.WORKER:
-        worker = s.worker                  # a worker speaks for itself only
+        # a worker speaks for itself only, and of the running jobs it was handed to
+        worker = s.worker
+        if worker is None or ctx.state.job_of_worker(job_id, worker) is None:
+            raise RequestRejected("no such job for this worker")
     else:
         _job(ctx, s, msg)
         worker = get(msg, "worker", str, optional=True)
     detail = get(msg, "detail", str, optional=True)
     ctx.audit.record(event, peer=s.peer, user=s.user, by=_v(s.role), job=job_id,
-                     chunk=get(msg, "chunk", int, optional=True),
+                     chunk=optional_number(msg, "chunk", int, 0, MAX_CHUNK_INDEX),
                      worker=worker[:200] if worker else None,
-                     detail=detail[:500] if detail else None,
-                     frames=get(msg, "frames", int, optional=True),
-                     seconds=get(msg, "seconds", float, optional=True))
+                     detail=detail[:MAX_REASON] if detail else None,
+                     frames=optional_number(msg, "frames", int, 0, MAX_FRAMES),
+                     seconds=optional_number(msg, "seconds", float, 0, MAX_SECONDS))
     return Msg.OK, {}
 
 
@@ -185,9 +221,10 @@ def handle_job_end(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     status = get(msg, "status", str)[:20]
     detail = get(msg, "detail", str, optional=True)
     ctx.audit.record(Event.JOB_FINISHED, peer=s.peer, user=s.user, job=job.id, status=status,
-                     detail=detail[:500] if detail else None,
-                     chunks=get(msg, "chunks", int, optional=True), frames=get(msg, "frames", int, optional=True),
-                     seconds=get(msg, "seconds", float, optional=True))
+                     detail=detail[:MAX_REASON] if detail else None,
+                     chunks=optional_number(msg, "chunks", int, 0, MAX_CHUNK_INDEX),
+                     frames=optional_number(msg, "frames", int, 0, MAX_FRAMES),
+                     seconds=optional_number(msg, "seconds", float, 0, MAX_SECONDS))
     ctx.state.end_job(job.id)
     return Msg.OK, {}
 
@@ -220,7 +257,10 @@ HANDLERS: dict[Msg, Callable[[TrackerContext, Session, dict], Reply]] = {
     Msg.PING: lambda ctx, s, msg: (Msg.PONG, {}),
 }
 NO_AUTH_NEEDED = {Msg.AUTH_START, Msg.AUTH_FINISH, Msg.PING}
-MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS = 4096          # each is a thread; a farm of a few thousand workers fits
+MAX_OTHERS_PER_ADDRESS = 64     # connections from one address that are not registered workers
+LISTEN_BACKLOG = 1024           # a farm's workers all logging in again after a tracker restart
+IDLE_LIMIT = 30 * 60.0          # a logged-in connection that is not a worker and only pings, closed
 
 
 # ---------------------------------------------------------------- server
@@ -229,6 +269,7 @@ class TrackerHandler(socketserver.BaseRequestHandler):
     server: TrackerServer
 
     def setup(self) -> None:
+        self.accepted = self.request              # the socket as accepted, before TLS wraps it
         self.request.settimeout(HANDSHAKE_TIMEOUT)
         self.tls_failed: str | None = None
         if self.server.ctx.tls is not None:
@@ -247,7 +288,7 @@ class TrackerHandler(socketserver.BaseRequestHandler):
         if self.server.stopping.is_set():
             return
         ctx = self.server.ctx
-        s = Session(peer="%s:%d" % self.client_address[:2])
+        s = Session(peer="%s:%d" % self.client_address[:2], address=str(self.client_address[0]))
         if self.tls_failed:
             ctx.audit.record(Event.PROTOCOL_ERROR, peer=s.peer, reason=f"TLS handshake failed: {self.tls_failed}"[:200])
             return
@@ -269,11 +310,18 @@ class TrackerHandler(socketserver.BaseRequestHandler):
 
     def _serve(self, ctx: TrackerContext, s: Session) -> None:
         sock = self.request
+        active = time.monotonic()
         while True:
             msg = recv_msg_or_reject(sock)
             if msg is None:
                 continue
             kind = msg["type"]
+            if kind is not Msg.PING:
+                active = time.monotonic()
+            elif s.worker is None and time.monotonic() - active > IDLE_LIMIT:
+                ctx.audit.record(Event.PROTOCOL_ERROR, peer=s.peer, user=s.user,
+                                 reason=f"idle for {IDLE_LIMIT:.0f}s: closed")
+                return
             handler = HANDLERS.get(kind)
             if handler is None:
                 send_msg(sock, Msg.ERROR, reason="unexpected message", in_reply_to=kind.value)
@@ -289,6 +337,8 @@ class TrackerHandler(socketserver.BaseRequestHandler):
             except RequestRejected as exc:
                 reply_kind, reply = Msg.ERROR, {"reason": str(exc), "in_reply_to": kind.value}
             send_msg(sock, reply_kind, **reply)
+            if kind is Msg.REGISTER and s.worker is not None:
+                self.server.registered(self.accepted, self.client_address[0])
             if s.user is not None and sock.gettimeout() == HANDSHAKE_TIMEOUT:
                 self.deadline.met()
                 # logged in: a worker's heartbeat or a boss's next event may take a while
@@ -300,12 +350,14 @@ class TrackerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     daemon_threads = True
     block_on_close = False
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, addr: tuple[str, int], ctx: TrackerContext) -> None:
         self.ctx = ctx
         self.stopping = threading.Event()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self._others: dict[str, set[int]] = {}      # address -> accepted sockets not (yet) registered workers
         super().__init__(addr, TrackerHandler)
         self._sweeper = threading.Thread(target=self._sweep, name="sweeper", daemon=True)
         self._sweeper.start()
@@ -313,6 +365,19 @@ class TrackerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def track(self, sock: socket.socket, *, add: bool) -> None:
         with self._conns_lock:
             (self._conns.add if add else self._conns.discard)(sock)
+
+    def registered(self, sock: Any, address: str) -> None:
+        """A registered worker no longer counts against its address's MAX_OTHERS_PER_ADDRESS."""
+        with self._conns_lock:
+            self._others.get(address, set()).discard(id(sock))
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            for address, ids in list(self._others.items()):
+                ids.discard(id(request))
+                if not ids:
+                    del self._others[address]
+        super().shutdown_request(request)
 
     def _sweep(self) -> None:
         """Drop workers that missed their heartbeats."""
@@ -324,9 +389,15 @@ class TrackerServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         log.exception("unexpected error serving %s", client_address)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse connections beyond MAX_CONNECTIONS: each one costs a thread."""
+        """Refuse connections beyond MAX_CONNECTIONS (each costs a thread), and beyond
+        MAX_OTHERS_PER_ADDRESS from one address that are not registered workers (logged-in idle
+        connections from one place must not lock everyone else out)."""
         with self._conns_lock:
-            return len(self._conns) < MAX_CONNECTIONS
+            others = self._others.setdefault(str(client_address[0]), set())
+            if len(self._conns) >= MAX_CONNECTIONS or len(others) >= MAX_OTHERS_PER_ADDRESS:
+                return False
+            others.add(id(request))
+            return True
 
     def stop(self) -> None:
         """Stop accepting, unblock every handler's recv, close the listening socket."""

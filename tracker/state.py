@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Callable
+
+JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+MAX_JOBS_PER_BOSS = 64          # live jobs of one boss user (each is a little tracker memory)
+FINISHED_REMEMBERED = 10_000    # ended job ids kept, so their events and job_end are refused
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Job:
     boss: str
     input: str
     started: float
+    workers: set[str] = field(default_factory=set)     # workers handed to it: they may report its events
 
 
 class TrackerState:
@@ -40,6 +47,7 @@ class TrackerState:
         self._registered = threading.Condition(self._lock)
         self._workers: dict[str, WorkerInfo] = {}
         self._jobs: dict[str, Job] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
 
     def register(self, worker: WorkerInfo) -> None:
         with self._lock:
@@ -89,19 +97,43 @@ class TrackerState:
         found.sort(key=lambda w: -w.slots)        # most capacity first
         return found
 
-    def start_job(self, boss: str, input_name: str) -> Job:
+    def start_job(self, boss: str, input_name: str) -> Job | None:
+        """A new job, or None if this boss already has MAX_JOBS_PER_BOSS running."""
         job = Job(uuid.uuid4().hex[:12], boss, input_name, self._clock())
         with self._lock:
+            if sum(j.boss == boss for j in self._jobs.values()) >= MAX_JOBS_PER_BOSS:
+                return None
             self._jobs[job.id] = job
         return job
 
     def job(self, job_id: str, boss: str) -> Job | None:
-        """The job if it belongs to this boss. A job unknown here (the tracker restarted since it
-        began) is adopted by the boss that names it, so its events are still recorded."""
+        """The job if it belongs to this boss and has not ended. A job unknown here (the tracker
+        restarted since it began) is adopted by the boss that names it, so its events are still
+        recorded: only a well-formed id, and within the boss's MAX_JOBS_PER_BOSS."""
         with self._lock:
-            job = self._jobs.setdefault(job_id, Job(job_id, boss, "?", self._clock()))
+            job = self._jobs.get(job_id)
+            if job is None:
+                if (job_id in self._finished or not JOB_ID.match(job_id)
+                        or sum(j.boss == boss for j in self._jobs.values()) >= MAX_JOBS_PER_BOSS):
+                    return None
+                job = self._jobs[job_id] = Job(job_id, boss, "?", self._clock())
         return job if job.boss == boss else None
+
+    def job_of_worker(self, job_id: str, worker: str) -> Job | None:
+        """The running job if `worker` was handed to it (a worker reports events of those only)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job if job is not None and worker in job.workers else None
+
+    def gave(self, job_id: str, workers: list[str]) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.workers.update(workers)
 
     def end_job(self, job_id: str) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
+            self._finished[job_id] = None
+            while len(self._finished) > FINISHED_REMEMBERED:
+                self._finished.popitem(last=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +24,8 @@ from tracker.auth import create_user, load_secret
 from tracker.server import TrackerContext, TrackerServer
 from tracker.state import TrackerState
 from tracker.store import Store
+
+log = logging.getLogger("tracker")
 
 DEFAULT_DATA_DIR = Path("tracker-data")
 
@@ -63,7 +67,23 @@ def open_store(data_dir: Path, *, create: bool) -> Store:
             data_dir.mkdir(parents=True, mode=0o700)
         except OSError as exc:
             raise UsageError(f"cannot create {data_dir}: {exc.strerror}") from None
+    keep_private(data_dir)
     return Store(data_dir / "tracker.db")
+
+
+def keep_private(data_dir: Path) -> None:
+    """The data directory 0700 and its files 0600, also when they were made before (the users'
+    SCRAM keys, the ticket secret and the audit log are for the tracker's user only)."""
+    try:
+        mode = data_dir.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("%s was open to other users (mode %o): making it 0700", data_dir, mode)
+            data_dir.chmod(0o700)
+        for path in data_dir.iterdir():
+            if path.is_file() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot make {data_dir} private: {exc.strerror}") from None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -124,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:     # bare `tracker.py`: serve with defaults
         args = build_parser().parse_args(["serve", *(["-v"] if args.verbose else [])])
     setup_logging("tracker", verbose=args.verbose)
+    os.umask(0o077)      # whatever the tracker writes (database, audit log, secret) is its user's only
     command = {"serve": serve, "add-user": add_user, "logs": show_logs}[args.command]
     return run_main("tracker", lambda: command(args))
 

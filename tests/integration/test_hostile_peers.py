@@ -2,9 +2,19 @@
 turned hostile is played by a fault switch (client/faults.py) in an otherwise real process."""
 from __future__ import annotations
 
+import shutil
+import socket
+import stat
+import time
+
 import pytest
 
-from tests.conftest import PASSWORD, audit_events, ffmpeg, poll_for, start_boss
+from client.tracker_client import TrackerClient
+from common.errors import ConnectionClosed
+from common.net import connect
+from common.protocol import Msg, Role, client_hello, recv_msg, send_msg
+from common.settings import Settings
+from tests.conftest import PASSWORD, Cluster, audit_events, ffmpeg, poll_for, start_boss
 from tests.integration.test_faults import assert_bad_worker_dropped, ffmpeg_of, held_worker
 
 pytestmark = pytest.mark.integration
@@ -67,3 +77,78 @@ def test_a_worker_that_changes_the_picture_is_caught_and_dropped(cluster, clips,
     """A red box over a quarter of every frame, in an otherwise perfect result: the boss compares
     frames of every result with the source's."""
     assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": "red-box"}, "not the source's picture")
+
+
+def test_the_trackers_data_and_the_bosss_work_are_private_even_in_an_existing_directory(tmp_path, users_data,
+                                                                                        clips):
+    """tracker.db holds every user's SCRAM keys: a copy plus one overheard login is a login."""
+    c = Cluster(tmp_path / "shared-dir")
+    shutil.copytree(users_data, c.data)
+    c.data.chmod(0o755)
+    for f in c.data.iterdir():
+        f.chmod(0o644)
+    c.start_tracker()
+    try:
+        c.start_worker()
+        out = tmp_path / "out.mp4"
+        done = c.boss(clips["small.mp4"], out, "--preset", "ultrafast", "--keep-work")
+        assert done.returncode == 0, done.stderr
+        work = tmp_path / ".out.mp4.ffdt-work"
+        assert stat.S_IMODE(work.stat().st_mode) == 0o700
+    finally:
+        c.close()
+    assert stat.S_IMODE(c.data.stat().st_mode) == 0o700
+    files = {f.name: stat.S_IMODE(f.stat().st_mode) for f in c.data.iterdir()}
+    assert {"tracker.db", "audit.jsonl", "secret.key"} <= set(files)
+    assert all(mode == 0o600 for mode in files.values()), files
+
+
+# ---------------------------------------------------------------- a hostile boss client
+
+def hostile_boss_sessions(cluster, msg_port: int, count: int) -> tuple[list[dict], list[socket.socket]]:
+    """Log in as boss `b`, start a job, get a ticket for the one worker, and open `count` sessions
+    with it; returns each session's reply and the open sockets."""
+    tracker = TrackerClient(("127.0.0.1", cluster.tracker_port), "b", PASSWORD, Role.BOSS)
+    tracker.connect()
+    job = tracker.job_start("x.mp4", Settings())
+    [offer] = tracker.workers(job, 1, "libx264", [])
+    replies, socks = [], []
+    for _ in range(count):
+        sock = connect(("127.0.0.1", msg_port), io_timeout=10)
+        socks.append(sock)
+        client_hello(sock, Role.BOSS, "b")
+        send_msg(sock, Msg.SESSION, ticket=offer["ticket"], settings=Settings().to_wire())
+        replies.append(recv_msg(sock))
+    tracker.close()
+    return replies, socks
+
+
+def test_a_ticket_opens_one_session(cluster):
+    """One ticket, 100 sessions: before, each was a session with its threads and directory."""
+    proc, msg_port, _ = cluster.start_worker()
+    replies, socks = hostile_boss_sessions(cluster, msg_port, 5)
+    try:
+        assert replies[0]["type"] is Msg.SESSION_OK
+        assert all(r["type"] is Msg.ERROR and "open already" in r["reason"] for r in replies[1:]), replies
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_boss_that_never_answers_does_not_hold_the_workers_places(cluster, clips, tmp_path):
+    """The session asks for chunks and the boss stays silent: after REQUEST_ANSWER_TIMEOUT the
+    worker ends that session, and a real boss then gets the worker's places."""
+    proc, msg_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_ANSWER_TIMEOUT": "2"})
+    replies, socks = hostile_boss_sessions(cluster, msg_port, 1)
+    try:
+        assert replies[0]["type"] is Msg.SESSION_OK
+        assert recv_msg(socks[0])["type"] is Msg.REQUEST            # a place held for us...
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            while True:
+                recv_msg(socks[0])                                  # ...until the worker gives up
+        assert time.monotonic() - started < 8
+        done = cluster.boss(clips["small.mp4"], tmp_path / "out.mp4", "--preset", "ultrafast")
+        assert done.returncode == 0, done.stderr
+    finally:
+        socks[0].close()

@@ -173,9 +173,18 @@ def test_unknown_job_is_adopted_by_the_boss_naming_it(state):
     assert state.job("feedc0ffee00", "mallory") is None        # and nobody else's
 
 
-def test_ended_job_is_forgotten(state):
+def test_an_ended_job_is_refused_from_then_on(state):
     job = state.start_job("alice", "m.mp4")
     state.end_job(job.id)
-    again = state.job(job.id, "alice")
-    assert again is not job and again is not None and again.input == "?"   # a new, adopted record
+    assert state.job(job.id, "alice") is None
     state.end_job("never-started")                 # harmless
+
+
+def test_an_unknown_job_is_adopted_only_with_a_well_formed_id_and_within_the_bosss_limit(state):
+    from tracker.state import MAX_JOBS_PER_BOSS
+    assert state.job("0123456789ab", "alice").input == "?"      # as after a tracker restart
+    assert state.job("not-a-job-id", "alice") is None
+    for i in range(MAX_JOBS_PER_BOSS - 1):
+        assert state.job(f"{i:012x}", "alice") is not None
+    assert state.job("ffffffffffff", "alice") is None and state.start_job("alice", "m.mp4") is None
+    assert state.start_job("bob", "m.mp4") is not None          # another boss is not affected

@@ -124,3 +124,9 @@ def test_mac_is_keyed(key, ticket):
     other = make_ticket(ticket_key(SERVER_KEY, "1f" * 16), "alice", "job123", WORKER, EXPIRES)
     assert other["mac"] != ticket["mac"]
     assert len(bytes.fromhex(ticket["mac"])) == hashlib.sha256().digest_size
+
+
+def test_a_mac_with_non_ascii_characters_is_refused_not_a_crash(key, ticket):
+    forged = dict(ticket, mac="é" * len(ticket["mac"]))
+    with pytest.raises(AuthError, match="signature invalid"):
+        check_ticket(key, forged, ticket["worker"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,7 +18,7 @@ import pytest
 from tests.conftest import poll_for
 
 from common.auth import login
-from common.errors import AuthError, ConnectionClosed, ProtocolError
+from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
 from common.protocol import Msg, Role, client_hello, expect, recv_msg, send_msg
 from tracker.audit import MemoryAudit
 from tracker.auth import create_user
@@ -113,8 +114,8 @@ def closed(sock: socket.socket) -> bool:
     return False
 
 
-def start_job(sock: socket.socket) -> str:
-    return expect_reply(sock, Msg.JOB_START, Msg.JOB, input="/home/alice/movie.mkv")["job"]
+def start_job(sock: socket.socket, **fields: Any) -> str:
+    return expect_reply(sock, Msg.JOB_START, Msg.JOB, input="/home/alice/movie.mkv", **fields)["job"]
 
 
 def expect_reply(sock: socket.socket, kind: Msg, reply: Msg, **fields: Any) -> dict[str, Any]:
@@ -224,10 +225,44 @@ def test_a_worker_reports_events_under_its_own_registered_name(tracker, connect)
     sock = connect(Role.WORKER, "walt")
     name = expect_reply(sock, Msg.REGISTER, Msg.REGISTERED, **REGISTER)["worker"]
     assert name == "walt@127.0.0.1:9100"
-    assert call(sock, Msg.EVENT, job="anyjob", event="chunk_encoded", chunk=2, worker="someone@else:1",
+    boss = connect(Role.BOSS, "alice")
+    job = start_job(boss)
+    assert [w["name"] for w in call(boss, Msg.WORKERS, job=job, count=1, encoder="libx264")["workers"]] == [name]
+    assert call(sock, Msg.EVENT, job=job, event="chunk_encoded", chunk=2, worker="someone@else:1",
                 seconds=0.5)["type"] is Msg.OK
     [encoded] = tracker.events("chunk_encoded")
-    assert (encoded["worker"], encoded["by"], encoded["job"]) == (name, "worker", "anyjob")
+    assert (encoded["worker"], encoded["by"], encoded["job"]) == (name, "worker", job)
+
+
+def test_a_worker_reports_events_only_of_running_jobs_it_was_handed_to(tracker, connect):
+    sock = connect(Role.WORKER, "walt")
+    expect_reply(sock, Msg.REGISTER, Msg.REGISTERED, **REGISTER)
+    boss = connect(Role.BOSS, "alice")
+    job = start_job(boss)                       # walt was never handed to it
+    for job_id in (job, "0123456789ab", "anyjob"):
+        err = call(sock, Msg.EVENT, job=job_id, event="chunk_failed", chunk=0, detail="forged")
+        assert err["type"] is Msg.ERROR and "no such job" in err["reason"]
+    assert usable(sock) and not tracker.events("chunk_failed")
+
+
+@pytest.mark.parametrize("extra", [{"frames": -1}, {"chunk": -5}, {"seconds": 1e300}, {"seconds": -1.0},
+                                   {"frames": 10**12}])
+def test_numbers_out_of_range_are_a_clean_protocol_error(tracker, connect, extra):
+    sock = connect(Role.BOSS, "alice")
+    job = start_job(sock)
+    reply = call(sock, Msg.EVENT, job=job, event="chunk_done", worker="w@h:1", **{"chunk": 1, **extra})
+    assert reply["type"] is Msg.ERROR and "out of range" in reply["reason"]
+    assert not tracker.events("chunk_done")
+
+
+def test_job_start_settings_are_bounded_in_the_audit_log(tracker, connect):
+    sock = connect(Role.BOSS, "alice")
+    job = start_job(sock, settings={"vcodec": "libx264", "note": "x" * 250_000, "crf": 23})
+    [started] = [e for e in tracker.events("job_started") if e["job"] == job]
+    assert started["settings"]["note"] == "x" * 200 and started["settings"]["crf"] == 23
+    reply = call(connect(Role.BOSS, "alice"), Msg.JOB_START, input="a.mp4",
+                 settings={f"k{i}": i for i in range(1000)})
+    assert reply["type"] is Msg.ERROR and "settings" in reply["reason"]
 
 
 # ---------------------------------------------------------------- jobs
@@ -240,11 +275,11 @@ def test_job_end_records_job_finished_and_a_second_job_end_leaves_the_connection
     first = tracker.events("job_finished")[0]
     assert (first["job"], first["status"], first["detail"], first["frames"], first["seconds"]) == \
         (job, "failed", "chunk_00003 failed 3 times", 250, 12.5)
-    # the tracker has forgotten the job, so the repeat is taken as a job it never saw (adopted, as
-    # after a tracker restart) or refused; either way the connection goes on and the first record stands
-    assert call(sock, Msg.JOB_END, job=job, status="done")["type"] in (Msg.OK, Msg.ERROR)
+    # a finished job takes no more events, job_end included; the connection goes on
+    assert call(sock, Msg.JOB_END, job=job, status="done")["type"] is Msg.ERROR
+    assert call(sock, Msg.EVENT, job=job, event="chunk_done", chunk=1, worker="w@h:1")["type"] is Msg.ERROR
     assert usable(sock)
-    assert tracker.events("job_finished")[0] == first
+    assert tracker.events("job_finished") == [first] and not tracker.events("chunk_done")
 
 
 def test_job_end_for_another_bosses_job_is_refused_and_the_job_goes_on(tracker, connect):
@@ -305,3 +340,49 @@ def test_a_malformed_request_gets_error_then_the_connection_is_closed_and_audite
     assert closed(sock)
     [bad] = poll_for(lambda: tracker.events("protocol_error"), IO_WAIT, "protocol_error in the audit", interval=0.01)
     assert bad["user"] == "alice" and "count" in bad["reason"]
+
+
+# ---------------------------------------------------------------- guessing and crowding
+
+def test_password_guessing_from_one_address_is_slowed_to_a_crawl(tracker, connect):
+    """Before: 127-156 guesses a second, with no slow-down."""
+    from tracker.throttle import FREE_FAILURES
+    started, refusals = time.monotonic(), 0
+    for i in range(FREE_FAILURES + 5):
+        sock = connect(Role.BOSS)
+        with pytest.raises((AuthError, RequestRejected)) as failed:
+            login(sock, "alice", f"guess {i}")
+        refusals += "too many failed logins" in str(failed.value)
+    assert refusals >= 4, "after a few failures, an address must wait before it may guess again"
+    assert len(tracker.events("auth_failed")) <= FREE_FAILURES + 1
+    assert time.monotonic() - started < 10
+    with pytest.raises((AuthError, RequestRejected), match="too many failed logins"):
+        login(connect(Role.BOSS), "alice", PASSWORD)        # this address waits, whoever it is
+
+
+def test_idle_connections_from_one_address_cannot_lock_out_the_others(tracker, connect):
+    """Before: 1,022 logged-in idle connections filled the tracker for everyone."""
+    from tracker.server import MAX_OTHERS_PER_ADDRESS
+    worker = connect(Role.WORKER, "walt")
+    expect_reply(worker, Msg.REGISTER, Msg.REGISTERED, **REGISTER)     # a registered worker does not count
+    crowd = [connect(Role.BOSS, "alice") for _ in range(MAX_OTHERS_PER_ADDRESS)]
+    assert all(usable(sock) for sock in crowd[-3:])
+    late = socket.create_connection(tracker.addr, timeout=IO_WAIT)
+    try:
+        assert late.recv(1) == b"", "one connection too many from this address is closed at once"
+    finally:
+        late.close()
+    crowd.pop().close()
+    assert poll_for(lambda: _can_connect(tracker), IO_WAIT, "a place once one connection closed")
+    assert usable(worker)
+
+
+def _can_connect(tracker) -> bool:
+    sock = socket.create_connection(tracker.addr, timeout=IO_WAIT)
+    try:
+        client_hello(sock, Role.BOSS, "alice")
+        return True
+    except (ConnectionClosed, OSError):
+        return False
+    finally:
+        sock.close()
