@@ -4,6 +4,7 @@ They live here, apart from the worker's code paths, which only ask `faults.on(na
 `faults.tamper(path)` / `faults.hold(chunk)` at the few places a test needs to strike:
 - corrupt-results: a result's middle bytes overwritten (its hash is taken after);
 - slow-results: a result with the right frames at twice the source's timestamps;
+- bloated-results: each result padded with 4 MiB of zeros (a worker out to fill the boss's disk);
 - red-box: a result whose every frame has a red box over a quarter of the picture, otherwise
   well-formed (frames, timestamps, keyframes as an honest encode's);
 - disk-full: the worker refuses every upload as if its disk were full;
@@ -73,6 +74,9 @@ def tamper(tools: ffmpeg.Tools, path: Path) -> None:
     """Apply the result faults that are on to an encoded result."""
     if on("playlist-results"):
         _playlist(path)
+    if on("bloated-results"):
+        with path.open("ab") as f:
+            f.write(bytes(4 << 20))
     if on("corrupt-results"):
         size = path.stat().st_size
         with path.open("r+b") as f:

@@ -155,6 +155,13 @@ def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:
     return s
 
 
+def raw_frame_bytes(info: media.MediaInfo, settings: Settings) -> int:
+    """The most one output frame can take uncompressed (16 bits, three full planes), for the
+    bound on a result's size; 0 when the picture size is not known."""
+    side = max(info.video.width, info.video.height, settings.scale_w or 0, settings.scale_h or 0)
+    return 6 * side * side
+
+
 def prepare_work_dir(cfg: BossConfig) -> Path:
     """The work directory; an earlier run's is kept for resuming unless --restart."""
     # always a directory of our own, even inside --work-dir: we delete it when done
@@ -210,7 +217,8 @@ class Job:
                                       on_assigned=self.phases.assigned,
                                       cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,
-                                      tls=cfg.tls or tls.client_context(None))
+                                      tls=cfg.tls or tls.client_context(None),
+                                      frame_bytes=raw_frame_bytes(info, cfg.settings))
                 with self.phases.timed("encode"):
                     if not scheduler.finished.is_set():
                         self.start_links(offers)      # workers connect while the split goes on

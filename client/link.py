@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import socket
 import ssl
 import threading
@@ -20,7 +21,7 @@ from client.scheduler import Chunk, ChunkState, Scheduler
 from common.audit_events import Event
 from common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON,
                            TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
-from common.errors import (ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected, TransferError,
+from common.errors import (ChunkError, ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected, TransferError,
                            TranscoderError)
 from common.net import connect
 from common.protocol import (Msg, Role, client_hello, expect, field, int_field, recv_msg_or_reject,
@@ -32,6 +33,8 @@ log = logging.getLogger("boss")
 
 REFUSAL_BACKOFF = 5.0
 MAX_BAD_RESULTS = 2       # results failing verification before the job stops using a worker
+RESULT_SLACK = 1 << 20    # container overhead allowed beyond the frames uncompressed
+BOSS_DISK_HEADROOM = 256 * 1024 * 1024      # free space the boss keeps beyond a result
 MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
 
 
@@ -72,6 +75,7 @@ class JobContext:
     cancel: Callable[[int, set[str]], None] = lambda index, workers: None   # tell these workers to drop a chunk
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
     tls: ssl.SSLContext | None = None       # verifies workers that speak TLS
+    frame_bytes: int = 0                    # the most one output frame can take, uncompressed (0: no bound)
 
 
 @dataclass
@@ -295,6 +299,7 @@ class WorkerLink(threading.Thread):
         try:
             size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)
             sha = field(msg, "sha256", str)
+            self._room_for(chunk, size)
             with self._file_conn() as sock:
                 send_msg(sock, Msg.GET, session=self.session, key=self.key, chunk=chunk.index)
                 header = expect(sock, Msg.FILE)
@@ -304,6 +309,14 @@ class WorkerLink(threading.Thread):
         except (ConnectionClosed, PeerUnreachable):
             tmp.unlink(missing_ok=True)
             raise                             # the worker is gone: release() requeues, attempt uncounted
+        except ChunkError as exc:             # a bad result, refused before its bytes
+            self.stats.bad_results += 1
+            log.warning("result of %s from %s rejected: %s", chunk.name, self.offer.name, exc)
+            self.job.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=self.offer.name,
+                            detail=str(exc)[:MAX_REASON])
+            sched.fail(chunk, self.offer.name, str(exc))
+            self._send(Msg.CANCEL, chunk=chunk.index)     # the worker may drop it
+            return
         except (TransferError, RequestRejected, ProtocolError) as exc:
             tmp.unlink(missing_ok=True)
             if chunk.state is ChunkState.DONE:    # the other copy won meanwhile and this one was cancelled
@@ -319,6 +332,18 @@ class WorkerLink(threading.Thread):
         self._send(Msg.COLLECTED, chunk=chunk.index)
         seconds = field(msg, "seconds", float, optional=True, default=0.0)
         self.job.on_result(self, chunk, tmp, sha, seconds)
+
+    def _room_for(self, chunk: Chunk, size: int) -> None:
+        """Refuse a result bigger than its frames uncompressed (no encoder makes that: a worker
+        out to fill the boss's disk); abort the job if the boss's own disk cannot hold it."""
+        raw = chunk.frames * self.job.frame_bytes + RESULT_SLACK
+        if self.job.frame_bytes and size > raw:
+            raise ChunkError(f"{chunk.name}: a result of {size} bytes, more than its frames uncompressed ({raw})")
+        free = shutil.disk_usage(self.job.work_dir).free
+        if free < size + BOSS_DISK_HEADROOM:
+            self.job.scheduler.abort(f"the boss's disk is nearly full ({free // 2**20} MiB free in "
+                                     f"{self.job.work_dir}; a result needs {size // 2**20} MiB)")
+            raise TransferError("no room for the result")
 
     def cancel(self, index: int) -> None:
         if self.sock is None:

@@ -49,6 +49,8 @@ BOSS_SILENCE_TIMEOUT = FFMPEG_CHUNK_TIMEOUT + 60   # a boss is quiet while we en
 # for this long while a request waits, and has no transfer going on our file port, is not
 # serving us: its session ends, and its places go to other bosses.
 REQUEST_ANSWER_TIMEOUT = float(os.environ.get("FFDT_TEST_ANSWER_TIMEOUT", "30"))   # shorter in tests
+UPLOAD_EXPIRY = 120.0               # seconds an upload may wait for its assign
+WATCH_INTERVAL = 1.0                # how often the watchdog looks for such bosses
 MAX_SESSIONS_PER_BOSS = 4           # sessions of one boss user at once (a ticket opens one per job)
 MAX_CONNECTIONS_PER_PORT = 64       # open connections on each of our ports
 LISTEN_BACKLOG = 128
@@ -72,6 +74,7 @@ class BossSession:
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     lock: threading.Lock = field(default_factory=threading.Lock)
     received: dict[int, str] = field(default_factory=dict)          # chunk -> sha256 of input bytes
+    received_at: dict[int, float] = field(default_factory=dict)     # chunk -> when its upload ended
     work: dict[int, Assignment] = field(default_factory=dict)
     closed: threading.Event = field(default_factory=threading.Event)
     asked: int = 0          # requests sent and not answered yet: each holds a worker slot
@@ -107,6 +110,7 @@ class Worker:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.busy = 0
+        self.reserved = 0          # disk bytes promised to uploads in progress
         self.serving = False
         root = cfg.workdir or Path(tempfile.gettempdir())
         try:
@@ -183,6 +187,15 @@ class Worker:
             t.start()
         self.serving = True
         threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self.watch_sessions, name="watchdog", daemon=True).start()
+
+    def watch_sessions(self) -> None:
+        """End the sessions of bosses that hold our places without answering (REQUEST_ANSWER_TIMEOUT)."""
+        while not self.stopping.wait(WATCH_INTERVAL):
+            with self.lock:
+                sessions = list(self.sessions.values())
+            for s in sessions:
+                end_if_unanswered(s)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -433,32 +446,26 @@ def ask_for_chunk(worker: Worker, s: BossSession) -> None:
             worker.hand.release()
             return
         s.asked += 1
+        if s.asked == 1:
+            s.heard = time.monotonic()    # the answer is due from now
     try:
         s.send(Msg.REQUEST, count=1)
     except ConnectionClosed:
-        return                            # end_session gives the slot back
-    watch_answer(worker, s, REQUEST_ANSWER_TIMEOUT)
+        pass                              # end_session gives the slot back
 
 
-def watch_answer(worker: Worker, s: BossSession, delay: float) -> None:
-    """In `delay` seconds: end the session if the boss has been silent REQUEST_ANSWER_TIMEOUT with
-    a request unanswered and nothing moving on the file port (see REQUEST_ANSWER_TIMEOUT)."""
-    def check() -> None:
-        with s.lock:
-            if s.closed.is_set() or s.asked == 0:
-                return
-            quiet = time.monotonic() - s.heard
-            waiting = s.transfers > 0 or quiet < REQUEST_ANSWER_TIMEOUT
-        if waiting:
-            watch_answer(worker, s, max(1.0, REQUEST_ANSWER_TIMEOUT - quiet))
+def end_if_unanswered(s: BossSession) -> None:
+    """End the session if its boss has been silent REQUEST_ANSWER_TIMEOUT with a request
+    unanswered and nothing moving on the file port (the watchdog's check)."""
+    with s.lock:
+        if s.closed.is_set() or s.asked == 0 or s.transfers > 0:
             return
-        log.warning("boss %s answered no request for %.0fs: ending its session", s.boss, quiet)
-        with contextlib.suppress(OSError):
-            s.sock.shutdown(socket.SHUT_RDWR)     # run_session's recv ends; end_session frees the places
-
-    timer = threading.Timer(delay, check)
-    timer.daemon = True
-    timer.start()
+        quiet = time.monotonic() - s.heard
+    if quiet < REQUEST_ANSWER_TIMEOUT:
+        return
+    log.warning("boss %s answered no request for %.0fs: ending its session", s.boss, quiet)
+    with contextlib.suppress(OSError):
+        s.sock.shutdown(socket.SHUT_RDWR)     # run_session's recv ends; end_session frees the places
 
 
 def ask_later(worker: Worker, s: BossSession, delay: float) -> None:
@@ -614,9 +621,14 @@ def receive_chunk(worker: Worker, s: BossSession, sock: socket.socket, msg: dict
     chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
     size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)
     sha = get(msg, "sha256", str)
-    free = 0 if faults.on("disk-full") else shutil.disk_usage(s.dir).free
-    if free < 3 * size + DISK_HEADROOM:            # input, output and some slack
-        raise RequestRejected(f"disk nearly full on this worker ({free // 2**20} MiB free)")
+    make_room_for_upload(worker, s)
+    need = 3 * size                                # input, output and some slack
+    with worker.lock:
+        # the space is reserved before the bytes come: uploads at once cannot overcommit the disk
+        free = (0 if faults.on("disk-full") else shutil.disk_usage(s.dir).free) - worker.reserved
+        if free < need + DISK_HEADROOM:
+            raise RequestRejected(f"disk nearly full on this worker ({max(0, free) // 2**20} MiB free)")
+        worker.reserved += need
     upload = object()                              # this upload, for a cancel that comes during it
     arrived = False
     with s.lock:
@@ -626,6 +638,8 @@ def receive_chunk(worker: Worker, s: BossSession, sock: socket.socket, msg: dict
         recv_file(sock, s.path(chunk, "in"), size, sha)
         arrived = True
     finally:
+        with worker.lock:
+            worker.reserved -= need
         with s.lock:
             if s.uploading.get(chunk) is upload:
                 del s.uploading[chunk]
@@ -635,7 +649,25 @@ def receive_chunk(worker: Worker, s: BossSession, sock: socket.socket, msg: dict
                 s.path(chunk, "in").unlink(missing_ok=True)
             elif arrived:
                 s.received[chunk] = sha
+                s.received_at[chunk] = time.monotonic()
     send_msg(sock, Msg.OK, sha256=sha)
+
+
+def make_room_for_upload(worker: Worker, s: BossSession) -> None:
+    """A boss uploads a chunk only for a place it was offered, and assigns it at once: uploads
+    left unassigned for UPLOAD_EXPIRY are removed, and no more may wait unassigned than the
+    worker has places. RequestRejected if this upload would be one too many."""
+    now = time.monotonic()
+    with s.lock:
+        for chunk, at in list(s.received_at.items()):
+            if now - at > UPLOAD_EXPIRY and chunk in s.received:
+                del s.received[chunk]
+                s.path(chunk, "in").unlink(missing_ok=True)
+                log.warning("boss %s never assigned chunk %d it uploaded: removed", s.boss, chunk)
+        s.received_at = {c: at for c, at in s.received_at.items() if c in s.received}
+        waiting = len(s.received) + len(s.uploading)
+    if waiting >= worker.cfg.slots + worker.cfg.prefetch:
+        raise RequestRejected(f"{waiting} uploads already wait for their assign")
 
 
 def send_result(s: BossSession, sock: socket.socket, msg: dict) -> None:

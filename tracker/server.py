@@ -177,7 +177,8 @@ def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     count = int_field(msg, "count", 1, MAX_WORKERS_PER_REQUEST)
     encoder = get(msg, "encoder", str)
     exclude = get(msg, "exclude", list, optional=True, default=[])
-    picked = ctx.state.live_workers(ctx.ttl, encoder, frozenset(x for x in exclude if isinstance(x, str)))[:count]
+    unwanted = frozenset(x for x in exclude if isinstance(x, str)) | ctx.state.dropped_from(job.id)
+    picked = ctx.state.live_workers(ctx.ttl, encoder, unwanted)[:count]
     expires = int(time.time() + TICKET_TTL)
     boss = s.user or ""
     workers = [{"name": w.name, "host": w.host, "msg_port": w.msg_port, "file_port": w.file_port,
@@ -203,8 +204,10 @@ def handle_event(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
         if worker is None or ctx.state.job_of_worker(job_id, worker) is None:
             raise RequestRejected("no such job for this worker")
     else:
-        _job(ctx, s, msg)
+        job = _job(ctx, s, msg)
         worker = get(msg, "worker", str, optional=True)
+        if event is Event.WORKER_DROPPED and worker:
+            ctx.state.dropped(job.id, worker)       # the boss will not be offered it again
     detail = get(msg, "detail", str, optional=True)
     ctx.audit.record(event, peer=s.peer, user=s.user, by=_v(s.role), job=job_id,
                      chunk=optional_number(msg, "chunk", int, 0, MAX_CHUNK_INDEX),

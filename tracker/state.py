@@ -38,6 +38,7 @@ class Job:
     input: str
     started: float
     workers: set[str] = field(default_factory=set)     # workers handed to it: they may report its events
+    dropped: set[str] = field(default_factory=set)     # workers its boss dropped: not offered to it again
 
 
 class TrackerState:
@@ -130,6 +131,17 @@ class TrackerState:
             job = self._jobs.get(job_id)
             if job is not None:
                 job.workers.update(workers)
+
+    def dropped_from(self, job_id: str) -> frozenset[str]:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return frozenset(job.dropped) if job is not None else frozenset()
+
+    def dropped(self, job_id: str, worker: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and worker in job.workers:
+                job.dropped.add(worker)
 
     def end_job(self, job_id: str) -> None:
         with self._lock:

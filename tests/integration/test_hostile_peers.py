@@ -152,3 +152,18 @@ def test_a_boss_that_never_answers_does_not_hold_the_workers_places(cluster, cli
         assert done.returncode == 0, done.stderr
     finally:
         socks[0].close()
+
+
+def test_a_result_bigger_than_its_frames_uncompressed_is_refused_before_its_bytes(cluster, tmp_path):
+    """Before: a result announced at up to 8 GiB was received without a look at its size."""
+    src = tmp_path / "tiny.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=25:duration=4", "-c:v", "libx264", "-preset", "ultrafast",
+           "-g", "25", str(src))
+    _, bad_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "bloated-results"})
+    cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    done = cluster.boss(src, out, "--preset", "ultrafast", "--chunk-seconds", "1")
+    assert done.returncode == 0, done.stderr
+    failed = events(cluster, "chunk_failed", worker=f"w@127.0.0.1:{bad_port}", by="boss")
+    assert failed and all("more than its frames uncompressed" in e["detail"] for e in failed), failed
+    assert not list(tmp_path.glob(".out.mp4.ffdt-work/*.recv.mkv"))

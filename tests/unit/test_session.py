@@ -82,6 +82,7 @@ class StandInWorker:
         self.encode_slots = threading.BoundedSemaphore(slots)
         self.lock = threading.Lock()
         self.busy = 0
+        self.reserved = 0
         self.sessions: dict[str, BossSession] = {}
         self.reports: list[tuple[Event, dict[str, Any]]] = []
 
@@ -546,3 +547,55 @@ def test_unknown_and_unexpected_messages_get_error_and_the_session_goes_on(start
     run.send(Msg.END)
     run.next(Msg.BYE)                                  # the very next message: no error for the error
     assert run.task.join() is None
+
+
+# ---------------------------------------------------------------- a boss filling the disk
+
+class Usage:
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+
+def test_uploads_at_once_reserve_their_space_before_their_bytes_come(background, start, monkeypatch):
+    """Before: the free-space check ran before any byte arrived and reserved nothing, so 8 uploads
+    of 40 MiB at once were all accepted on a 400 MiB disk."""
+    run = start(slots=1, prefetch=1)
+    room_for_one = session_mod.DISK_HEADROOM + 3 * len(DATA) + 1
+    monkeypatch.setattr(session_mod.shutil, "disk_usage", lambda path: Usage(room_for_one))
+    with file_port(background, run.worker) as (first, _):
+        send_msg(first, Msg.PUT, session=run.s.id, key=run.s.key, chunk=0, size=len(DATA), sha256=sha(DATA))
+        expect(first, Msg.OK)
+        first.sendall(DATA[:100])                       # the first upload is under way
+        with file_port(background, run.worker) as (second, _):
+            send_msg(second, Msg.PUT, session=run.s.id, key=run.s.key, chunk=1, size=len(DATA),
+                     sha256=sha(DATA))
+            err = expect(second, Msg.ERROR)
+            assert "disk nearly full" in err["reason"]
+        first.sendall(DATA[100:])
+        assert expect(first, Msg.OK)["sha256"] == sha(DATA)
+    assert run.worker.reserved == 0
+    put(background, run, 1)                             # its reservation is given back
+
+
+def test_an_upload_never_assigned_is_removed(background, start, monkeypatch):
+    monkeypatch.setattr(session_mod, "UPLOAD_EXPIRY", 0.2)
+    run = start()
+    assert run.next(Msg.REQUEST)["count"] == 1
+    put(background, run, 3)
+    assert chunk_files(run, 3)
+    time.sleep(0.3)
+    put(background, run, 4)                             # the next upload finds it expired
+    assert not chunk_files(run, 3) and 3 not in run.s.received
+    assign(run, 3)                                      # too late: the bytes are gone
+    failed = run.next(Msg.FAILED)
+    assert failed["chunk"] == 3 and "not received" in failed["reason"]
+
+
+def test_no_more_uploads_wait_unassigned_than_the_worker_has_places(background, start):
+    run = start(slots=1, prefetch=1)
+    put(background, run, 0)
+    put(background, run, 1)
+    with file_port(background, run.worker) as (conn, _):
+        send_msg(conn, Msg.PUT, session=run.s.id, key=run.s.key, chunk=2, size=len(DATA), sha256=sha(DATA))
+        assert "already wait for their assign" in expect(conn, Msg.ERROR)["reason"]
+    assert not chunk_files(run, 2)

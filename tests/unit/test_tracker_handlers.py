@@ -386,3 +386,15 @@ def _can_connect(tracker) -> bool:
         return False
     finally:
         sock.close()
+
+
+def test_a_worker_the_boss_dropped_is_not_offered_to_that_job_again(tracker, connect):
+    walt = connect(Role.WORKER, "walt")
+    name = expect_reply(walt, Msg.REGISTER, Msg.REGISTERED, **REGISTER)["worker"]
+    boss = connect(Role.BOSS, "alice")
+    job, other = start_job(boss), start_job(boss)
+    assert len(call(boss, Msg.WORKERS, job=job, count=1, encoder="libx264")["workers"]) == 1
+    assert call(boss, Msg.EVENT, job=job, event="worker_dropped", worker=name, detail="returned 2 bad results"
+                )["type"] is Msg.OK
+    assert call(boss, Msg.WORKERS, job=job, count=1, encoder="libx264")["workers"] == []
+    assert len(call(boss, Msg.WORKERS, job=other, count=1, encoder="libx264")["workers"]) == 1
