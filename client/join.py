@@ -51,7 +51,9 @@ class AudioJob:
         assert self.path is not None
         try:
             ffmpeg.run(ffmpeg.audio_cmd(tools, source, self.path, acodec, abitrate), nice=AUDIO_NICENESS)
-            # read here, while workers encode, not after the last chunk: it demuxes the whole input
+            # both here, while workers encode, not after the last chunk: the output's audio is a
+            # stream copy of this file, so its decode check stands for the output's
+            ffmpeg.decode_check(tools, self.path, audio_only=True)
             self.source_end = checks.media_end(tools, source, "a:0")
         except FFmpegError as exc:
             self.error = exc

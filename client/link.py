@@ -88,7 +88,7 @@ class LinkStats:
     bytes_received: int = 0
     refusals: int = 0
     bad_results: int = 0
-    full_checks: int = 0        # results the boss decoded in full (the rest: packet checks)
+    full_checks: int = 0        # results the boss decoded, in full or their start (the rest: packet checks)
 
     def summary(self) -> dict[str, Any]:
         return {"chunks": self.chunks_done, "frames": self.frames_done,

@@ -112,8 +112,8 @@ def test_a_long_input_in_many_chunks(tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(report.read_text())
     assert summary["chunks"] == 77 == sum(w["chunks"] for w in summary["workers"].values())
-    # every result is checked by its packets, a sample decoded: the first of the ffmpeg build, about
-    # a tenth of the rest (P(more than half) is far below 1e-15)
+    # every result is checked by its packets, a sample decoded: the start of the ffmpeg build's
+    # first, about a tenth of the rest in full (P(more than half) is far below 1e-15)
     decoded = sum(w["decoded_by_boss"] for w in summary["workers"].values())
     assert 1 <= decoded < 77 // 2, decoded
     timeline = summary["timeline"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from client.checks import HEAD_FRAMES, VerifyPolicy
 from client.scheduler import Chunk, Manifest
 
@@ -38,3 +40,19 @@ def test_retried_chunks_and_the_random_sample_are_decoded_in_full():
     assert policy.decode_frames("b", chunk(1, errors=["w1: 9 frames, expected 10"])) is None
     everything = VerifyPolicy(1.0)
     assert all(everything.decode_frames("b", chunk(i)) is None for i in range(20))
+
+
+def output_info(frame_rate: float = 25.0, start: float = 0.0):
+    from client.media import MediaInfo
+    return MediaInfo(Path("out.mp4"), "mp4", start, 60.0, [], 0, 1500, start, 60.0, [0], [True], [start], frame_rate)
+
+
+def test_the_output_is_decoded_at_the_first_the_last_and_one_other_chunk():
+    from client.checks import BORDER_FRAMES_AFTER, decode_spans_for
+    borders = [6.0 * i for i in range(1, 10)]                 # ten chunks
+    spans = decode_spans_for(output_info(), borders)
+    starts = [round(a - 0.02, 6) for a, _ in spans]            # half a frame in
+    assert len(spans) == 3 and starts[0] == 0.0 and starts[-1] == 54.0 and starts[1] in borders[:-1]
+    assert all(b - a == pytest.approx((BORDER_FRAMES_AFTER - 0.5) / 25) for a, b in spans)
+    assert len(decode_spans_for(output_info(), [30.0])) == 2   # two chunks: both
+    assert len(decode_spans_for(output_info(), [])) == 1
