@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,10 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
 from client import media
 from client.job import run_boss
 from client.progress import bars_wanted
-from common import ffmpeg, tls
+from common import ffmpeg
+from common.tls import ClientTls
 from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
-                        add_tls_client_options, read_password, run_main, setup_logging)
+                        add_tls_client_options, client_tls, read_password, run_main, setup_logging)
 from common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
 from common.errors import UsageError
 from common.net import parse_host_port
@@ -55,7 +55,7 @@ class BossConfig:
     bars: bool
     report: Path | None
     verify_fraction: float = DEFAULT_VERIFY_FRACTION
-    tls: ssl.SSLContext | None = None       # --tls/--tls-ca: tracker and workers over TLS only
+    tls: ClientTls = ClientTls(None)        # to the tracker; workers are pinned to the keys they registered
 
 
 # ---------------------------------------------------------------- command line
@@ -140,7 +140,7 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         user=args.user or "", password="" if args.local else read_password(args.password_file),
         workers=args.local or args.workers, local=args.local, chunk_seconds=args.chunk_seconds,
         wait_workers=max(0.0, args.wait_workers), silence_timeout=max(1.0, args.worker_timeout),
-        tls=tls.client_context(args.tls_ca) if (args.tls or args.tls_ca) and not args.local else None,
+        tls=ClientTls(None) if args.local else client_tls(args),
         work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
         allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet), report=args.report,
         verify_fraction=args.verify_fraction)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import threading
 import time
 from collections import Counter
@@ -99,7 +100,8 @@ def run_boss(cfg: BossConfig) -> int:
             cluster = LocalCluster(cfg.local, cfg.ffmpeg_args)
             tracker_addr, user, password = cluster.addr, cluster.boss_user, cluster.password
         assert tracker_addr is not None
-        tracker = TrackerClient(tracker_addr, user, password, Role.BOSS, tls=None if cfg.local else cfg.tls)
+        tracker = TrackerClient(tracker_addr, user, password, Role.BOSS, tls=cfg.tls.context, pin=cfg.tls.pin,
+                                known=cfg.tls.known)
         tracker.connect()
         result = Job(cfg, info, container, work, tracker, phases).run()
         ok = True
@@ -153,6 +155,13 @@ def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:
                     "(--scale W:-2 to resize instead, or --pix-fmt yuv444p)", v.width, v.height)
         s = dataclasses.replace(s, pad_even=True)
     return s
+
+
+def ca_context(tracker_tls: tls.ClientTls) -> ssl.SSLContext:
+    """For workers with a CA-issued certificate and no registered key (the others are pinned):
+    the CAs the tracker is verified with, else the system's."""
+    ctx = tracker_tls.context
+    return ctx if ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED else tls.client_context(None)
 
 
 def raw_frame_bytes(info: media.MediaInfo, settings: Settings) -> int:
@@ -217,7 +226,7 @@ class Job:
                                       on_assigned=self.phases.assigned,
                                       cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,
-                                      tls=cfg.tls or tls.client_context(None),
+                                      tls=ca_context(cfg.tls),
                                       frame_bytes=raw_frame_bytes(info, cfg.settings))
                 with self.phases.timed("encode"):
                     if not scheduler.finished.is_set():
@@ -284,8 +293,8 @@ class Job:
             builds = Counter(o.ffmpeg for o in offers)
             self.ffmpeg_build = builds.most_common(1)[0][0]
         for offer in offers:
-            if self.cfg.tls is not None and not offer.tls and not self.cfg.local:
-                log.warning("not using %s: it does not speak TLS, and this job asked for TLS", offer.name)
+            if self.cfg.tls.context is not None and not offer.tls:
+                log.warning("not using %s: it does not speak TLS (--plain to use such workers)", offer.name)
                 continue
             if offer.ffmpeg != self.ffmpeg_build:
                 if not self.cfg.allow_mixed:

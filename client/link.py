@@ -27,12 +27,14 @@ from common.net import connect
 from common.protocol import (Msg, Role, client_hello, expect, field, int_field, recv_msg_or_reject,
                              send_msg)
 from common.settings import Settings
+from common.tls import FINGERPRINT, pinning_context
 from common.transfer import recv_file, send_file, sha256_file
 
 log = logging.getLogger("boss")
 
 REFUSAL_BACKOFF = 5.0
 MAX_BAD_RESULTS = 2       # results failing verification before the job stops using a worker
+_PINNING = pinning_context()
 RESULT_SLACK = 1 << 20    # container overhead allowed beyond the frames uncompressed
 BOSS_DISK_HEADROOM = 256 * 1024 * 1024      # free space the boss keeps beyond a result
 MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
@@ -49,13 +51,18 @@ class WorkerOffer:
     ffmpeg: str
     ticket: dict[str, Any]
     tls: bool = False           # its ports speak TLS
+    fingerprint: str | None = None      # its TLS key's, as it registered it with the tracker: pinned
 
     @classmethod
     def from_wire(cls, w: dict[str, Any]) -> WorkerOffer:
         msg = {"type": Msg.WORKER_LIST, **w}
+        fingerprint = field(msg, "fingerprint", str, optional=True)
+        if fingerprint is not None and not FINGERPRINT.match(fingerprint):
+            raise ProtocolError("worker_list: bad key fingerprint")
         return cls(field(msg, "name", str), field(msg, "host", str), int_field(msg, "msg_port", 1, 65535),
                    int_field(msg, "file_port", 1, 65535), int_field(msg, "slots", 1, 1024),
-                   field(msg, "ffmpeg", str), field(msg, "ticket", dict), msg.get("tls") is True)
+                   field(msg, "ffmpeg", str), field(msg, "ticket", dict), msg.get("tls") is True or
+                   fingerprint is not None, fingerprint)
 
 
 # on_result(link, chunk, received file, its sha256, the worker's encode seconds)
@@ -148,7 +155,7 @@ class WorkerLink(threading.Thread):
     def _open(self) -> None:
         o = self.offer
         sock = connect((o.host, o.msg_port), deadline=CONNECT_TIMEOUT, io_timeout=self.job.silence_timeout,
-                       tls=self.job.tls if o.tls else None)
+                       **self._tls())
         self.sock = sock
         client_hello(sock, Role.BOSS, self.job.name)
         send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire())
@@ -261,10 +268,18 @@ class WorkerLink(threading.Thread):
         self.job.report(Event.CHUNK_ASSIGNED, chunk=chunk.index, worker=self.offer.name)
         log.debug("%s -> %s (attempt %d)", chunk.name, self.offer.name, chunk.attempts)
 
+    def _tls(self) -> dict[str, Any]:
+        """How to reach this worker's ports: pinned to the key it registered, else (a CA-issued
+        certificate without one) verified by the job's CA context, else plain TCP."""
+        o = self.offer
+        if o.fingerprint is not None:
+            return {"tls": _PINNING, "pin": o.fingerprint}
+        return {"tls": self.job.tls if o.tls else None}
+
     def _file_conn(self) -> socket.socket:
         o = self.offer
         sock = connect((o.host, o.file_port), deadline=CONNECT_TIMEOUT, io_timeout=TRANSFER_STALL_TIMEOUT,
-                       tls=self.job.tls if o.tls else None)
+                       **self._tls())
         try:
             client_hello(sock, Role.BOSS, self.job.name)
         except BaseException:

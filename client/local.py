@@ -46,6 +46,7 @@ class LocalCluster:
         self.procs = [subprocess.Popen(
             [sys.executable, str(WORKER_SCRIPT), "0", "0", "--tracker", f"127.0.0.1:{self.addr[1]}",
              "--user", "local-worker", "--host", "127.0.0.1", "--quiet", "--workdir", str(self.dir / f"w{i}"),
+             "--plain",     # loopback, between processes of this boss: no key to make and pin
              *ffmpeg_args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             preexec_fn=die_with_parent)     # no orphans if the boss is killed
             for i in range(workers)]

@@ -119,7 +119,8 @@ class Worker:
             raise UsageError(f"cannot use {root} as the work directory: {exc.strerror}") from None
         remove_stale_dirs(root)
         self.root = Path(tempfile.mkdtemp(prefix=f"ffdt-worker-{os.getpid()}-", dir=root))
-        self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER, tls=cfg.tls_client)
+        self.tracker = TrackerClient(cfg.tracker, cfg.user, cfg.password, Role.WORKER, tls=cfg.tls_client.context,
+                                     pin=cfg.tls_client.pin, known=cfg.tls_client.known)
         self.reporter = EventReporter(self.tracker, keepalive=False)    # heartbeats keep the connection
         # worker-wide, shared by every boss's session: `hand` bounds the chunks asked for or held
         # (--slots encoding plus --prefetch uploaded and waiting, so an encode never waits on the
@@ -144,7 +145,8 @@ class Worker:
     def register(self) -> None:
         login = self.tracker.connect()
         reply = self.tracker.register(self.cfg.advertise, self.msg_port, self.file_port, self.cfg.slots,
-                                      self.version, self.encoders, tls=self.cfg.tls_server is not None)
+                                      self.version, self.encoders, tls=self.cfg.tls_server is not None,
+                                      fingerprint=self.cfg.tls_fingerprint)
         with self.lock:
             self.name = get(reply, "worker", str)
             key = auth.ticket_key(login.server_key, get(reply, "ticket_salt", str))

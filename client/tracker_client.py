@@ -17,14 +17,19 @@ from common.errors import ConnectionClosed, PeerUnreachable, ProtocolError
 from common.net import connect
 from common.protocol import Msg, Role, client_hello, field, request
 from common.settings import Settings
+from common.tls import KnownTrackers, peer_fingerprint
 
 log = logging.getLogger(__name__)
 
 
 class TrackerClient:
     def __init__(self, addr: tuple[str, int], user: str, password: str, role: Role,
-                 *, deadline: float = CONNECT_DEADLINE, tls: ssl.SSLContext | None = None) -> None:
+                 *, deadline: float = CONNECT_DEADLINE, tls: ssl.SSLContext | None = None,
+                 pin: str | None = None, known: KnownTrackers | None = None) -> None:
+        """tls: None for plain TCP. pin: the tracker's key fingerprint; without one, `known`
+        (trust on first use) gives it, or learns it at the first connection."""
         self.addr, self.user, self.role, self.tls = addr, user, role, tls
+        self.pin, self.known = pin, known
         self._password = password
         self._deadline = deadline
         self._sock: socket.socket | None = None
@@ -42,10 +47,16 @@ class TrackerClient:
 
     def _connect(self) -> auth.Login:
         self._close()
+        pin = self.pin or (self.known.get(self.where) if self.known else None)
         try:
-            sock = connect(self.addr, deadline=self._deadline, tls=self.tls)
+            sock = connect(self.addr, deadline=self._deadline, tls=self.tls, pin=pin)
         except PeerUnreachable as exc:
             raise PeerUnreachable(f"tracker {self.where} unreachable: {exc}") from None
+        if self.tls is not None and pin is None and self.known is not None:
+            self.pin = peer_fingerprint(sock)        # type: ignore[arg-type]
+            self.known.remember(self.where, self.pin)
+            log.warning("trusting tracker %s on first use: its key is %s (remembered in %s; "
+                        "--tracker-fingerprint pins it)", self.where, self.pin, self.known.path)
         try:
             client_hello(sock, self.role, self.user)
             self.login = auth.login(sock, self.user, self._password)
@@ -82,9 +93,9 @@ class TrackerClient:
     # ------------------------------------------------------------ typed calls
 
     def register(self, host: str, msg_port: int, file_port: int, slots: int, ffmpeg: str,
-                 encoders: list[str], tls: bool = False) -> dict[str, Any]:
+                 encoders: list[str], tls: bool = False, fingerprint: str | None = None) -> dict[str, Any]:
         return self.call(Msg.REGISTER, Msg.REGISTERED, host=host, msg_port=msg_port, file_port=file_port,
-                          slots=slots, ffmpeg=ffmpeg, encoders=encoders, tls=tls)
+                          slots=slots, ffmpeg=ffmpeg, encoders=encoders, tls=tls, fingerprint=fingerprint)
 
     def heartbeat(self, busy: int) -> None:
         self.call(Msg.HEARTBEAT, Msg.OK, busy=busy)

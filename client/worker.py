@@ -24,11 +24,11 @@ from client.progress import bars_wanted
 from client.session import Worker
 from common import ffmpeg
 from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
-                        add_tls_client_options, read_password, run_main, setup_logging)
+                        add_tls_client_options, client_tls, read_password, run_main, setup_logging)
 from common.config import DEFAULT_PREFETCH, MAX_SLOTS
 from common.errors import UsageError
 from common.net import parse_host_port
-from common.tls import client_context, server_context
+from common.tls import ClientTls, server_identity
 
 log = logging.getLogger("worker")
 
@@ -48,8 +48,9 @@ class WorkerConfig:
     workdir: Path | None
     tools: ffmpeg.Tools
     bars: bool
-    tls_server: ssl.SSLContext | None = None     # TLS on our two ports
-    tls_client: ssl.SSLContext | None = None     # TLS to the tracker
+    tls_server: ssl.SSLContext | None = None     # TLS on our two ports (None: plain TCP)
+    tls_fingerprint: str | None = None           # of the key they serve, registered for bosses to pin
+    tls_client: ClientTls = ClientTls(None)      # TLS to the tracker
 
 
 # ---------------------------------------------------------------- command line
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="ffmpeg threads per chunk (0: ffmpeg decides)")
     p.add_argument("--workdir", type=Path, help="where chunks are kept while encoding (default: system temp)")
     add_ffmpeg_options(p, quiet_help="no progress bars, warnings only")
-    p.add_argument("--tls-cert", type=Path, help="serve both ports with TLS: certificate (PEM) for --advertise")
+    p.add_argument("--tls-cert", type=Path, help="serve both ports with this certificate (PEM) instead of a key "
+                   "made at start")
     p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     add_tls_client_options(p)
     add_password_option(p)
@@ -94,10 +96,10 @@ def advertised_host(args: argparse.Namespace, tracker: tuple[str, int]) -> str:
 
 
 def tls_options(args: argparse.Namespace) -> dict[str, Any]:
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    return {"tls_server": server_context(args.tls_cert, args.tls_key) if args.tls_cert else None,
-            "tls_client": client_context(args.tls_ca) if (args.tls or args.tls_ca) else None}
+    """Our ports: a certificate given, or a key made now for this run (bosses pin its
+    fingerprint, which we register), or plain TCP with --plain."""
+    server, fingerprint = server_identity(args.tls_cert, args.tls_key, args.plain, None, "ffdt-worker")
+    return {"tls_server": server, "tls_fingerprint": fingerprint, "tls_client": client_tls(args)}
 
 
 def run_worker(args: argparse.Namespace) -> int:

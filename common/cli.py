@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from common import tls
 from common.errors import TranscoderError, UsageError
 
 PASSWORD_HELP = ("password: the FFDT_PASSWORD environment variable, else --password-file, else a prompt "
@@ -48,9 +49,30 @@ def add_ffmpeg_options(p: argparse.ArgumentParser, quiet_help: str) -> None:
 
 
 def add_tls_client_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tls", action="store_true", help="connect with TLS (to the tracker; for a boss, to workers too)")
+    p.add_argument("--tracker-fingerprint", metavar="FP",
+                   help="the tracker's key, as it prints it at start (sha256:...); without it the key is "
+                   "trusted on first use and remembered in ~/.config/ffdt/known_trackers")
     p.add_argument("--tls-ca", type=Path, metavar="FILE",
-                   help="CA certificates (PEM) to verify TLS peers with, instead of the system's; implies --tls")
+                   help="verify the tracker's certificate against these CA certificates (PEM) instead of "
+                   "pinning its key")
+    p.add_argument("--tls", action="store_true",
+                   help="verify the tracker's certificate against the system's CAs instead of pinning its key")
+    p.add_argument("--plain", action="store_true",
+                   help="no TLS: plain TCP to the tracker (and for a boss, to workers); only on a network you trust")
+
+
+def client_tls(args: argparse.Namespace) -> tls.ClientTls:
+    """The TLS a client uses toward the tracker, from add_tls_client_options()'s options."""
+    if args.plain:
+        if args.tls or args.tls_ca or args.tracker_fingerprint:
+            raise UsageError("--plain goes with no TLS option")
+        return tls.ClientTls(None)
+    if args.tls or args.tls_ca:
+        return tls.ClientTls(tls.client_context(args.tls_ca))
+    pin = (args.tracker_fingerprint or "").strip().lower() or None
+    if pin is not None and not tls.FINGERPRINT.match(pin):
+        raise UsageError("--tracker-fingerprint: expected sha256: and 64 hex digits, as the tracker prints it")
+    return tls.ClientTls(tls.pinning_context(), pin, None if pin else tls.KnownTrackers())
 
 
 def add_password_option(p: argparse.ArgumentParser) -> None:

@@ -77,9 +77,10 @@ def enable_keepalive(sock: socket.socket, idle: int = 30, interval: int = 10, co
 
 
 def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,
-            io_timeout: float = IO_TIMEOUT, tls: ssl.SSLContext | None = None) -> socket.socket:
-    """A connected socket with `io_timeout` set (TLS over it if `tls`), or PeerUnreachable once
-    `deadline` has passed."""
+            io_timeout: float = IO_TIMEOUT, tls: ssl.SSLContext | None = None, pin: str | None = None
+            ) -> socket.socket:
+    """A connected socket with `io_timeout` set (TLS over it if `tls`; with `pin`, the peer's key
+    must have that fingerprint), or PeerUnreachable once `deadline` has passed."""
     give_up_at = time.monotonic() + deadline
     backoff = Backoff(CONNECT_BACKOFF_FIRST, CONNECT_BACKOFF_CAP)
     while True:
@@ -94,5 +95,5 @@ def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             from common.tls import wrap_client
-            return wrap_client(sock, tls, addr[0])
+            return wrap_client(sock, tls, addr[0], pin)
         return sock

@@ -1,15 +1,32 @@
-"""Optional TLS for every connection: the tracker's port and the workers' two ports.
+"""TLS on every connection: the tracker's port and the workers' two ports.
 
-Logins are safe without it (SCRAM never sends the password), but chunk bytes, session keys and
-tickets are not: on a network you do not trust, give servers a certificate and clients the CA.
+By default every server makes its own key and self-signed certificate, and clients pin the key's
+SHA-256 fingerprint instead of checking a certificate authority: the tracker keeps its key in its
+data directory and prints the fingerprint, which workers and bosses pin (given with
+--tracker-fingerprint, or trusted on first use and remembered, as SSH does); a worker makes a new
+key at each start and registers its fingerprint over its TLS connection to the tracker, which
+hands it to bosses with the worker's address and ticket. Certificates from a CA
+(--tls-cert/--tls-key, --tls-ca) still work; plain TCP only with --plain.
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
+import logging
+import os
+import re
 import socket
 import ssl
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import PeerUnreachable, UsageError
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
+KEY_FILE, CERT_FILE = "tls-key.pem", "tls-cert.pem"
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -22,6 +39,75 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def fingerprint(der: bytes) -> str:
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def cert_fingerprint(cert: Path) -> str:
+    try:
+        return fingerprint(ssl.PEM_cert_to_DER_cert(cert.read_text(encoding="ascii")))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the TLS certificate {cert}: {exc}") from None
+
+
+def server_identity(cert: Path | None, key: Path | None, plain: bool, keep_in: Path | None, name: str
+                    ) -> tuple[ssl.SSLContext | None, str | None]:
+    """What a server's ports speak, from its options: the certificate given (--tls-cert/--tls-key),
+    else plain TCP (--plain), else a key of its own (own_identity). Returns the context (None:
+    plain) and the fingerprint clients pin."""
+    if bool(cert) != bool(key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if plain and cert:
+        raise UsageError("--plain goes with no TLS option")
+    if cert and key:
+        return server_context(cert, key), cert_fingerprint(cert)
+    if plain:
+        return None, None
+    return own_identity(keep_in, name)
+
+
+def own_identity(directory: Path | None, name: str) -> tuple[ssl.SSLContext, str]:
+    """A server context with a key and self-signed certificate of our own, and its fingerprint.
+    Kept in `directory` (made on first use, the key 0600) so that clients can pin it across
+    restarts; with directory=None, a new one for this process only (the key never stays on disk)."""
+    if directory is None:
+        with tempfile.TemporaryDirectory(prefix="ffdt-tls-") as scratch:
+            return own_identity(Path(scratch), name)
+    key, cert = directory / KEY_FILE, directory / CERT_FILE
+    if not (key.is_file() and cert.is_file()):
+        _make_identity(key, cert, name)
+    return server_context(cert, key), cert_fingerprint(cert)
+
+
+def _make_identity(key_path: Path, cert_path: Path, name: str) -> None:
+    # imported here: only servers making their first key need it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=20 * 365)).sign(key, hashes.SHA256()))
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file 0600, atomically (a crash leaves the old one or none)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def client_context(ca: Path | None) -> ssl.SSLContext:
     """Verifies the server's certificate and name: against `ca`, else the system's CAs."""
     try:
@@ -32,10 +118,25 @@ def client_context(ca: Path | None) -> ssl.SSLContext:
     return ctx
 
 
-def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, host: str) -> ssl.SSLSocket:
-    """TLS over a connected socket (handshake within the socket's timeout)."""
+def pinning_context() -> ssl.SSLContext:
+    """For a peer identified by its key's fingerprint (wrap_client's `pin`), not by a CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE         # the fingerprint is checked instead, before any byte of ours
+    return ctx
+
+
+def peer_fingerprint(sock: ssl.SSLSocket) -> str:
+    der = sock.getpeercert(binary_form=True)
+    return fingerprint(der) if der else ""
+
+
+def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, host: str, pin: str | None = None) -> ssl.SSLSocket:
+    """TLS over a connected socket (handshake within the socket's timeout); with `pin`, the
+    peer's certificate must have that fingerprint."""
     try:
-        return ctx.wrap_socket(sock, server_hostname=host)
+        tls = ctx.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
         sock.close()
         raise PeerUnreachable(f"TLS with {host}: certificate not trusted ({exc.verify_message}); "
@@ -43,8 +144,54 @@ def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, host: str) -> ssl.SSLS
     except (ssl.SSLError, OSError) as exc:
         sock.close()
         raise PeerUnreachable(f"TLS with {host} failed: {getattr(exc, 'reason', None) or exc}") from None
+    if pin is not None and peer_fingerprint(tls) != pin:
+        seen = peer_fingerprint(tls)
+        tls.close()
+        raise PeerUnreachable(f"TLS with {host}: its key is {seen}, not {pin} as trusted here: another "
+                              "machine, or its key was made again (if so, trust the new one explicitly)")
+    return tls
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How a client reaches the tracker: `context` None for plain TCP; a pinning context with
+    `pin` (the tracker's key) or `known` (trusted on first use); or a context that verifies a CA."""
+    context: ssl.SSLContext | None
+    pin: str | None = None
+    known: KnownTrackers | None = None
 
 
 def wrap_server(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:
     """TLS for an accepted socket; raises ssl.SSLError/OSError for a peer that does not speak it."""
     return ctx.wrap_socket(sock, server_side=True)
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("FFDT_CONFIG_DIR") or Path.home() / ".config" / "ffdt")
+
+
+class KnownTrackers:
+    """Tracker keys trusted on first use, as SSH's known_hosts: one "HOST:PORT FINGERPRINT" a line."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_dir() / "known_trackers"
+
+    def get(self, where: str) -> str | None:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == where and FINGERPRINT.match(parts[1]):
+                return parts[1]
+        return None
+
+    def remember(self, where: str, fp: str) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            old = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+            kept = [line for line in old if line.split()[:1] != [where]]
+            write_private(self.path, ("\n".join([*kept, f"{where} {fp}"]) + "\n").encode())
+        except OSError as exc:
+            log.warning("could not remember the tracker's key in %s: %s", self.path, exc)

@@ -10,6 +10,7 @@ import selectors
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -44,6 +45,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def ffmpeg(*args: str, timeout: float = 120) -> None:
     subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
                    check=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_config_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keys trusted on first use go to a directory of the test run's, never ~/.config."""
+    os.environ["FFDT_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +109,10 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def env(password: str = PASSWORD, **extra: str) -> dict[str, str]:
-    e = dict(os.environ, FFDT_PASSWORD=password, PYTHONUNBUFFERED="1", **extra)
-    return e
+    # each process its own config dir: a tracker key trusted on first use by one test must not be
+    # held against the next test's tracker on the same port
+    config = tempfile.mkdtemp(prefix="process-", dir=os.environ.get("FFDT_CONFIG_DIR"))
+    return {**os.environ, "FFDT_PASSWORD": password, "PYTHONUNBUFFERED": "1", "FFDT_CONFIG_DIR": config, **extra}
 
 
 def run_cli(script: str, *args: str, cwd: Path | None = None, password: str = PASSWORD,
@@ -120,6 +129,12 @@ class Cluster:
     tracker_port: int = 0
     tracker: subprocess.Popen | None = None
     workers: list[tuple[subprocess.Popen, int, int]] = field(default_factory=list)
+    fingerprint: str | None = None          # the tracker's TLS key, which clients pin
+
+    def pin(self, extra: tuple[str, ...]) -> list[str]:
+        """--tracker-fingerprint for a client, unless `extra` chooses its TLS itself."""
+        chosen = {"--tls", "--tls-ca", "--plain", "--tracker-fingerprint"} & set(extra)
+        return ["--tracker-fingerprint", self.fingerprint] if self.fingerprint and not chosen else []
 
     @property
     def addr(self) -> str:
@@ -135,15 +150,18 @@ class Cluster:
                                  "--port", str(self.tracker_port), "--data-dir", str(self.data), *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
         self.procs.append(proc)
-        m = LISTENING.search(_read_line(proc, 30))
+        line = _read_line(proc, 30)
+        m = LISTENING.search(line)
         assert m, "no listening line"
         self.tracker, self.tracker_port = proc, int(m.group(2))
+        key = re.search(r"TLS key (sha256:[0-9a-f]{64})", line)
+        self.fingerprint = key[1] if key else None
         return self.tracker_port
 
     def start_worker(self, *extra: str, user: str = "w", extra_env: dict[str, str] | None = None
                      ) -> tuple[subprocess.Popen, int, int]:
         proc = subprocess.Popen([sys.executable, str(ROOT / "client/worker.py"), "0", "0", "--tracker", self.addr,
-                                 "--user", user, "--host", "127.0.0.1", "--quiet", *extra],
+                                 "--user", user, "--host", "127.0.0.1", "--quiet", *self.pin(extra), *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env(**(extra_env or {})))
         self.procs.append(proc)
@@ -156,7 +174,7 @@ class Cluster:
     def boss(self, src: Path, out: Path, *extra: str, user: str = "b", password: str = PASSWORD,
              timeout: float = 300, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return run_cli("client/boss.py", str(src), "-o", str(out), "--tracker", self.addr, "--user", user,
-                       "--quiet", *extra, password=password, timeout=timeout, extra_env=extra_env)
+                       "--quiet", *self.pin(extra), *extra, password=password, timeout=timeout, extra_env=extra_env)
 
     def audit(self, job: str | None = None) -> list[dict]:
         args = ["logs", "--data-dir", str(self.data), "--json"] + (["--job", job] if job else [])
@@ -262,5 +280,5 @@ def audit_events(data: Path) -> list[dict]:
 
 def start_boss(cluster: "Cluster", src: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(ROOT / "client/boss.py"), str(src), "-o", str(out),
-                             "--tracker", cluster.addr, "--user", "b", "--quiet", *extra],
+                             "--tracker", cluster.addr, "--user", "b", "--quiet", *cluster.pin(extra), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())

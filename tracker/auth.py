@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import scramp
 
 from common.config import SCRAM_ITERATIONS, SCRAM_MECHANISM
 from common.errors import AuthError, ProtocolError
+from common.tls import write_private
 from tracker.store import Store, UserRecord
 
 MECHANISM = scramp.ScramMechanism(SCRAM_MECHANISM)
@@ -38,13 +38,7 @@ def load_secret(data_dir: Path) -> bytes:
         pass
     # new, or cut short by a crash while it was written: make one, and replace atomically
     key = secrets.token_bytes(32)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(path, key)
     return key
 
 

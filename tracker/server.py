@@ -26,7 +26,7 @@ from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MA
                            MAX_REASON, MAX_SLOTS, MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
 from common.net import Deadline
-from common.tls import wrap_server
+from common.tls import FINGERPRINT, wrap_server
 from common.protocol import (Msg, Role, field as get, int_field, optional_number, recv_msg_or_reject, send_msg,
                              server_hello)
 from tracker.audit import Recorder
@@ -116,13 +116,17 @@ def handle_register(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     encoders = get(msg, "encoders", list)
     if len(encoders) > 1000 or not all(isinstance(e, str) and len(e) <= 64 for e in encoders):
         raise RequestRejected("bad encoder list")
+    fingerprint = get(msg, "fingerprint", str, optional=True)
+    if fingerprint is not None and not FINGERPRINT.match(fingerprint):
+        raise RequestRejected("bad key fingerprint")
     salt = secrets.token_hex(16)
     name = f"{s.user}@{host}:{msg_port}"
     if s.worker and s.worker != name:
         ctx.state.drop(s.worker, s.conn_id)
     worker = WorkerInfo(name=name, user=s.user or "", host=host, msg_port=msg_port, file_port=file_port,
                         slots=int_field(msg, "slots", 1, MAX_SLOTS), ffmpeg=get(msg, "ffmpeg", str)[:200],
-                        encoders=tuple(encoders), tls=bool(msg.get("tls") is True),
+                        encoders=tuple(encoders), tls=bool(msg.get("tls") is True) or fingerprint is not None,
+                        fingerprint=fingerprint,
                         ticket_key=ticket_auth.ticket_key(s.server_key, salt), connection=s.conn_id)
     ctx.state.register(worker)
     s.worker = name
@@ -182,7 +186,7 @@ def handle_workers(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     expires = int(time.time() + TICKET_TTL)
     boss = s.user or ""
     workers = [{"name": w.name, "host": w.host, "msg_port": w.msg_port, "file_port": w.file_port,
-                "slots": w.slots, "ffmpeg": w.ffmpeg, "tls": w.tls,
+                "slots": w.slots, "ffmpeg": w.ffmpeg, "tls": w.tls, "fingerprint": w.fingerprint,
                 "ticket": ticket_auth.make_ticket(w.ticket_key, boss, job.id, w.name, expires)}
                for w in picked]
     ctx.state.gave(job.id, [w.name for w in picked])

@@ -27,6 +27,7 @@ class WorkerInfo:
     encoders: tuple[str, ...]
     ticket_key: bytes
     tls: bool = False          # its ports speak TLS
+    fingerprint: str | None = None   # its TLS key's, for bosses to pin
     last_seen: float = 0.0
     connection: int = 0        # id of the tracker connection that registered it
 

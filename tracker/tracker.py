@@ -18,7 +18,7 @@ from common.cli import (PASSWORD_HELP, add_common_options, add_password_option, 
                         run_main, setup_logging)
 from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
 from common.errors import UsageError
-from common.tls import server_context
+from common.tls import server_identity
 from tracker.audit import AuditLog, format_event
 from tracker.auth import create_user, load_secret
 from tracker.server import TrackerContext, TrackerServer
@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="users, audit log, secret")
     serve.add_argument("--peer-ttl", type=float, default=PEER_TTL,
                        help="seconds without a heartbeat before a worker is dropped")
-    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM), with --tls-key")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM), with --tls-key, "
+                       "instead of the key the tracker makes in its data dir")
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument("--plain", action="store_true", help="no TLS: plain TCP (only on a network you trust)")
     add_common_options(serve)
     user = sub.add_parser("add-user", help="create or update a user", epilog=PASSWORD_HELP)
     user.add_argument("name")
@@ -91,16 +93,16 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"port {args.port} out of range (0-65535)")
     store = open_store(args.data_dir, create=True)
     audit = AuditLog(args.data_dir / "audit.jsonl", store)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    # a key of its own is made on the first start and kept, so that clients can pin it
+    tls, fingerprint = server_identity(args.tls_cert, args.tls_key, args.plain, args.data_dir, "ffdt-tracker")
     ctx = TrackerContext(TrackerState(), store, audit, load_secret(args.data_dir), ttl=args.peer_ttl, tls=tls)
     try:
         server = TrackerServer((args.host, args.port), ctx)
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     host, port = server.server_address[:2]
-    print(f"listening on {host}:{port}", flush=True)
+    # the fingerprint is what workers and bosses pin (--tracker-fingerprint)
+    print(f"listening on {host}:{port} " + (f"TLS key {fingerprint}" if fingerprint else "plain TCP"), flush=True)
     audit.record(Event.TRACKER_STARTED, peer=f"{host}:{port}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,6 +14,7 @@ from common.errors import ConnectionClosed
 from common.net import connect
 from common.protocol import Msg, Role, client_hello, recv_msg, send_msg
 from common.settings import Settings
+from common.tls import pinning_context
 from tests.conftest import PASSWORD, Cluster, audit_events, ffmpeg, poll_for, start_boss
 from tests.integration.test_faults import assert_bad_worker_dropped, ffmpeg_of, held_worker
 
@@ -108,13 +109,14 @@ def test_the_trackers_data_and_the_bosss_work_are_private_even_in_an_existing_di
 def hostile_boss_sessions(cluster, msg_port: int, count: int) -> tuple[list[dict], list[socket.socket]]:
     """Log in as boss `b`, start a job, get a ticket for the one worker, and open `count` sessions
     with it; returns each session's reply and the open sockets."""
-    tracker = TrackerClient(("127.0.0.1", cluster.tracker_port), "b", PASSWORD, Role.BOSS)
+    tracker = TrackerClient(("127.0.0.1", cluster.tracker_port), "b", PASSWORD, Role.BOSS, tls=pinning_context(),
+                            pin=cluster.fingerprint)
     tracker.connect()
     job = tracker.job_start("x.mp4", Settings())
     [offer] = tracker.workers(job, 1, "libx264", [])
     replies, socks = [], []
     for _ in range(count):
-        sock = connect(("127.0.0.1", msg_port), io_timeout=10)
+        sock = connect(("127.0.0.1", msg_port), io_timeout=10, tls=pinning_context(), pin=offer["fingerprint"])
         socks.append(sock)
         client_hello(sock, Role.BOSS, "b")
         send_msg(sock, Msg.SESSION, ticket=offer["ticket"], settings=Settings().to_wire())
@@ -165,5 +167,5 @@ def test_a_result_bigger_than_its_frames_uncompressed_is_refused_before_its_byte
     done = cluster.boss(src, out, "--preset", "ultrafast", "--chunk-seconds", "1")
     assert done.returncode == 0, done.stderr
     failed = events(cluster, "chunk_failed", worker=f"w@127.0.0.1:{bad_port}", by="boss")
-    assert failed and all("more than its frames uncompressed" in e["detail"] for e in failed), failed
+    assert failed and all("more than its frames uncompressed" in e["detail"] for e in failed), (failed, done.stderr)
     assert not list(tmp_path.glob(".out.mp4.ffdt-work/*.recv.mkv"))
