@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from client import media
 from client.scheduler import Chunk
-from common import ffmpeg
+from common import ffmpeg, mkv
 from common.config import CHECK_FIXED_SECONDS, CHECK_SECONDS_PER_FRAME
 from common.errors import ChunkError, FFmpegError, TranscoderError
 from common.settings import Settings
@@ -77,7 +77,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
               f"decoding {limit} frames" if limit else "packet checks")
     passed = False
     try:
-        packets = ffmpeg.stream_packets(tools, path, strict=True, peer=True, timeout=timeout)
+        packets = result_packets(tools, path, timeout)
         odd = packet_oddity(chunk, packets, settings)
         if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
@@ -94,6 +94,18 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
     finally:
         if wanted != 0:
             policy.decoded(build, passed)
+
+
+def result_packets(tools: ffmpeg.Tools, path: Path, timeout: float) -> list[ffmpeg.Packet]:
+    """A result's video packets, read from its Matroska blocks (common/mkv.py: no process
+    start), or by ffprobe (any demuxer message an error) for a file that reader does not know.
+    Matroska stores no decode timestamps, so none are given."""
+    try:
+        blocks = mkv.read_video_blocks(path)
+    except mkv.Unsupported as exc:
+        log.debug("%s: %s; listing its packets with ffprobe", path.name, exc)
+        return ffmpeg.stream_packets(tools, path, strict=True, peer=True, timeout=timeout)
+    return [ffmpeg.Packet(b.pts, b.pts, b.duration, b.key, size=b.size, dts_known=False) for b in blocks]
 
 
 def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, frames: int | None,

@@ -245,7 +245,8 @@ class Job:
                 summary = join(cfg.tools, info, cfg.settings, self.container, cfg.output, self.work, chunks, audio,
                                self.expected_frames)
             summary["phases"] = self.phases.times
-            summary["seconds"] = round(time.monotonic() - started, 3)
+            # from the boss's start (the probe included), as the timeline's other times are
+            summary["seconds"] = self.phases.since_start()
             summary["timeline"] = {"first_assigned": self.phases.first_assigned,
                                    "last_result": self.phases.last_result, "finished": summary["seconds"]}
             summary["chunks"] = len(chunks)

@@ -278,8 +278,9 @@ class WorkerLink(threading.Thread):
 
     def _file_conn(self) -> socket.socket:
         o = self.offer
-        sock = connect((o.host, o.file_port), deadline=CONNECT_TIMEOUT, io_timeout=TRANSFER_STALL_TIMEOUT,
-                       **self._tls())
+        # a worker that stops reading or sending is as lost as a silent one (--worker-timeout)
+        stall = min(TRANSFER_STALL_TIMEOUT, self.job.silence_timeout)
+        sock = connect((o.host, o.file_port), deadline=CONNECT_TIMEOUT, io_timeout=stall, **self._tls())
         try:
             client_hello(sock, Role.BOSS, self.job.name)
         except BaseException:

@@ -1,0 +1,198 @@
+"""Read a video result's packets straight from its Matroska blocks, without starting ffprobe.
+
+The boss checks every result's packets (count, keyframe first, timestamps, sizes). An ffprobe
+start costs about 0.1 CPU-second here (Debian's build loads some 200 libraries), as much as the
+rest of a result's checks; this reader costs a few milliseconds. It knows only what ffmpeg's
+Matroska muxer writes for one video track, reads element headers and skips payloads, and bounds
+everything it reads; anything else (several tracks, lacing, content encodings, damaged sizes) is
+`Unsupported`, and the caller falls back to ffprobe, which is never less strict.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from common.errors import TranscoderError
+
+# element IDs (Matroska spec), as read with their length marker
+EBML = 0x1A45DFA3
+SEGMENT = 0x18538067
+INFO, TIMESTAMP_SCALE = 0x1549A966, 0x2AD7B1
+TRACKS, TRACK_ENTRY = 0x1654AE6B, 0xAE
+TRACK_NUMBER, TRACK_TYPE, CODEC_ID, DEFAULT_DURATION, CONTENT_ENCODINGS = 0xD7, 0x83, 0x86, 0x23E383, 0x6D80
+CLUSTER, CLUSTER_TIMESTAMP = 0x1F43B675, 0xE7
+SIMPLE_BLOCK, BLOCK_GROUP, BLOCK, BLOCK_DURATION, REFERENCE_BLOCK = 0xA3, 0xA0, 0xA1, 0x9B, 0xFB
+UNKNOWN_SIZE = -1
+VIDEO_TRACK = 1
+
+MAX_ELEMENT = 1 << 30      # no element of a result is bigger (a chunk result is at most MAX_CHUNK_BYTES)
+MAX_HEADER_ELEMENT = 1 << 20   # Info, Tracks, a track entry, a block group: read whole, so kept small
+MAX_BLOCKS = 1 << 20
+
+
+class Unsupported(TranscoderError):
+    """Not a file this reader knows: check it with ffprobe instead."""
+
+
+@dataclass(frozen=True)
+class Block:
+    pts: float            # seconds
+    duration: float       # seconds (0 when the file gives none)
+    key: bool
+    size: int             # payload bytes
+
+
+def _vint(f: BinaryIO, *, is_id: bool) -> int:
+    """One EBML variable-length integer: an element ID (marker kept) or a size (marker dropped;
+    all ones means unknown)."""
+    first = f.read(1)
+    if not first:
+        raise EOFError
+    b = first[0]
+    length = 1
+    while length <= 8 and not b & (0x80 >> (length - 1)):
+        length += 1
+    if length > (4 if is_id else 8):
+        raise Unsupported("bad EBML length marker")
+    rest = f.read(length - 1)
+    if len(rest) != length - 1:
+        raise Unsupported("truncated element header")
+    value = b if is_id else b & (0xFF >> length)
+    for c in rest:
+        value = (value << 8) | c
+    if not is_id and value == (1 << (7 * length)) - 1:
+        return UNKNOWN_SIZE
+    return value
+
+
+def _elements(f: BinaryIO, end: int) -> Iterator[tuple[int, int, int]]:
+    """(id, payload start, payload size) of each element from the current position up to `end`."""
+    while f.tell() < end:
+        try:
+            element = _vint(f, is_id=True)
+        except EOFError:
+            return
+        size = _vint(f, is_id=False)
+        start = f.tell()
+        if size == UNKNOWN_SIZE:
+            if element not in (SEGMENT, CLUSTER):
+                raise Unsupported("an element of unknown size")
+            size = end - start
+        if size > MAX_ELEMENT or start + size > end:
+            raise Unsupported("an element runs past its parent")
+        yield element, start, size
+        f.seek(start + size) if element not in (SEGMENT, CLUSTER) else None
+
+
+def _uint(data: bytes) -> int:
+    if len(data) > 8:
+        raise Unsupported("integer too long")
+    return int.from_bytes(data, "big")
+
+
+def _children(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """Child elements of a small element already read whole."""
+    f = io.BytesIO(data)
+    for element, start, size in _elements(f, len(data)):
+        yield element, data[start:start + size]
+
+
+def _read(f: BinaryIO, start: int, size: int) -> bytes:
+    if size > MAX_HEADER_ELEMENT:
+        raise Unsupported("a header element too big")
+    f.seek(start)
+    data = f.read(size)
+    if len(data) != size:
+        raise Unsupported("truncated")
+    return data
+
+
+def _block_header(f: BinaryIO, start: int, size: int) -> tuple[int, int, int, int]:
+    """(track, relative timestamp, flags, header length) of a (Simple)Block."""
+    f.seek(start)
+    head = f.read(min(size, 12))
+    if not head or not head[0] & 0x80:      # only one-byte track numbers: ours is track 1
+        raise Unsupported("a block of an unexpected track")
+    if len(head) < 4:
+        raise Unsupported("a block too short")
+    (rel,) = struct.unpack(">h", head[1:3])
+    return head[0] & 0x7F, rel, head[3], 4
+
+
+def read_video_blocks(path: Path) -> list[Block]:
+    """The video packets of a one-track Matroska file, in file order, as ffprobe lists them
+    (pts, duration, keyframe flag, size). Unsupported for anything else."""
+    with path.open("rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        scale, default_duration, tracks = 1_000_000, 0, 0
+        blocks: list[Block] = []
+        top = _elements(f, end)
+        first = next(top, None)
+        if first is None or first[0] != EBML:
+            raise Unsupported("not an EBML file")
+        segment = next(top, None)
+        if segment is None or segment[0] != SEGMENT:
+            raise Unsupported("no Segment after the EBML header")
+        f.seek(segment[1])
+        for element, start, size in _elements(f, segment[1] + segment[2]):
+            if element == INFO:
+                for child, data in _children(_read(f, start, size)):
+                    if child == TIMESTAMP_SCALE:
+                        scale = _uint(data)
+                f.seek(start + size)
+            elif element == TRACKS:
+                for child, data in _children(_read(f, start, size)):
+                    if child != TRACK_ENTRY:
+                        continue
+                    tracks += 1
+                    fields = dict(_children(data))
+                    if CONTENT_ENCODINGS in fields:
+                        raise Unsupported("content encodings")
+                    if _uint(fields.get(TRACK_NUMBER, b"")) != VIDEO_TRACK or _uint(fields.get(TRACK_TYPE, b"")) != 1:
+                        raise Unsupported("not a single video track")
+                    default_duration = _uint(fields.get(DEFAULT_DURATION, b""))
+                f.seek(start + size)
+            elif element == CLUSTER:
+                if tracks != 1:
+                    raise Unsupported("blocks before a single video track")
+                _cluster(f, start, start + size, scale, default_duration, blocks)
+            if len(blocks) > MAX_BLOCKS:
+                raise Unsupported("too many blocks")
+        if tracks != 1:
+            raise Unsupported("not a single video track")
+        return blocks
+
+
+def _cluster(f: BinaryIO, start: int, end: int, scale: int, default_duration: int, blocks: list[Block]) -> None:
+    base: int | None = None
+    f.seek(start)
+    for element, at, size in _elements(f, end):
+        if element == CLUSTER_TIMESTAMP:
+            base = _uint(_read(f, at, size))
+            f.seek(at + size)
+        elif element in (SIMPLE_BLOCK, BLOCK_GROUP):
+            if base is None:
+                raise Unsupported("a block before its cluster's timestamp")
+            if element == SIMPLE_BLOCK:
+                track, rel, flags, head = _block_header(f, at, size)
+                payload, key, duration = size - head, bool(flags & 0x80), default_duration
+            else:
+                group = dict(_children(_read(f, at, size)))
+                if BLOCK not in group:
+                    raise Unsupported("a block group without a block")
+                data = group[BLOCK]
+                track, rel, flags, head = _block_header(io.BytesIO(data), 0, len(data))
+                payload, key = len(data) - head, REFERENCE_BLOCK not in group
+                duration = _uint(group[BLOCK_DURATION]) * scale if BLOCK_DURATION in group else default_duration
+            if track != VIDEO_TRACK or flags & 0x06:
+                raise Unsupported("laced blocks or another track")
+            # ffprobe gives durations in the file's timestamp units, rounded to them
+            blocks.append(Block((base + rel) * scale / 1e9, round(duration / scale) * scale / 1e9, key, payload))
+            f.seek(at + size)
+        elif element == CLUSTER:
+            raise Unsupported("a cluster inside a cluster")
+
