@@ -15,9 +15,12 @@ import hashlib
 import logging
 import os
 import re
+import select
 import socket
 import ssl
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +130,57 @@ def pinning_context() -> ssl.SSLContext:
     return ctx
 
 
+class SerialSSLSocket(ssl.SSLSocket):
+    """A TLS socket that one thread reads while others write (a session's message port: the
+    reader waits for the peer while encode threads and timers send). OpenSSL must never run
+    SSL_read and SSL_write on one connection at once: here that corrupted records ("bad record
+    mac") within seconds once a process was short of CPU, and both peers saw the connection
+    close. So every read and write takes one lock; a reader waits for bytes outside it, then
+    reads without blocking."""
+
+    def _io_lock(self) -> threading.RLock:
+        lock = self.__dict__.get("_serial_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_serial_lock", threading.RLock())
+        return lock
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        return self._serial_read(lambda: super(SerialSSLSocket, self).recv(buflen, flags))
+
+    def recv_into(self, buffer, nbytes: int | None = None, flags: int = 0) -> int:   # type: ignore[override]
+        return self._serial_read(lambda: super(SerialSSLSocket, self).recv_into(buffer, nbytes or 0, flags))
+
+    def send(self, data, flags: int = 0) -> int:          # type: ignore[override]
+        with self._io_lock():
+            return super().send(data, flags)
+
+    def sendall(self, data, flags: int = 0) -> None:      # type: ignore[override]
+        with self._io_lock():
+            super().sendall(data, flags)
+
+    def _serial_read(self, read):
+        timeout = self.gettimeout()
+        if self._sslobj is None or timeout == 0.0:        # not yet TLS, or the caller polls itself
+            with self._io_lock():
+                return read()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._io_lock():
+                self.settimeout(0.0)
+                try:
+                    return read()
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass                                  # a record not all here yet
+                finally:
+                    self.settimeout(timeout)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise socket.timeout("timed out")
+            if not select.select([self], [], [], left)[0] and deadline is not None \
+                    and time.monotonic() >= deadline:
+                raise socket.timeout("timed out")
+
+
 def peer_fingerprint(sock: ssl.SSLSocket) -> str:
     der = sock.getpeercert(binary_form=True)
     return fingerprint(der) if der else ""
@@ -135,6 +189,7 @@ def peer_fingerprint(sock: ssl.SSLSocket) -> str:
 def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, host: str, pin: str | None = None) -> ssl.SSLSocket:
     """TLS over a connected socket (handshake within the socket's timeout); with `pin`, the
     peer's certificate must have that fingerprint."""
+    ctx.sslsocket_class = SerialSSLSocket
     try:
         tls = ctx.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
@@ -163,6 +218,7 @@ class ClientTls:
 
 def wrap_server(sock: socket.socket, ctx: ssl.SSLContext) -> ssl.SSLSocket:
     """TLS for an accepted socket; raises ssl.SSLError/OSError for a peer that does not speak it."""
+    ctx.sslsocket_class = SerialSSLSocket
     return ctx.wrap_socket(sock, server_side=True)
 
 
