@@ -4,6 +4,7 @@ record mac") in about a third of runs of this test, and both peers saw the conne
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 
 import pytest
@@ -14,6 +15,16 @@ trustme = pytest.importorskip("trustme")
 
 MESSAGES = 20_000
 MESSAGE = b"m" * 37
+
+
+def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a throwaway CA's certificate for localhost, a client trusting it."""
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
 
 
 def exchange(sock: socket.socket, errors: list[str]) -> None:
@@ -41,12 +52,7 @@ def exchange(sock: socket.socket, errors: list[str]) -> None:
 
 
 def test_reads_and_writes_from_two_threads_keep_the_stream_intact():
-    import ssl
-    ca = trustme.CA()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = contexts()
     errors: list[str] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
@@ -69,12 +75,7 @@ def test_reads_and_writes_from_two_threads_keep_the_stream_intact():
 
 def test_a_read_still_times_out():
     """The reader waits outside the lock, but within the socket's timeout."""
-    import ssl
-    ca = trustme.CA()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = contexts()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         done = threading.Event()
 
