@@ -54,6 +54,7 @@ class MediaInfo:
     pts: list[float]          # every video packet's timestamp, in file order
     frame_rate: float         # average, for tolerances
     tags: dict[str, str] = field(default_factory=dict)   # global metadata
+    pixel_bit_rate: float = 0.0   # the video's bits a second per pixel of its picture: how dense it is
 
     @property
     def keyframes(self) -> list[float]:
@@ -121,7 +122,16 @@ def inspect(tools: ffmpeg.Tools, path: Path,
         keyframe_positions=cuts, key=[p.key for p in packets],
         pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
         tags=dict(fmt.get("tags", {})),
+        pixel_bit_rate=_pixel_bit_rate(packets, next(s for s in streams if s.index == video_index), end - first),
     )
+
+
+def _pixel_bit_rate(packets: list[ffmpeg.Packet], video: Stream, seconds: float) -> float:
+    """Bits a second per pixel of the picture (0 when sizes or the picture size are unknown).
+    A second, not a frame: a variable-frame-rate recording of a still scene stores few frames."""
+    area = video.width * video.height * seconds
+    stored = sum(p.size for p in packets if p.size > 0)
+    return 8.0 * stored / area if area > 0 else 0.0
 
 
 def _video_position(streams: list[Stream]) -> int:

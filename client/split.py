@@ -101,21 +101,28 @@ CHUNKS_PER_WORKER = 3      # at most: rounds of chunks each worker takes
 PREFERRED_MIN_CHUNK = 10.0  # seconds a chunk should last, where the input allows a round per worker
 MIN_AUTO_CHUNK = 5.0       # seconds; never shorter
 MAX_AUTO_CHUNK = 120.0
+DENSE_PIXEL_BIT_RATE = 3.0  # bits/s a pixel: a source this dense may have MIN_AUTO_CHUNK chunks in rounds
 
 
-def auto_chunk_seconds(duration: float, workers: int) -> float:
+def auto_chunk_seconds(duration: float, workers: int, pixel_bit_rate: float = 0.0) -> float:
     """A whole number of rounds, so equal workers finish together: as many rounds of one chunk per
-    worker (up to three) as keep chunks at least 10 s long, one round if even that is shorter
-    (then down to 5 s), at most 120 s a chunk.
+    worker (up to three) as keep chunks long enough, one round if even that is shorter (then
+    down to 5 s), at most 120 s a chunk.
 
-    Not shorter: every chunk starts with a keyframe and fresh rate control. With 5 s chunks two
-    of the shared clips broke the parity bounds (a static 10 fps camera +0.32 dB, a static
-    screen +6.7 % size); at 10 s every clip stays within them (docs/parity.md). Uneven workers
-    are balanced by the longest chunks going first, prefetching, and an idle worker taking over a
-    chunk another holds but has not started, or copying a straggler's.
+    Long enough is 10 s, or 5 s for a source of at least 3 bits a second per pixel. Every chunk
+    starts with a keyframe and fresh rate control: on static, sparse video (a screen, a still
+    camera, a webcam: 0.4-1.3 bits/s a pixel among the shared clips) the encoder spends most of
+    its bits on keyframes, and with 5 s chunks two shared clips broke the parity bounds (+0.32 dB,
+    +6.7 % size); at 10 s every clip stays within them (docs/parity.md). Where the source carries
+    many bits for its picture (motion, detail, camera noise: phones record 4-8, the bench's camera
+    input 78) an extra keyframe is a small share, and several rounds balance the workers: one that
+    started late or runs slow takes fewer chunks. Uneven workers are also balanced by the longest
+    chunks going first, prefetching, and an idle worker taking over a chunk another holds but has
+    not started, or copying a straggler's.
     """
     w = max(1, workers)
-    rounds = max(1, min(CHUNKS_PER_WORKER, int(duration // (w * PREFERRED_MIN_CHUNK))))
+    floor = MIN_AUTO_CHUNK if pixel_bit_rate >= DENSE_PIXEL_BIT_RATE else PREFERRED_MIN_CHUNK
+    rounds = max(1, min(CHUNKS_PER_WORKER, int(duration // (w * floor))))
     return min(MAX_AUTO_CHUNK, max(MIN_AUTO_CHUNK, duration / (w * rounds)))
 
 
@@ -145,7 +152,7 @@ class Splitter:
         info = self.info
         if info.video.codec not in ONE_FRAME_PER_PACKET:
             return None
-        target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers)
+        target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers, info.pixel_bit_rate)
         cuts = plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target)
         bounds = self.planned_bounds(cuts)
         for a, b in zip(bounds, bounds[1:]):
@@ -262,7 +269,7 @@ class Splitter:
         (x264's intra refresh flags its recovery points as keyframes), so every chunk decodes
         from the first."""
         info = self.info
-        target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers)
+        target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers, info.pixel_bit_rate)
         cuts = plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target) \
             if entry_points else []
         key = info.key if entry_points else [i == 0 for i in range(info.frames)]

@@ -86,10 +86,22 @@ def test_auto_chunk_seconds(duration, workers, seconds):
     assert auto_chunk_seconds(duration, workers) == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize("duration, workers, seconds", [
+    (60.0, 6, 5.0),        # two rounds of 5 s: a late or slow worker takes fewer
+    (60.0, 4, 5.0),        # three rounds
+    (60.0, 2, 10.0),       # three rounds already: no shorter
+    (20.0, 6, 5.0),        # one round, as short as ever
+])
+def test_dense_video_gets_rounds_of_shorter_chunks(duration, workers, seconds):
+    assert auto_chunk_seconds(duration, workers, pixel_bit_rate=8.0) == pytest.approx(seconds)
+    assert auto_chunk_seconds(duration, workers, pixel_bit_rate=1.3) == auto_chunk_seconds(duration, workers)
+
+
 def test_auto_chunk_seconds_stays_in_bounds():
     for duration in (0.0, 0.1, 7.0, 500.0, 1e6):
         for workers in (0, 1, 2, 16, 256):      # 0: no division by zero
-            assert 5.0 <= auto_chunk_seconds(duration, workers) <= 120.0
+            for bpp in (0.0, 80.0):
+                assert 5.0 <= auto_chunk_seconds(duration, workers, bpp) <= 120.0
 
 
 # ---------------------------------------------------------------- containers
