@@ -47,18 +47,36 @@ class VerifyPolicy:
         self._lock = threading.Lock()
         self._random = random.SystemRandom()
 
-    def decode_frames(self, build: str, chunk: Chunk) -> int | None:
+    def decode_frames(self, build: str, chunk: Chunk, *, left: int = 0, total: int = 1, workers: int = 1
+                      ) -> int | None:
         """How many of this result's frames to decode: None for all, 0 for none. While one result
         of an untrusted build is being decoded, that build's other results get the packet checks
         (and the random draw) only: decoding several at once would cost the boss as much, for the
-        same knowledge."""
+        same knowledge. `left`: the job's chunks not done yet besides this one; `total`: all of
+        them; `workers`: the workers encoding them (see drawn)."""
         with self._lock:
-            if chunk.errors or self._random.random() < self.fraction:
+            if chunk.errors or self.drawn(left, total, workers):
                 return None
             if build in self._trusted or build in self._trying:
                 return 0
             self._trying.add(build)
             return HEAD_FRAMES
+
+    def drawn(self, left: int, total: int, workers: int) -> bool:
+        """The random draw for a full decode. Not in the last round of a job with more than one
+        (fewer chunks left than workers): there the decode sits between the last result and the
+        output, and at a quarter core one 5 s chunk's decode took 12 s while every worker was
+        idle. The earlier results are drawn more often instead, so the expected number decoded
+        stays `fraction` of all; a worker cannot tell whether the boss counts its result in the
+        last round (it does not know what the others hold)."""
+        if self.fraction >= 1.0:
+            return True
+        chance = self.fraction
+        if total > workers:
+            if left < workers:
+                return False
+            chance = min(1.0, self.fraction * total / (total - workers))
+        return self._random.random() < chance
 
     def decoded(self, build: str, passed: bool) -> None:
         with self._lock:
@@ -68,10 +86,12 @@ class VerifyPolicy:
 
 
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
-                 worker: str, build: str) -> tuple[int, bool]:
+                 worker: str, build: str, progress: tuple[int, int, int] = (0, 1, 1)) -> tuple[int, bool]:
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
-    the boss decoded it, in full or its first frames); ChunkError or FFmpegError if it fails."""
-    limit = wanted = policy.decode_frames(build, chunk)
+    the boss decoded it, in full or its first frames); ChunkError or FFmpegError if it fails.
+    progress: (chunks left besides this one, chunks in all, workers), for the draw."""
+    left, total, workers = progress
+    limit = wanted = policy.decode_frames(build, chunk, left=left, total=total, workers=workers)
     timeout = check_timeout(chunk)
     log.debug("%s from %s: %s", chunk.name, worker, "decoding in full" if limit is None else
               f"decoding {limit} frames" if limit else "packet checks")

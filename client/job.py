@@ -360,8 +360,10 @@ class Job:
         assert self.ctx is not None
         sched, worker = self.ctx.scheduler, link.offer.name
         try:
+            done, _ = sched.counts()
+            progress = (len(sched.chunks) - done - 1, len(sched.chunks), max(1, sum(l.is_alive() for l in self.links)))
             frames, full = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings, self.verify, worker,
-                                               link.offer.ffmpeg)
+                                               link.offer.ffmpeg, progress)
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1

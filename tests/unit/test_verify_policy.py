@@ -42,6 +42,20 @@ def test_retried_chunks_and_the_random_sample_are_decoded_in_full():
     assert all(everything.decode_frames("b", chunk(i)) is None for i in range(20))
 
 
+def test_the_last_round_is_not_drawn_and_the_earlier_rounds_make_up_for_it():
+    policy = VerifyPolicy(0.1)
+    draws = 20_000
+    # 12 chunks on 6 workers: with 5 left or fewer, a decode would hold up the output
+    assert not any(policy.drawn(left, 12, 6) for left in range(6) for _ in range(200))
+    early = sum(policy.drawn(8, 12, 6) for _ in range(draws)) / draws
+    assert 0.17 < early < 0.23                  # 0.1 * 12 / 6: the same 1.2 decodes expected in all
+    # one round only: every result is in it, and drawn as before
+    one_round = sum(policy.drawn(2, 6, 6) for _ in range(draws)) / draws
+    assert 0.08 < one_round < 0.12
+    assert all(VerifyPolicy(1.0).drawn(0, 12, 6) for _ in range(50))      # 1: everything, always
+    assert not any(VerifyPolicy(0.0).drawn(8, 12, 6) for _ in range(500))
+
+
 def output_info(frame_rate: float = 25.0, start: float = 0.0):
     from client.media import MediaInfo
     return MediaInfo(Path("out.mp4"), "mp4", start, 60.0, [], 0, 1500, start, 60.0, [0], [True], [start], frame_rate)
