@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--acodec", help="audio encoder, or copy (default suits the container)")
     enc.add_argument("--abitrate", help="audio bit rate, e.g. 160k")
     p.add_argument("--chunk-seconds", type=float, help="target chunk length (default: whole rounds of one chunk per worker, up to 3, "
-                   "chunks of 10 s or more where the input allows)")
+                   "chunks of 10 s or more where the input allows, 5 s for dense video)")
     p.add_argument("--work-dir", type=Path, help="where chunks are kept (default: beside OUTPUT)")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
     p.add_argument("--restart", action="store_true",
