@@ -206,7 +206,6 @@ class Job:
 
     def run(self) -> int:
         cfg, info = self.cfg, self.info
-        started = time.monotonic()
         self.id = self.tracker.job_start(cfg.input.name, cfg.settings)
         self.reporter = EventReporter(self.tracker)
         log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.frames,
@@ -266,7 +265,7 @@ class Job:
             with contextlib.suppress(TranscoderError):
                 self.reporter.flush_and_stop(timeout=REPORTER_FLUSH)
                 self.tracker.job_end(self.id, status, detail=detail[:500] or None, frames=info.frames,
-                                     seconds=round(time.monotonic() - started, 3))
+                                     seconds=self.phases.since_start())
             self.tracker.close()
 
     def report(self, event: Event, **fields: Any) -> None:

@@ -85,7 +85,7 @@ def _elements(f: BinaryIO, end: int) -> Iterator[tuple[int, int, int]]:
         if size > MAX_ELEMENT or start + size > end:
             raise Unsupported("an element runs past its parent")
         yield element, start, size
-        f.seek(start + size) if element not in (SEGMENT, CLUSTER) else None
+        f.seek(start + size)          # past it, however much of it the caller read
 
 
 def _uint(data: bytes) -> int:
@@ -143,7 +143,6 @@ def read_video_blocks(path: Path) -> list[Block]:
                 for child, data in _children(_read(f, start, size)):
                     if child == TIMESTAMP_SCALE:
                         scale = _uint(data)
-                f.seek(start + size)
             elif element == TRACKS:
                 for child, data in _children(_read(f, start, size)):
                     if child != TRACK_ENTRY:
@@ -155,7 +154,6 @@ def read_video_blocks(path: Path) -> list[Block]:
                     if _uint(fields.get(TRACK_NUMBER, b"")) != VIDEO_TRACK or _uint(fields.get(TRACK_TYPE, b"")) != 1:
                         raise Unsupported("not a single video track")
                     default_duration = _uint(fields.get(DEFAULT_DURATION, b""))
-                f.seek(start + size)
             elif element == CLUSTER:
                 if tracks != 1:
                     raise Unsupported("blocks before a single video track")
@@ -173,7 +171,6 @@ def _cluster(f: BinaryIO, start: int, end: int, scale: int, default_duration: in
     for element, at, size in _elements(f, end):
         if element == CLUSTER_TIMESTAMP:
             base = _uint(_read(f, at, size))
-            f.seek(at + size)
         elif element in (SIMPLE_BLOCK, BLOCK_GROUP):
             if base is None:
                 raise Unsupported("a block before its cluster's timestamp")
@@ -192,7 +189,6 @@ def _cluster(f: BinaryIO, start: int, end: int, scale: int, default_duration: in
                 raise Unsupported("laced blocks or another track")
             # ffprobe gives durations in the file's timestamp units, rounded to them
             blocks.append(Block((base + rel) * scale / 1e9, round(duration / scale) * scale / 1e9, key, payload))
-            f.seek(at + size)
         elif element == CLUSTER:
             raise Unsupported("a cluster inside a cluster")
 

@@ -176,9 +176,7 @@ class SerialSSLSocket(ssl.SSLSocket):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise socket.timeout("timed out")
-            if not select.select([self], [], [], left)[0] and deadline is not None \
-                    and time.monotonic() >= deadline:
-                raise socket.timeout("timed out")
+            select.select([self], [], [], left)       # bytes, or the deadline (checked above)
 
 
 def peer_fingerprint(sock: ssl.SSLSocket) -> str:

@@ -24,9 +24,10 @@ def events(cluster, kind: str, **match) -> list[dict]:
             and all(e.get(k) == v for k, v in match.items())]
 
 
-def held_worker(cluster, tmp_path):
+def held_worker(cluster, tmp_path, *extra: str):
     """A worker whose every encode is held (its ffmpeg stopped) until tmp_path/release exists."""
-    return cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "hold", "FFDT_TEST_RELEASE": str(tmp_path / "release")})
+    return cluster.start_worker(*extra, extra_env={"FFDT_TEST_FAULTS": "hold",
+                                                   "FFDT_TEST_RELEASE": str(tmp_path / "release")})
 
 
 def freeze_with_a_chunk(tmp_path, proc: subprocess.Popen) -> int:
@@ -271,8 +272,7 @@ def test_a_worker_that_registers_during_a_job_joins_it(cluster, clips, tmp_path)
 
 def test_a_straggling_chunk_is_copied_to_an_idle_worker_and_the_first_result_wins(cluster, clips, tmp_path):
     # no prefetch: an upload to a stopped process stalls, and after 60 s the boss rightly drops it
-    slow, port, _ = cluster.start_worker("--prefetch", "0", extra_env={
-        "FFDT_TEST_FAULTS": "hold", "FFDT_TEST_RELEASE": str(tmp_path / "release")})
+    slow, port, _ = held_worker(cluster, tmp_path, "--prefetch", "0")
     cluster.start_worker()
     out = tmp_path / "out.mp4"
     # a silence allowance longer than the job can take even on a loaded machine (120 s was not,
