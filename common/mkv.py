@@ -76,7 +76,10 @@ def _elements(f: BinaryIO, end: int) -> Iterator[tuple[int, int, int]]:
             element = _vint(f, is_id=True)
         except EOFError:
             return
-        size = _vint(f, is_id=False)
+        try:
+            size = _vint(f, is_id=False)
+        except EOFError:
+            raise Unsupported("the file ends inside an element header") from None
         start = f.tell()
         if size == UNKNOWN_SIZE:
             if element not in (SEGMENT, CLUSTER):
@@ -143,6 +146,8 @@ def read_video_blocks(path: Path) -> list[Block]:
                 for child, data in _children(_read(f, start, size)):
                     if child == TIMESTAMP_SCALE:
                         scale = _uint(data)
+                        if not 1 <= scale <= 1_000_000_000:   # a nanosecond to a second a tick
+                            raise Unsupported(f"timestamp scale {scale}")
             elif element == TRACKS:
                 for child, data in _children(_read(f, start, size)):
                     if child != TRACK_ENTRY:

@@ -36,9 +36,10 @@ def track(number: int = 1, kind: int = 1, extra: bytes = b"") -> bytes:
               el(mkv.CODEC_ID, b"V_MPEG4/ISO/AVC") + uint(mkv.DEFAULT_DURATION, 40_000_000) + extra)
 
 
-def matroska(*clusters: bytes, tracks: bytes | None = None, segment_size: bytes | None = None) -> bytes:
+def matroska(*clusters: bytes, tracks: bytes | None = None, segment_size: bytes | None = None,
+             scale: int = 1_000_000) -> bytes:
     head = el(mkv.EBML, el(0x4282, b"matroska"))
-    info = el(mkv.INFO, uint(mkv.TIMESTAMP_SCALE, 1_000_000))
+    info = el(mkv.INFO, uint(mkv.TIMESTAMP_SCALE, scale))
     body = info + el(mkv.TRACKS, track() if tracks is None else tracks) + b"".join(clusters)
     return head + el(mkv.SEGMENT, body, segment_size)
 
@@ -78,6 +79,11 @@ def test_an_unknown_size_segment_is_read_to_the_end_of_the_file(tmp_path):
     pytest.param(matroska(cluster(0, el(mkv.SIMPLE_BLOCK, b"\x81\x00", size=vint_size(1 << 40)))),
                  id="size-past-parent"),
     pytest.param(matroska(cluster(0, simple(0, True, b"k")), tracks=b""), id="no-track"),
+    # a hostile worker's timestamp scale of 0 divided by zero in the verifier and failed the job
+    pytest.param(matroska(cluster(0, simple(0, True, b"k")), scale=0), id="zero-timestamp-scale"),
+    pytest.param(matroska(cluster(0, simple(0, True, b"k")), scale=1 << 40), id="absurd-timestamp-scale"),
+    pytest.param(matroska(cluster(0, simple(0, True, b"k")), segment_size=b"\x01" + b"\xff" * 7) + b"\xa3",
+                 id="ends-after-an-element-id"),
 ])
 def test_what_it_does_not_know_is_unsupported(tmp_path, data):
     path = tmp_path / "r.mkv"
