@@ -17,6 +17,7 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client import media
+from client.streams import StreamOptions
 from client.job import run_boss
 from client.progress import bars_wanted
 from common import ffmpeg
@@ -55,6 +56,7 @@ class BossConfig:
     bars: bool
     report: Path | None
     verify_fraction: float = DEFAULT_VERIFY_FRACTION
+    streams: StreamOptions = StreamOptions()    # which of the input's streams (ffmpeg's defaults)
     tls: ClientTls = ClientTls(None)        # to the tracker; workers are pinned to the keys they registered
 
 
@@ -91,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--fps", help="output frame rate (default: keep the source's timestamps)")
     enc.add_argument("--acodec", help="audio encoder, or copy (default suits the container)")
     enc.add_argument("--abitrate", help="audio bit rate, e.g. 160k")
+    pick = p.add_argument_group("streams", "by default, as ffmpeg picks them: the video with the largest "
+                                "picture that decodes, and every decodable audio stream of its program")
+    pick.add_argument("--video-stream", type=int, metavar="N", help="transcode the video stream with index N")
+    pick.add_argument("--program", type=int, metavar="N", help="take the streams of program N (MPEG-TS)")
+    pick.add_argument("--audio-streams", default="all", metavar="all|first|none|N,M",
+                      help="which audio streams to carry, by stream index in the order given")
     p.add_argument("--chunk-seconds", type=float, help="target chunk length (default: whole rounds of one chunk per worker, up to 3, "
                    "chunks of 10 s or more where the input allows, 5 s for dense video)")
     p.add_argument("--work-dir", type=Path, help="where chunks are kept (default: beside OUTPUT)")
@@ -143,7 +151,9 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         tls=ClientTls(None) if args.local else client_tls(args),
         work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
         allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet), report=args.report,
-        verify_fraction=args.verify_fraction)
+        verify_fraction=args.verify_fraction,
+        streams=StreamOptions(video=args.video_stream, program=args.program,
+                              audio=StreamOptions.parse_audio(args.audio_streams)))
 
 
 def main(argv: list[str] | None = None) -> int:

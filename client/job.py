@@ -49,6 +49,7 @@ BAR_REFRESH = 0.5          # the progress bar's refresh period (the main thread'
 VERIFIER_THREADS = 2       # results checked at once
 REPORTER_FLUSH = 5.0       # seconds to deliver queued audit events at the end of a job
 LINK_JOIN = 2.0            # seconds to wait for each link thread at the end
+SOURCE_COPY = "source.mkv"  # the chosen streams, when the input needs a copy of them (media.chosen_copy)
 
 
 @dataclass
@@ -86,13 +87,16 @@ def run_boss(cfg: BossConfig) -> int:
     check_output_path(cfg)
     phases = Phases()
     with phases.timed("probe"):
-        info = media.inspect(cfg.tools, cfg.input)
+        info = media.inspect(cfg.tools, cfg.input, options=cfg.streams)
     media.check_combination(container, cfg.settings.codec, cfg.acodec, info.of_kind("audio"))
     cfg = dataclasses.replace(cfg, settings=settings_for_input(cfg, info))
     work = prepare_work_dir(cfg)
     cluster = None
     ok = False
     try:
+        if info.own_copy:
+            with phases.timed("copy"):
+                info = media.chosen_copy(cfg.tools, info, work / SOURCE_COPY)
         tracker_addr, user, password = cfg.tracker, cfg.user, cfg.password
         if cfg.local:
             from client.local import LocalCluster
@@ -142,7 +146,7 @@ def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:
     v = info.video
     colour = dict(v.color)
     if colour.get("color_trc") in ("smpte2084", "arib-std-b67"):
-        colour.update(media.hdr10_metadata(cfg.tools, cfg.input))
+        colour.update(media.hdr10_metadata(cfg.tools, cfg.input, v.index))
         if s.vcodec != "libx265" and ("master_display" in colour or "max_cll" in colour):
             log.warning("HDR10 mastering metadata is only carried with --vcodec libx265; it is dropped")
     if colour:
@@ -215,7 +219,7 @@ class Job:
             offers = self.ask_workers(cfg.workers)
             if not offers:
                 raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
-            audio = AudioJob(cfg.tools, cfg.input, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
+            audio = AudioJob(cfg.tools, info.path, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
             scheduler, splitting = self.plan(len(offers))
             with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier, \
                     ffmpeg.children_killed_on_error():
@@ -429,7 +433,7 @@ class Job:
         if state.path.exists():
             log.info("the input or the settings changed since the interrupted run: starting fresh")
         for old in list(self.work.iterdir()):
-            if old.name not in ("audio.mka",):
+            if old.name not in ("audio.mka", SOURCE_COPY):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         scheduler = Scheduler([], on_done=state.record_done, complete=False)
         splitting = threading.Thread(target=self.split, args=(scheduler, state, workers), name="split", daemon=True)

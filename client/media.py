@@ -4,12 +4,14 @@ Pure functions where possible (plan_cuts, container checks) so they are unit-tes
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client import streams as choice_of
 from common import ffmpeg
 from common.config import FFMPEG_PROBE_TIMEOUT
 from common.errors import FFmpegError, UsageError
@@ -55,6 +57,8 @@ class MediaInfo:
     frame_rate: float         # average, for tolerances
     tags: dict[str, str] = field(default_factory=dict)   # global metadata
     pixel_bit_rate: float = 0.0   # the video's bits a second per pixel of its picture: how dense it is
+    choice: choice_of.Choice | None = None   # the streams taken (the others are not in `streams`)
+    own_copy: str = ""            # why the later stages need the chosen streams in a file of their own
 
     @property
     def keyframes(self) -> list[float]:
@@ -65,14 +69,27 @@ class MediaInfo:
     def video(self) -> Stream:
         return next(s for s in self.streams if s.kind == "video" and not s.attached_pic)
 
+    @property
+    def audio_indices(self) -> list[int]:
+        return [s.index for s in self.of_kind("audio")]
+
     def of_kind(self, kind: str) -> list[Stream]:
         return [s for s in self.streams if s.kind == kind and not s.attached_pic]
 
 
+# Formats whose timestamps may jump (broadcast captures joined from pieces, a 33-bit clock
+# wrap): ffmpeg's command line smooths a jump of more than dts_delta_threshold (10 s) away.
+DISCONTINUOUS_FORMATS = ("mpegts", "mpeg")
+JUMP_SECONDS = 10.0
+
+
 def inspect(tools: ffmpeg.Tools, path: Path,
-            probed: tuple[dict, dict[int, list[ffmpeg.Packet]]] | None = None) -> MediaInfo:
-    """Probe an input; UsageError with one clear line when it cannot be transcoded. `probed`:
-    ffmpeg.probe_with_packets() of it, already run."""
+            probed: tuple[dict, dict[int, list[ffmpeg.Packet]]] | None = None,
+            options: choice_of.StreamOptions = choice_of.StreamOptions(), quiet: bool = False) -> MediaInfo:
+    """Probe an input and choose its streams (client/streams.py); UsageError with one clear line
+    when it cannot be transcoded. `probed`: ffmpeg.probe_with_packets() of it, already run.
+    quiet: what the user was told about this input already (a copy of it) goes to the debug log."""
+    say = log.debug if quiet else log.warning
     if not path.exists():
         raise UsageError(f"{path}: no such file")
     if not path.is_file():
@@ -82,26 +99,34 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     except FFmpegError as exc:
         reason = exc.last_line or "unknown format"
         raise UsageError(f"{path}: not a media file ffmpeg can read ({reason})") from exc
-    streams = [_stream(s) for s in info.get("streams", [])]
-    fmt = info.get("format", {})
-    if not streams:
+    if not info.get("streams"):
         raise UsageError(f"{path}: not a media file ffmpeg can read (no streams)")
-    if not any(s.kind == "video" and not s.attached_pic for s in streams):
-        raise UsageError(f"{path}: has no video stream (audio-only or data); nothing to transcode")
-    video_index = next(s.index for s in streams if s.kind == "video" and not s.attached_pic)
-    packets = probed[1].get(video_index, []) if probed else \
-        ffmpeg.stream_packets(tools, path, "v:" + str(_video_position(streams)))
+    try:
+        choice = choice_of.choose(info, options)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    for line in choice_of.describe(info, choice):
+        (log.debug if quiet else log.info)("%s", line)
+    streams = [_stream(s) for s in info["streams"]
+               if s.get("codec_type") not in ("video", "audio") or choice.keeps(int(s.get("index", -1)))
+               or s.get("disposition", {}).get("attached_pic")]
+    fmt = info.get("format", {})
+    packets = probed[1].get(choice.video, []) if probed else ffmpeg.stream_packets(tools, path, str(choice.video))
+    own_copy = "" if choice_of.is_default(info, choice) else "streams chosen"
+    if any(name in DISCONTINUOUS_FORMATS for name in fmt.get("format_name", "").split(",")) and _jumps(packets):
+        own_copy = "timestamps jump"
+        say("%s: the video's timestamps jump (a capture joined from pieces, or a clock wrap): "
+            "they are made continuous, as one ffmpeg run makes them", path.name)
     # A capture cut mid-GOP starts with frames that need a keyframe before the file: no decoder
     # shows them, and the segment muxer drops them.
     first_key = next((i for i, p in enumerate(packets) if p.key), len(packets))
     if first_key:
-        log.warning("%s: skipping %d frame(s) before the first keyframe (they cannot be decoded)",
-                    path.name, first_key)
+        say("%s: skipping %d frame(s) before the first keyframe (they cannot be decoded)", path.name, first_key)
         packets = packets[first_key:]
     if not packets:
         raise UsageError(f"{path}: the video stream has no frames (truncated or damaged file?)")
     first = min(p.pts for p in packets)
-    if first < packets[0].pts:
+    if first < packets[0].pts and not own_copy:
         # the first keyframe has leading pictures (stored after it, shown before it); whether a
         # decoder shows them depends on whether they need frames from before the file
         shown = [t for t in ffmpeg.frame_times(tools, path, until=packets[0].pts - first + 1.0) if t is not None]
@@ -112,9 +137,13 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     end = last.pts + (last.duration if last.duration >= 0.5 * frame_dur else frame_dur)
     declared = _float(fmt.get("duration"))
     if declared and end - first < 0.5 * declared - 1.0 and declared - (end - first) > 2.0:
-        raise UsageError(f"{path}: video ends at {end - first:.1f}s of a declared {declared:.1f}s "
-                         "(truncated file?)")
+        if own_copy:
+            declared = None     # other streams' clocks, or the jumps: the copy's duration is the video's
+        else:
+            raise UsageError(f"{path}: video ends at {end - first:.1f}s of a declared {declared:.1f}s "
+                             "(truncated file?)")
     cuts = clean_cuts(packets)
+    video = next(s for s in streams if s.index == choice.video)
     return MediaInfo(
         path=path, format_name=fmt.get("format_name", "?"), start=_float(fmt.get("start_time")) or 0.0,
         duration=declared or (end - first), streams=streams, chapters=len(info.get("chapters", [])),
@@ -122,8 +151,43 @@ def inspect(tools: ffmpeg.Tools, path: Path,
         keyframe_positions=cuts, key=[p.key for p in packets],
         pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
         tags=dict(fmt.get("tags", {})),
-        pixel_bit_rate=_pixel_bit_rate(packets, next(s for s in streams if s.index == video_index), end - first),
+        pixel_bit_rate=_pixel_bit_rate(packets, video, end - first),
+        choice=choice, own_copy=own_copy,
     )
+
+
+# Subtitle codecs Matroska cannot hold as they are, and what the copy makes of them.
+COPY_SUB_CODECS = {"mov_text": "srt"}
+
+
+def chosen_copy(tools: ffmpeg.Tools, info: MediaInfo, dst: Path) -> MediaInfo:
+    """The chosen streams (and subtitles, attachments, chapters, metadata) stream-copied into a
+    Matroska file of their own: what the later stages read when the choice is not ffmpeg's first
+    video and every audio stream, or the timestamps jump (the copy makes them continuous, as one
+    ffmpeg run does). One stream copy of the input; its probe is quiet (the user was told)."""
+    keep = []
+    for s in info.streams:
+        if s.index == info.video.index or s.kind == "audio":
+            keep.append((s.index, "copy"))
+        elif s.kind == "subtitle" and s.codec not in choice_of.UNCARRIED_SUBS:
+            keep.append((s.index, COPY_SUB_CODECS.get(s.codec, "copy")))
+        elif s.kind == "attachment":
+            keep.append((s.index, "copy"))
+    # the user's audio order is the copy's order
+    assert info.choice is not None
+    order = {index: n for n, index in enumerate(info.choice.audio)}
+    keep.sort(key=lambda k: (k[0] != info.video.index, order.get(k[0], len(order)), k[0]))
+    log.info("%s: copying the chosen streams into a file of their own (%s)", info.path.name, info.own_copy)
+    ffmpeg.run(ffmpeg.copy_cmd(tools, info.path, dst, keep))
+    copied = inspect(tools, dst, quiet=True)
+    return dataclasses.replace(copied, tags={**info.tags, **copied.tags})
+
+
+def _jumps(packets: list[ffmpeg.Packet]) -> bool:
+    """Whether decode timestamps, in file order, run backwards or leap ahead as a clock does when
+    captures are joined or it wraps (B-frame reordering moves presentation times, not these)."""
+    dts = [p.dts for p in packets if p.dts_known]
+    return any(b < a - 1.0 or b > a + JUMP_SECONDS for a, b in zip(dts, dts[1:]))
 
 
 def _pixel_bit_rate(packets: list[ffmpeg.Packet], video: Stream, seconds: float) -> float:
@@ -132,12 +196,6 @@ def _pixel_bit_rate(packets: list[ffmpeg.Packet], video: Stream, seconds: float)
     area = video.width * video.height * seconds
     stored = sum(p.size for p in packets if p.size > 0)
     return 8.0 * stored / area if area > 0 else 0.0
-
-
-def _video_position(streams: list[Stream]) -> int:
-    """Position of the main video stream among video streams (for the `v:N` specifier)."""
-    videos = [s for s in streams if s.kind == "video"]
-    return next(i for i, s in enumerate(videos) if not s.attached_pic)
 
 
 def _typical_duration(packets: list[ffmpeg.Packet]) -> float:
@@ -166,9 +224,10 @@ def _rotation(s: dict[str, Any]) -> int:
     return 0
 
 
-def hdr10_metadata(tools: ffmpeg.Tools, path: Path) -> dict[str, str]:
-    """Mastering display and content light level of the first video frame, in x265's syntax."""
-    out = ffmpeg.run([tools.ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
+def hdr10_metadata(tools: ffmpeg.Tools, path: Path, stream: int) -> dict[str, str]:
+    """Mastering display and content light level of the first frame of the video stream with
+    this index, in x265's syntax."""
+    out = ffmpeg.run([tools.ffprobe, "-v", "error", "-select_streams", str(stream), "-read_intervals", "%+#1",
                       "-show_entries", "frame_side_data", "-of", "json", ffmpeg.input_path(path)], timeout=FFMPEG_PROBE_TIMEOUT)
     try:
         frames = json.loads(out).get("frames", [])

@@ -307,7 +307,7 @@ def run_lines(cmd: list[str], *, timeout: float) -> Iterator[Iterator[str]]:
 def probe(tools: Tools, path: Path) -> dict:
     """ffprobe's JSON for format, streams and chapters."""
     out = run([tools.ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-               "-show_chapters", input_path(path)], timeout=FFMPEG_PROBE_TIMEOUT)
+               "-show_chapters", "-show_programs", input_path(path)], timeout=FFMPEG_PROBE_TIMEOUT)
     try:
         return json.loads(out)
     except ValueError as exc:
@@ -615,6 +615,19 @@ def _rate_control(s: Settings) -> list[str]:
     if s.preset is not None and e.preset_option:
         args += [e.preset_option, s.preset]
     return args + list(e.always)
+
+
+def copy_cmd(tools: Tools, src: Path, dst: Path, streams: Sequence[tuple[int, str]]) -> list[str]:
+    """Copy the chosen streams, (stream index, codec or "copy"), with chapters and metadata into
+    Matroska: the input as the later stages read it (client/media.own_copy). ffmpeg's command
+    line makes jumping timestamps continuous on the way."""
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-i", input_path(src)]
+    codecs = ["-c", "copy"]
+    for n, (index, codec) in enumerate(streams):
+        cmd += ["-map", f"0:{int(index)}"]
+        if codec != "copy":
+            codecs += [f"-c:{n}", codec]
+    return cmd + codecs + ["-map_metadata", "0", "-map_chapters", "0", "-f", "matroska", input_path(dst)]
 
 
 def audio_cmd(tools: Tools, src: Path, dst: Path, acodec: str, abitrate: int | None) -> list[str]:
