@@ -23,7 +23,8 @@ log = logging.getLogger("boss")
 HEAD_FRAMES = 30             # frames decoded from the first result of each ffmpeg build
 COMPARE_FRAMES = 3           # frames of every result compared with the source's
 MIN_PSNR_DB = 18.0           # x264 at CRF 51 on camera noise: 25 dB; a red box on a quarter of the picture: 15
-AV_SYNC_TOLERANCE_MS = 50.0   # audio end vs video end may differ from the input's by this much
+AV_SYNC_TOLERANCE_MS = 50.0   # audio end vs video end may differ from the input's by this much,
+                              # plus one output audio frame
 SPAN_TOLERANCE = 0.002        # result vs source frame span: Matroska rounds each timestamp to 1 ms
 
 
@@ -215,12 +216,13 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
     av_offset = src_offset = 0.0
     if out.of_kind("audio") and info.of_kind("audio"):
         # where the first audio track ends against where the video ends, in both files
-        audio_end = packets_end(probed[1].get(out.of_kind("audio")[0].index, []))
-        av_offset = (audio_end - (out.video_start + out.video_duration)) * 1000
+        audio_packets = probed[1].get(out.of_kind("audio")[0].index, [])
+        av_offset = (packets_end(audio_packets) - (out.video_start + out.video_duration)) * 1000
         if source_audio_end is None:
             source_audio_end = media_end(tools, info.path, "a:0")
         src_offset = (source_audio_end - (info.video_start + info.video_duration)) * 1000
-        if abs(av_offset - src_offset) > AV_SYNC_TOLERANCE_MS:
+        # an audio encoder ends on a whole frame of its own (AAC: 1024 samples, 64 ms at 16 kHz)
+        if abs(av_offset - src_offset) > AV_SYNC_TOLERANCE_MS + 1000 * audio_frame(audio_packets):
             problems.append(f"audio ends {av_offset:+.0f} ms from the video's end, the input's {src_offset:+.0f} ms")
     if problems:
         raise TranscoderError(f"output check failed: {'; '.join(problems)}")
@@ -275,3 +277,9 @@ def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:
 
 def packets_end(packets: list[ffmpeg.Packet]) -> float:
     return max((p.pts + p.duration for p in packets), default=0.0)
+
+
+def audio_frame(packets: list[ffmpeg.Packet]) -> float:
+    """An audio stream's typical packet duration, in seconds (0 when it has none)."""
+    durations = sorted(p.duration for p in packets if p.duration > 0)
+    return durations[len(durations) // 2] if durations else 0.0

@@ -145,10 +145,18 @@ def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:
         s = dataclasses.replace(s, rotate=turn)
     v = info.video
     colour = dict(v.color)
-    if colour.get("color_trc") in ("smpte2084", "arib-std-b67"):
-        colour.update(media.hdr10_metadata(cfg.tools, cfg.input, v.index))
+    if colour.get("color_trc") in ("smpte2084", "arib-std-b67") or v.dolby_vision:
+        dynamic: list[str] = []
+        colour.update(media.hdr10_metadata(cfg.tools, info.path, v.index, dynamic))
         if s.vcodec != "libx265" and ("master_display" in colour or "max_cll" in colour):
             log.warning("HDR10 mastering metadata is only carried with --vcodec libx265; it is dropped")
+        if dynamic or v.dolby_vision:
+            what = " and ".join(dynamic) or "Dolby Vision RPU"
+            if v.dolby_vision:
+                what = what.replace("Dolby Vision", f"Dolby Vision {v.dolby_vision}")
+            base = {"arib-std-b67": "HLG", "smpte2084": "HDR10 (PQ)"}.get(colour.get("color_trc", ""), "SDR")
+            log.warning("%s dropped (no encoder here writes it); the %s picture with its transfer, primaries "
+                        "and bit depth is kept", what, base)
     if colour:
         try:
             s = dataclasses.replace(s, **colour)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from client import checks, media
+from client import streams as choice_of
 from client.scheduler import Chunk
 from common import ffmpeg
 from common.errors import FFmpegError, TranscoderError
@@ -74,18 +75,27 @@ def join(tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, contain
     listing.write_text(ffmpeg.concat_list([c.result.name for c in chunks if c.result], durations),
                        encoding="utf-8")
     subtitles = []
+    dropped: dict[str, list[str]] = {}     # why -> labels: one warning line per kind
     for s in info.of_kind("subtitle"):
         bitmap = s.codec in media.BITMAP_SUBS
-        if bitmap and not container.bitmap_subs:
-            log.warning("dropping bitmap subtitle stream %s: %s cannot hold it", s.label, container.muxer)
+        if choice_of.uncarried(s.kind, s.codec):
+            dropped.setdefault(choice_of.uncarried(s.kind, s.codec) or "", []).append(s.label)
+        elif bitmap and not container.bitmap_subs:
+            dropped.setdefault(f"bitmap subtitles: {container.muxer} cannot hold them", []).append(s.label)
         elif container.text_subs and not bitmap:
             subtitles.append((s.index, "copy" if s.codec == container.text_subs else container.text_subs))
         else:
             subtitles.append((s.index, "copy"))
     for s in info.streams:
-        if s.kind in ("data",) or (s.kind == "video" and s is not info.video) or \
-                (s.kind == "attachment" and not container.attachments):
-            log.warning("dropping stream %s: not carried to the output", s.label)
+        if s.kind == "data":
+            dropped.setdefault(choice_of.uncarried(s.kind, s.codec) or "", []).append(s.label)
+        elif s.kind == "video" and s is not info.video:
+            dropped.setdefault("cover picture: not carried to the output" if s.attached_pic
+                               else "another video stream", []).append(s.label)
+        elif s.kind == "attachment" and not container.attachments:
+            dropped.setdefault(f"attachments: {container.muxer} cannot hold them", []).append(s.label)
+    for why, labels in dropped.items():
+        log.warning("dropping %s: %s", ", ".join(labels), why)
     audio_streams = info.of_kind("audio")
     kept = {index for index, _ in subtitles}
     kept_subs = [s for s in info.of_kind("subtitle") if s.index in kept]

@@ -33,6 +33,7 @@ class Stream:
     height: int = 0
     rotation: int = 0         # display matrix, as ffprobe reports it (counter-clockwise degrees)
     color: dict[str, str] = field(default_factory=dict)   # color_primaries/trc/space/range, ffmpeg's names
+    dolby_vision: str = ""    # "8.4": profile and base-layer compatibility, from the stream's DOVI record
 
     @property
     def label(self) -> str:
@@ -166,13 +167,19 @@ def chosen_copy(tools: ffmpeg.Tools, info: MediaInfo, dst: Path) -> MediaInfo:
     video and every audio stream, or the timestamps jump (the copy makes them continuous, as one
     ffmpeg run does). One stream copy of the input; its probe is quiet (the user was told)."""
     keep = []
+    dropped: dict[str, list[str]] = {}      # the join warns about the rest; these it never sees
     for s in info.streams:
-        if s.index == info.video.index or s.kind == "audio":
+        why = choice_of.uncarried(s.kind, s.codec)
+        if why:
+            dropped.setdefault(why, []).append(s.label)
+        elif s.index == info.video.index or s.kind == "audio":
             keep.append((s.index, "copy"))
-        elif s.kind == "subtitle" and s.codec not in choice_of.UNCARRIED_SUBS:
+        elif s.kind == "subtitle":
             keep.append((s.index, COPY_SUB_CODECS.get(s.codec, "copy")))
         elif s.kind == "attachment":
             keep.append((s.index, "copy"))
+    for why, labels in dropped.items():
+        log.warning("dropping %s: %s", ", ".join(labels), why)
     # the user's audio order is the copy's order
     assert info.choice is not None
     order = {index: n for n, index in enumerate(info.choice.audio)}
@@ -209,12 +216,19 @@ def _stream(s: dict[str, Any]) -> Stream:
                   start=_float(s.get("start_time")) or 0.0, tags=dict(s.get("tags", {})),
                   attached_pic=bool(s.get("disposition", {}).get("attached_pic")),
                   width=int(s.get("width", 0) or 0), height=int(s.get("height", 0) or 0),
-                  rotation=_rotation(s),
+                  rotation=_rotation(s), dolby_vision=_dolby_vision(s),
                   color={key: s[probe_key] for key, probe_key in (("color_primaries", "color_primaries"),
                                                                    ("color_trc", "color_transfer"),
                                                                    ("colorspace", "color_space"),
                                                                    ("color_range", "color_range"))
                          if s.get(probe_key) not in (None, "unknown", "reserved")})
+
+
+def _dolby_vision(s: dict[str, Any]) -> str:
+    for side in s.get("side_data_list", []) or []:
+        if side.get("side_data_type") == "DOVI configuration record":
+            return f"{side.get('dv_profile', '?')}.{side.get('dv_bl_signal_compatibility_id', 0)}"
+    return ""
 
 
 def _rotation(s: dict[str, Any]) -> int:
@@ -224,9 +238,16 @@ def _rotation(s: dict[str, Any]) -> int:
     return 0
 
 
-def hdr10_metadata(tools: ffmpeg.Tools, path: Path, stream: int) -> dict[str, str]:
+# Per-frame (dynamic) HDR metadata, as ffprobe names it in a frame's side data: no encoder here
+# writes it from ffmpeg's command line, so a transcode drops it
+DYNAMIC_HDR = {"HDR Dynamic Metadata SMPTE2094-40 (HDR10+)": "HDR10+ dynamic metadata",
+               "Dolby Vision RPU Data": "Dolby Vision RPU", "Dolby Vision Metadata": "Dolby Vision RPU"}
+
+
+def hdr10_metadata(tools: ffmpeg.Tools, path: Path, stream: int, dynamic: list[str] | None = None) -> dict[str, str]:
     """Mastering display and content light level of the first frame of the video stream with
-    this index, in x265's syntax."""
+    this index, in x265's syntax. `dynamic` gets the names of the per-frame metadata the frame
+    carries (DYNAMIC_HDR)."""
     out = ffmpeg.run([tools.ffprobe, "-v", "error", "-select_streams", str(stream), "-read_intervals", "%+#1",
                       "-show_entries", "frame_side_data", "-of", "json", ffmpeg.input_path(path)], timeout=FFMPEG_PROBE_TIMEOUT)
     try:
@@ -236,6 +257,8 @@ def hdr10_metadata(tools: ffmpeg.Tools, path: Path, stream: int) -> dict[str, st
     found: dict[str, str] = {}
     for side in (frames[0].get("side_data_list", []) if frames else []):
         kind = side.get("side_data_type", "")
+        if kind in DYNAMIC_HDR and dynamic is not None and DYNAMIC_HDR[kind] not in dynamic:
+            dynamic.append(DYNAMIC_HDR[kind])
         try:
             if kind == "Mastering display metadata":
                 c = {k: round(_ratio(side[k]) * 50000) for k in ("green_x", "green_y", "blue_x", "blue_y", "red_x",

@@ -156,11 +156,14 @@ def choose(info: dict[str, Any], options: StreamOptions = StreamOptions()) -> Ch
     return Choice(video=vindex, audio=tuple(audio), program=program, dropped=tuple(sorted(dropped)))
 
 
-def data_streams(info: dict[str, Any]) -> list[dict[str, Any]]:
-    """Streams no output carries: data (SCTE-35, timed metadata, mebx) and teletext-like subtitles."""
-    return [s for s in info.get("streams") or []
-            if s.get("codec_type") in ("data", None) or
-            (s.get("codec_type") == "subtitle" and s.get("codec_name") in UNCARRIED_SUBS)]
+def uncarried(kind: str, codec: str) -> str | None:
+    """Why no output carries a stream of this kind and codec (None: some output does). The
+    warning line of its kind: one line per kind, however many streams."""
+    if kind == "data":
+        return "data (cues, timed metadata): not carried to the output"
+    if kind == "subtitle" and codec in UNCARRIED_SUBS:
+        return f"{codec} subtitles: no output container holds them"
+    return None
 
 
 def is_default(info: dict[str, Any], choice: Choice) -> bool:
