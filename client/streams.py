@@ -39,6 +39,8 @@ class StreamOptions:
                 from None
         if any(i < 0 for i in indices):
             raise UsageError("--audio-streams: stream indices are 0 or more")
+        if len(set(indices)) != len(indices):
+            raise UsageError("--audio-streams: a stream is named twice")
         return ",".join(map(str, indices))
 
 
@@ -115,13 +117,16 @@ def choose(info: dict[str, Any], options: StreamOptions = StreamOptions()) -> Ch
                              f"(video streams: {', '.join(str(s.get('index')) for s in videos) or 'none'})")
         if not decodable(chosen):
             raise UsageError(f"--video-stream {options.video}: the stream has nothing decodable")
+        if in_program is not None and options.video not in in_program:
+            raise UsageError(f"--video-stream {options.video} is not in --program {options.program}")
         video = chosen
     else:
         usable = [s for s in videos if decodable(s)]
         if not usable:
             if videos:
                 raise UsageError(f"the video stream{'s' if len(videos) > 1 else ''} "
-                                 f"({', '.join(_label(s) for s in videos)}) hold nothing decodable")
+                                 f"({', '.join(_label(s) for s in videos)}) hold{'' if len(videos) > 1 else 's'} "
+                                 "nothing decodable")
             raise UsageError("has no video stream (audio-only or data); nothing to transcode")
         video = max(usable, key=lambda s: _int(s.get("width")) * _int(s.get("height")))   # first on a tie
     vindex = _int(video.get("index"))
