@@ -207,7 +207,7 @@ class Job:
         self.tracker, self.phases = tracker, phases
         self.links: list[WorkerLink] = []
         self.id = ""
-        self.expected_frames = info.frames
+        self.expected_frames = info.shown_frames
         self.reporter: EventReporter | None = None
         self.ctx: JobContext | None = None
         self.ffmpeg_build: str | None = None      # every chunk is encoded by this build
@@ -220,7 +220,7 @@ class Job:
         cfg, info = self.cfg, self.info
         self.id = self.tracker.job_start(cfg.input.name, cfg.settings)
         self.reporter = EventReporter(self.tracker)
-        log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.frames,
+        log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.shown_frames,
                  info.video_duration, info.video.codec, cfg.settings.vcodec)
         status, detail = "failed", ""
         try:
@@ -276,7 +276,7 @@ class Job:
                 link.close()
             with contextlib.suppress(TranscoderError):
                 self.reporter.flush_and_stop(timeout=REPORTER_FLUSH)
-                self.tracker.job_end(self.id, status, detail=detail[:500] or None, frames=info.frames,
+                self.tracker.job_end(self.id, status, detail=detail[:500] or None, frames=info.shown_frames,
                                      seconds=self.phases.since_start())
             self.tracker.close()
 
@@ -323,7 +323,7 @@ class Job:
     def wait(self, scheduler: Scheduler) -> None:
         """Until every chunk is done or the job fails. Refreshes the bar; asks the tracker for more
         workers now and then (new ones may have registered), and at once when all are lost."""
-        bar = BossBar(self.info.frames) if self.cfg.bars else None
+        bar = BossBar(self.info.shown_frames) if self.cfg.bars else None
         alone_since: float | None = None
         next_ask = time.monotonic() + WORKER_REFRESH
         try:

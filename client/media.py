@@ -60,6 +60,13 @@ class MediaInfo:
     pixel_bit_rate: float = 0.0   # the video's bits a second per pixel of its picture: how dense it is
     choice: choice_of.Choice | None = None   # the streams taken (the others are not in `streams`)
     own_copy: str = ""            # why the later stages need the chosen streams in a file of their own
+    # frames an edit list hides (decoded for reference, never shown), counted among `frames`:
+    # those shown before the first visible one, and after the last
+    hidden_lead: int = 0
+    hidden_tail: int = 0
+    # how far decode timestamps run after their frame's presentation (an iPhone edit list over
+    # negative composition offsets): the split moves them back by this (ffmpeg.segment_cmd)
+    dts_shift: float = 0.0
 
     @property
     def keyframes(self) -> list[float]:
@@ -71,8 +78,9 @@ class MediaInfo:
         return next(s for s in self.streams if s.kind == "video" and not s.attached_pic)
 
     @property
-    def audio_indices(self) -> list[int]:
-        return [s.index for s in self.of_kind("audio")]
+    def shown_frames(self) -> int:
+        """Video packets less the frames an edit list hides: the frames the output gets."""
+        return self.frames - self.hidden_lead - self.hidden_tail
 
     def of_kind(self, kind: str) -> list[Stream]:
         return [s for s in self.streams if s.kind == kind and not s.attached_pic]
@@ -82,6 +90,7 @@ class MediaInfo:
 # wrap): ffmpeg's command line smooths a jump of more than dts_delta_threshold (10 s) away.
 DISCONTINUOUS_FORMATS = ("mpegts", "mpeg")
 JUMP_SECONDS = 10.0
+DTS_SLACK = 0.0005      # decode after presentation by less than this: timestamp rounding
 
 
 def inspect(tools: ffmpeg.Tools, path: Path,
@@ -126,14 +135,16 @@ def inspect(tools: ffmpeg.Tools, path: Path,
         packets = packets[first_key:]
     if not packets:
         raise UsageError(f"{path}: the video stream has no frames (truncated or damaged file?)")
-    first = min(p.pts for p in packets)
-    if first < packets[0].pts and not own_copy:
+    hidden_lead, hidden_tail = _hidden(path, packets)
+    shown = [p for p in packets if not p.discard] if hidden_lead or hidden_tail else packets
+    first = min(p.pts for p in shown)
+    if first < packets[0].pts and not own_copy and not hidden_lead:
         # the first keyframe has leading pictures (stored after it, shown before it); whether a
         # decoder shows them depends on whether they need frames from before the file
         shown = [t for t in ffmpeg.frame_times(tools, path, until=packets[0].pts - first + 1.0) if t is not None]
         first = shown[0] if shown else first
-    last = max(packets, key=lambda p: p.pts)
-    frame_dur = _typical_duration(packets)
+    last = max(shown, key=lambda p: p.pts)
+    frame_dur = _typical_duration(shown)
     # some muxers store a bogus last duration (one tick): take the typical frame's instead
     end = last.pts + (last.duration if last.duration >= 0.5 * frame_dur else frame_dur)
     declared = _float(fmt.get("duration"))
@@ -153,8 +164,29 @@ def inspect(tools: ffmpeg.Tools, path: Path,
         pts=[p.pts for p in packets], frame_rate=1.0 / frame_dur if frame_dur else 25.0,
         tags=dict(fmt.get("tags", {})),
         pixel_bit_rate=_pixel_bit_rate(packets, video, end - first),
-        choice=choice, own_copy=own_copy,
+        choice=choice, own_copy=own_copy, hidden_lead=hidden_lead, hidden_tail=hidden_tail,
+        dts_shift=max([0.0] + [p.dts - p.pts for p in packets if p.pts_known and p.dts_known
+                               and p.dts - p.pts > DTS_SLACK]),
     )
+
+
+def _hidden(path: Path, packets: list[ffmpeg.Packet]) -> tuple[int, int]:
+    """The frames an edit list hides (mp4/mov: a phone's trim, `-ss` with `-c copy`): how many
+    are shown before the first visible frame and after the last. Workers decode and drop them
+    (a chunk's frame range); an edit list that hides frames in the middle is refused."""
+    hidden = [p.pts for p in packets if p.discard]
+    shown = [p.pts for p in packets if not p.discard]
+    if not hidden:
+        return 0, 0
+    if not shown:
+        raise UsageError(f"{path}: its edit list hides every video frame")
+    lead, tail = sum(t < min(shown) for t in hidden), sum(t > max(shown) for t in hidden)
+    if lead + tail != len(hidden):
+        raise UsageError(f"{path}: its edit list hides frames between shown ones (several edits); "
+                         "not supported (remux it with one ffmpeg run first)")
+    log.info("%s: the edit list hides %d frame(s) at the start and %d at the end: they are left out, "
+             "as a player does", path.name, lead, tail)
+    return lead, tail
 
 
 # Subtitle codecs Matroska cannot hold as they are, and what the copy makes of them.

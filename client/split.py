@@ -53,6 +53,13 @@ def split_piece(frames: int, seconds: float, target: float) -> list[tuple[int, i
     return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
 
 
+def shown_ranges(ranges: list[tuple[int, int]], first: int, end: int) -> list[tuple[int, int]]:
+    """The (skip, count) frame ranges cut to the frames [first, end) of their piece: those an
+    edit list shows."""
+    cut = [(max(skip, first), min(skip + count, end) - max(skip, first)) for skip, count in ranges]
+    return [(skip, count) for skip, count in cut if count > 0]
+
+
 @dataclass(frozen=True)
 class Span:
     """The packets a frame-range chunk needs from its piece, positions in decode order."""
@@ -150,8 +157,8 @@ class Splitter:
         """The cut times, if this input can be split while its chunks are handed out: a codec
         whose packets are frames, and every piece a whole chunk (none cut by frame range)."""
         info = self.info
-        if info.video.codec not in ONE_FRAME_PER_PACKET:
-            return None
+        if info.video.codec not in ONE_FRAME_PER_PACKET or info.hidden_lead or info.hidden_tail:
+            return None     # (frames an edit list hides: the first and last chunks are frame ranges)
         target = self.chunk_seconds or auto_chunk_seconds(info.video_duration, workers, info.pixel_bit_rate)
         cuts = plan_cuts(info.keyframes, info.start, info.video_start + info.video_duration, target)
         bounds = self.planned_bounds(cuts)
@@ -181,7 +188,8 @@ class Splitter:
         chunks: list[Chunk] = []
         emitted = False                  # chunks have gone out: no falling back to split() now
         position = 0                     # where the next piece starts, in info.pts
-        cmd = ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, list_on_stdout=True)
+        cmd = ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, list_on_stdout=True,
+                                 dts_shift=self.info.dts_shift)
         checking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="entry-check")
         # on the input, beside the segment muxer: the first two pieces' keyframes are entry points
         confirmed = checking.submit(self._entry_points_confirmed, [0.0, *cuts[:1]])
@@ -275,7 +283,7 @@ class Splitter:
         key = info.key if entry_points else [i == 0 for i in range(info.frames)]
         src_dir = self.work / "src"
         src_dir.mkdir()
-        ffmpeg.run(ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts),
+        ffmpeg.run(ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, dts_shift=info.dts_shift),
                    timeout=FFMPEG_TOOL_TIMEOUT)
         files = sorted(src_dir.glob("piece_*.mkv"))
         if len(files) != len(cuts) + 1:
@@ -301,12 +309,24 @@ class Splitter:
             pts = sorted(info.pts[bounds[i]:bounds[i + 1]])
             ranges = split_piece(frames[i], pts[-1] - pts[0] + 1 / info.frame_rate, target) \
                 if frames[i] == packets[i] else [(0, frames[i])]
-            if len(ranges) == 1:
+            hidden = (info.hidden_lead if i == 0 else 0, info.hidden_tail if i == len(files) - 1 else 0)
+            if any(hidden):
+                if frames[i] != packets[i]:
+                    raise TranscoderError("an edit list hiding frames of field-coded video: not supported")
+                ranges = shown_ranges(ranges, hidden[0], frames[i] - hidden[1])
+            if ranges == [(0, frames[i])]:
                 # field-coded pieces have two packets a frame, some without a timestamp: no span
                 size, sha = digest(path)
                 chunks.append(Chunk(Manifest(index=len(chunks), source=path, size=size, sha256=sha,
                                              frames=frames[i], start=pts[0] - info.video_start,
                                              span=pts[-1] - pts[0] if frames[i] == packets[i] else None)))
+                continue
+            if len(ranges) == 1:        # a piece with frames the edit list hides, no other cut
+                (skip, count), = ranges
+                size, sha = digest(path)
+                chunks.append(Chunk(Manifest(index=len(chunks), source=path, size=size, sha256=sha, frames=count,
+                                             start=pts[skip] - info.video_start, skip=skip, whole=False,
+                                             span=pts[skip + count - 1] - pts[skip])))
                 continue
             log.info("no clean keyframe for %.1fs: cutting piece %d into %d chunks by frame range "
                      "(each worker decodes from the keyframe before its range)", pts[-1] - pts[0], i, len(ranges))
@@ -324,7 +344,7 @@ class Splitter:
                 chunks.append(Chunk(Manifest(index=len(chunks), source=source, size=size, sha256=sha,
                                              frames=count, start=pts[skip] - info.video_start, skip=skip_in_source,
                                              whole=False, span=pts[skip + count - 1] - pts[skip])))
-        self.expected_frames = sum(frames)
+        self.expected_frames = sum(c.frames for c in chunks)
         log.info("split into %d chunk%s of about %.1fs", len(chunks), "s" if len(chunks) > 1 else "", target)
         return chunks
 

@@ -323,6 +323,7 @@ class Packet:
     pts_known: bool = True    # False: the file stores none (second fields), `pts` is the dts
     size: int = -1            # bytes (-1: not asked for)
     dts_known: bool = True    # False: the file stores none here (Matroska, before the first B-frames)
+    discard: bool = False     # decoded but not shown: an edit list hides it (mp4/mov, ffprobe's "D" flag)
 
 
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
@@ -347,9 +348,9 @@ def _packet(f: dict[str, str]) -> Packet | None:
     pts = pts if known else dts
     if pts is None:
         return None
-    size = str(f.get("size", ""))
+    size, flags = str(f.get("size", "")), str(f.get("flags", ""))
     return Packet(pts, dts if dts is not None else pts, _num(f.get("duration_time")) or 0.0,
-                  str(f.get("flags", "")).startswith("K"), known, int(size) if size.isdigit() else -1, dts is not None)
+                  flags.startswith("K"), known, int(size) if size.isdigit() else -1, dts is not None, "D" in flags)
 
 
 def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[Packet]]]:
@@ -502,15 +503,19 @@ def capabilities(tools: Tools) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------- builders
 
 def segment_cmd(tools: Tools, src: Path, out_pattern: Path, cut_times: Sequence[float],
-                list_on_stdout: bool = False) -> list[str]:
+                list_on_stdout: bool = False, dts_shift: float = 0.0) -> list[str]:
     """Split the first video stream at the given keyframe times (stream copy, video only).
-    list_on_stdout: print "name,start,end" for each piece as soon as it is complete."""
+    list_on_stdout: print "name,start,end" for each piece as soon as it is complete.
+    dts_shift: seconds to move decode timestamps back so none is after its frame's presentation
+    (media.MediaInfo.dts_shift); else the muxer "replaces by guess" and the frames' order is lost."""
     # +genpts: AVI with B-frames stores no presentation timestamps, which Matroska needs
     cmd = [tools.ffmpeg, *BASE_FLAGS, "-fflags", "+genpts", "-i", input_path(src), "-map", "0:v:0", "-an", "-sn",
            "-dn", "-c", "copy", "-f", "segment", "-reset_timestamps", "1",
            # a cut time lands on a keyframe's own timestamp; the delta keeps float rounding from
            # pushing the cut to the next keyframe
            "-segment_time_delta", "0.001", "-segment_format", "matroska"]
+    if dts_shift > 0:
+        cmd += ["-bsf:v", f"setts=pts=PTS:dts=DTS-{min(float(dts_shift), 10.0):.6f}/TB"]
     if cut_times:
         cmd += ["-segment_times", ",".join(f"{t:.6f}" for t in cut_times)]
     else:

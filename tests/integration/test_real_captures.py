@@ -96,8 +96,6 @@ def _capture(id_: str, src: str, *, xfail: str | None = None, **kw):
     return pytest.param(Capture(src, **kw), id=id_, marks=marks)
 
 
-EDIT_LIST_GAP = ("edit lists that hide frames (the packets ffprobe flags D) are not applied: the segment "
-                 "muxer's Matroska pieces carry those frames as ordinary ones")
 CAPTURES = [
     # 5 programs, 4 of them empty; an AAC PID with no packets; SCTE-35; starts before the first SPS
     _capture("dvb-2160p-hevc-empty-programs", "shared:dvb-2160p-hevc-aac-scte35-5programs-midstream.ts",
@@ -108,7 +106,7 @@ CAPTURES = [
     _capture("android14-hlg-audio-first", "shared:android14-1080p-hevc10-hlg-aac-colorchart.mp4",
              size=(1920, 1080), audio=1),
     _capture("iphone14pro-dovi-editlist", "shared:iphone14pro-720p-hevc10-hlg-dovi8-aac-rot90-mebx.mov",
-             size=(720, 1280), audio=1, warns=(r"Dolby Vision 8\.4 RPU dropped.*HLG",), xfail=EDIT_LIST_GAP),
+             size=(720, 1280), audio=1, warns=(r"Dolby Vision 8\.4 RPU dropped.*HLG",)),
     _capture("screenrec-chrome-extreme-vfr", "shared:screenrec-chrome-1080p-h264-annexb-vfr-noduration.mkv",
              size=(1920, 1080)),
     _capture("mediarecorder-webm-vfr-opus", "shared:mediarecorder-chrome52-480p-vp8-opus-noduration.webm",
@@ -124,7 +122,7 @@ CAPTURES = [
              size=(320, 240), audio=1),
     _capture("ts-clock-jump", "clock-jump.ts", size=(320, 240), audio=1, jumps=1,
              warns=(r"the video's timestamps jump",)),
-    _capture("mp4-edit-list-mid-gop", "editlist.mp4", size=(320, 240), audio=1, xfail=EDIT_LIST_GAP),
+    _capture("mp4-edit-list-mid-gop", "editlist.mp4", size=(320, 240), audio=1),
     _capture("extreme-vfr-generated", "extreme-vfr.mkv", size=(640, 360)),
 ]
 
