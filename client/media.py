@@ -136,15 +136,15 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     if not packets:
         raise UsageError(f"{path}: the video stream has no frames (truncated or damaged file?)")
     hidden_lead, hidden_tail = _hidden(path, packets)
-    shown = [p for p in packets if not p.discard] if hidden_lead or hidden_tail else packets
-    first = min(p.pts for p in shown)
+    visible = [p for p in packets if not p.discard] if hidden_lead or hidden_tail else packets
+    first = min(p.pts for p in visible)
     if first < packets[0].pts and not own_copy and not hidden_lead:
         # the first keyframe has leading pictures (stored after it, shown before it); whether a
         # decoder shows them depends on whether they need frames from before the file
         shown = [t for t in ffmpeg.frame_times(tools, path, until=packets[0].pts - first + 1.0) if t is not None]
         first = shown[0] if shown else first
-    last = max(shown, key=lambda p: p.pts)
-    frame_dur = _typical_duration(shown)
+    last = max(visible, key=lambda p: p.pts)
+    frame_dur = _typical_duration(visible)
     # some muxers store a bogus last duration (one tick): take the typical frame's instead
     end = last.pts + (last.duration if last.duration >= 0.5 * frame_dur else frame_dur)
     declared = _float(fmt.get("duration"))

@@ -123,6 +123,11 @@ def choose(info: dict[str, Any], options: StreamOptions = StreamOptions()) -> Ch
     else:
         usable = [s for s in videos if decodable(s)]
         if not usable:
+            unknown = [s for s in videos if s.get("codec_name") in (None, "", "none", "unknown")]
+            if videos and len(unknown) == len(videos):
+                tags = ", ".join(sorted({repr(s.get("codec_tag_string") or "?") for s in unknown}))
+                raise UsageError(f"this ffmpeg has no decoder for its video codec (codec tag {tags}); "
+                                 "one ffmpeg run cannot transcode it either")
             if videos:
                 raise UsageError(f"the video stream{'s' if len(videos) > 1 else ''} "
                                  f"({', '.join(_label(s) for s in videos)}) hold{'' if len(videos) > 1 else 's'} "

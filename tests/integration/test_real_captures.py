@@ -76,6 +76,11 @@ def capture_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                            *range(4000, 4400, 33), 5900, 7500, 7990))
     make("extreme-vfr.mkv", "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=1000:duration=8,select='{picks}'",
          "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-g", "10")
+    # AV1 under Dolby Vision's sample entry ('dav1'): this ffmpeg has no decoder for it
+    make("av1.mp4", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1", "-c:v", "libaom-av1",
+         "-cpu-used", "8", "-crf", "50", "-b:v", "0")
+    made["dav1.mp4"] = d / "dav1.mp4"
+    made["dav1.mp4"].write_bytes(made.pop("av1.mp4").read_bytes().replace(b"av01", b"dav1"))
     return made
 
 
@@ -233,3 +238,12 @@ def test_real_capture(case: Capture, capture_clips: dict[str, Path], tmp_path: P
         if len(hits) != 1:
             problems.append(f"{len(hits)} lines match {pattern!r}, expected one")
     assert not problems, "; ".join(problems)
+
+
+def test_no_decoder_is_one_clear_line(capture_clips: dict[str, Path], tmp_path: Path) -> None:
+    """What one ffmpeg run cannot transcode either: one line naming the codec, nothing written."""
+    out = tmp_path / "out.mkv"
+    done = run_cli("client/boss.py", str(capture_clips["dav1.mp4"]), "-o", str(out), "--local", "1", cwd=tmp_path)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode != 0 and len(lines) == 1 and "no decoder" in lines[0] and "'dav1'" in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing is written"

@@ -286,3 +286,9 @@ def test_a_video_stream_outside_the_chosen_program_is_refused() -> None:
 def test_an_audio_stream_named_twice_is_refused() -> None:
     with pytest.raises(UsageError, match="twice"):
         StreamOptions.parse_audio("1,1")
+
+
+def test_a_video_codec_without_decoder_is_named() -> None:
+    info = {"streams": [{"index": 0, "codec_type": "video", "codec_tag_string": "dav1", "width": 320, "height": 240}]}
+    with pytest.raises(UsageError, match=r"no decoder for its video codec \(codec tag 'dav1'\)"):
+        choose(info)
