@@ -1,13 +1,15 @@
 """Installs the tracker, boss and worker with console scripts ffdt-tracker, ffdt-boss, ffdt-worker."""
+import re
 from pathlib import Path
 
 from setuptools import setup
 
 ROOT = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "common" / "__init__.py").read_text(encoding="utf-8"))[1]
 
 setup(
     name="ffmpeg-distributed-transcoder",
-    version="0.1.0",
+    version=VERSION,
     description="Transcode one video on many machines: a tracker, a boss and workers over TCP",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

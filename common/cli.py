@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from common import tls
+from common import __version__, tls
+from common.protocol import PROTOCOL_VERSION
 from common.errors import TranscoderError, UsageError
 
 PASSWORD_HELP = ("password: the FFDT_PASSWORD environment variable, else --password-file, else a prompt "
@@ -39,6 +40,7 @@ def setup_logging(prog: str, verbose: bool = False, quiet: bool = False) -> None
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (ffmpeg commands, messages)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (protocol {PROTOCOL_VERSION})")
 
 
 def add_ffmpeg_options(p: argparse.ArgumentParser, quiet_help: str) -> None:
