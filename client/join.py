@@ -78,8 +78,9 @@ def join(tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, contain
     dropped: dict[str, list[str]] = {}     # why -> labels: one warning line per kind
     for s in info.of_kind("subtitle"):
         bitmap = s.codec in media.BITMAP_SUBS
-        if choice_of.uncarried(s.kind, s.codec):
-            dropped.setdefault(choice_of.uncarried(s.kind, s.codec) or "", []).append(s.label)
+        uncarried = choice_of.uncarried(s.kind, s.codec)
+        if uncarried:
+            dropped.setdefault(uncarried, []).append(s.label)
         elif bitmap and not container.bitmap_subs:
             dropped.setdefault(f"bitmap subtitles: {container.muxer} cannot hold them", []).append(s.label)
         elif container.text_subs and not bitmap:
@@ -94,8 +95,8 @@ def join(tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, contain
                                else "another video stream", []).append(s.label)
         elif s.kind == "attachment" and not container.attachments:
             dropped.setdefault(f"attachments: {container.muxer} cannot hold them", []).append(s.label)
-    for why, labels in dropped.items():
-        log.warning("dropping %s: %s", ", ".join(labels), why)
+    for line in choice_of.dropping_lines(dropped):
+        log.warning("%s", line)
     audio_streams = info.of_kind("audio")
     kept = {index for index, _ in subtitles}
     kept_subs = [s for s in info.of_kind("subtitle") if s.index in kept]

@@ -210,8 +210,8 @@ def chosen_copy(tools: ffmpeg.Tools, info: MediaInfo, dst: Path) -> MediaInfo:
             keep.append((s.index, COPY_SUB_CODECS.get(s.codec, "copy")))
         elif s.kind == "attachment":
             keep.append((s.index, "copy"))
-    for why, labels in dropped.items():
-        log.warning("dropping %s: %s", ", ".join(labels), why)
+    for line in choice_of.dropping_lines(dropped):
+        log.warning("%s", line)
     # the user's audio order is the copy's order
     assert info.choice is not None
     order = {index: n for n, index in enumerate(info.choice.audio)}

@@ -201,6 +201,9 @@ def describe(info: dict[str, Any], choice: Choice) -> list[str]:
     reasons: dict[str, list[str]] = {}
     for index, why in choice.dropped:
         reasons.setdefault(why, []).append(_label(by_index[index]))
-    for why, labels in reasons.items():
-        lines.append(f"dropping {', '.join(labels)}: {why}")
-    return lines
+    return lines + dropping_lines(reasons)
+
+
+def dropping_lines(reasons: dict[str, list[str]]) -> list[str]:
+    """One line per kind of stream dropped (why -> the streams' labels)."""
+    return [f"dropping {', '.join(labels)}: {why}" for why, labels in reasons.items()]
