@@ -103,13 +103,17 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
         if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
             limit = None
+        # None: every frame; else the first build's HEAD_FRAMES, or the COMPARE_FRAMES every result has
+        compared = compare_with_source(tools, chunk, path, settings,
+                                       None if limit is None else limit or COMPARE_FRAMES, timeout)
+        frames = len(packets)
         if limit is None:
-            frames = _decoded_frames(tools, chunk, path, settings, timeout)
-        else:
-            if limit:
-                ffmpeg.decode_check(tools, path, frames=limit, peer=True, timeout=timeout)
-            frames = len(packets)
-        compare_with_source(tools, chunk, path, settings, None if limit is None else COMPARE_FRAMES, timeout)
+            frames = compared
+            if settings.fps is not None:
+                if frames == 0:          # a new frame rate: the total is checked at the end
+                    raise ChunkError(f"{chunk.name}: no frames")
+            elif frames != chunk.frames:
+                raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
         passed = True
         return frames, limit != 0
     finally:
@@ -130,35 +134,32 @@ def result_packets(tools: ffmpeg.Tools, path: Path, timeout: float) -> list[ffmp
 
 
 def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, frames: int | None,
-                        timeout: float) -> None:
-    """The result's first `frames` frames (None: all) against the source's, by PSNR: a worker
-    that returns a well-formed but different picture fails here. ChunkError if one is below
-    MIN_PSNR_DB."""
-    values = ffmpeg.psnr_against_source(tools, chunk.source, path, settings,
-                                        None if chunk.whole else (chunk.skip, chunk.frames), frames, timeout=timeout)
+                        timeout: float) -> int:
+    """Decode the result's first `frames` frames (None: all) and compare each with the source's
+    by PSNR: a worker that returns a well-formed but different picture fails here, and so does
+    one whose result the decoder complains about. Returns the frames decoded; ChunkError if one
+    is below MIN_PSNR_DB, FFmpegError for a decode error."""
+    compared = ffmpeg.compare_with_source(tools, chunk.source, path, settings,
+                                          None if chunk.whole else (chunk.skip, chunk.frames), frames,
+                                          timeout=timeout)
+    if compared.messages:
+        # the source's decoder may complain where a single run over the source would too (the
+        # piece is our own): whose message it was, a decode of the result alone tells
+        ffmpeg.decode_check(tools, path, frames=frames, peer=True, timeout=timeout)
+    values = compared.psnr
     if not values:
         raise ChunkError(f"{chunk.name}: no frame to compare with the source")
     worst = min(range(len(values)), key=values.__getitem__)
     if values[worst] < MIN_PSNR_DB:
         raise ChunkError(f"{chunk.name}: frame {worst} is not the source's picture "
                          f"(PSNR {values[worst]:.1f} dB, below {MIN_PSNR_DB:g})")
+    return len(values)
 
 
 def check_timeout(chunk: Chunk) -> float:
     """How long one ffmpeg/ffprobe run checking a result may take: in proportion to the chunk,
     so a result made to stall the boss (a decoder bomb) costs it a bounded time."""
     return CHECK_FIXED_SECONDS + CHECK_SECONDS_PER_FRAME * chunk.frames
-
-
-def _decoded_frames(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, timeout: float) -> int:
-    """Decode a result start to end: no decoder message, exactly the chunk's frames."""
-    frames = ffmpeg.decode_check(tools, path, peer=True, timeout=timeout)
-    if settings.fps is not None:
-        if frames == 0:          # a new frame rate: the total is checked at the end
-            raise ChunkError(f"{chunk.name}: no frames")
-    elif frames != chunk.frames:
-        raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
-    return frames
 
 
 def packet_oddity(chunk: Chunk, packets: list[ffmpeg.Packet], settings: Settings) -> str | None:

@@ -6,7 +6,8 @@ They live here, apart from the worker's code paths, which only ask `faults.on(na
 - slow-results: a result with the right frames at twice the source's timestamps;
 - bloated-results: each result padded with 4 MiB of zeros (a worker out to fill the boss's disk);
 - red-box: a result whose every frame has a red box over a quarter of the picture, otherwise
-  well-formed (frames, timestamps, keyframes as an honest encode's);
+  well-formed (frames, timestamps, keyframes as an honest encode's); late-red-box: the same
+  from the 10th frame of each result on;
 - disk-full: the worker refuses every upload as if its disk were full;
 - playlist-results (a hostile worker) / playlist-chunks (a hostile boss): each result / chunk
   sent is an HLS playlist naming the file FFDT_TEST_SECRET (a file of the receiving host's that
@@ -82,10 +83,12 @@ def tamper(tools: ffmpeg.Tools, path: Path) -> None:
         with path.open("r+b") as f:
             f.seek(size // 3)
             f.write(os.urandom(max(64, size // 3)))
-    if on("red-box"):
+    if on("red-box") or on("late-red-box"):
+        # late: from the 10th frame on, past the frames every result has compared
+        when = ":enable='gte(n,10)'" if on("late-red-box") else ""
         boxed = path.with_name(path.name + ".box")
         ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-i", ffmpeg.input_path(path),
-                    "-vf", "drawbox=x=0:y=0:w=iw/2:h=ih/2:color=red:t=fill", "-fps_mode", "passthrough",
+                    "-vf", f"drawbox=x=0:y=0:w=iw/2:h=ih/2:color=red:t=fill{when}", "-fps_mode", "passthrough",
                     "-enc_time_base", "-1", "-c:v", "libx264", "-preset", "ultrafast", "-f", "matroska",
                     ffmpeg.input_path(boxed)])
         boxed.replace(path)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import shutil
 import ssl
 import threading
@@ -169,6 +170,13 @@ def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:
     return s
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU the boss has used so far: its own process (Python: sockets, TLS, hashing) and its ffmpeg
+    and ffprobe children that have ended (with --local, its workers too)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"boss": round(own.ru_utime + own.ru_stime, 3), "ffmpeg": round(kids.ru_utime + kids.ru_stime, 3)}
+
+
 def ca_context(tracker_tls: tls.ClientTls) -> ssl.SSLContext:
     """For workers with a CA-issued certificate and no registered key (the others are pinned):
     the CAs the tracker is verified with, else the system's."""
@@ -261,6 +269,7 @@ class Job:
             summary["timeline"] = {"first_assigned": self.phases.first_assigned,
                                    "last_result": self.phases.last_result, "finished": summary["seconds"]}
             summary["chunks"] = len(chunks)
+            summary["cpu_seconds"] = cpu_seconds()
             summary["workers"] = {link.offer.name: link.stats.summary() for link in self.links}
             self.print_summary(summary)
             status = "done"

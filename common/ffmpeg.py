@@ -100,6 +100,14 @@ def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0, 
     and with strict=True also when it printed any message (run it with `-v error`).
     nice > 0 runs the child at a lower priority (work that must not slow the job's main path).
     The child is killed on timeout, on any exception here, and by kill_children()."""
+    stdout, stderr = run_capture(cmd, timeout=timeout, nice=nice)
+    if strict and stderr.strip():
+        raise FFmpegError(cmd, 0, tail(stderr, 1))
+    return stdout
+
+
+def run_capture(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0) -> tuple[str, str]:
+    """run(), returning (stdout, stderr) of a child that succeeded."""
     log.debug("running %s", shlex.join(cmd))
     started = time.monotonic()
     try:
@@ -122,9 +130,7 @@ def run(cmd: list[str], *, timeout: float = FFMPEG_TOOL_TIMEOUT, nice: int = 0, 
     log.debug("%.2fs for %s", time.monotonic() - started, Path(cmd[0]).name)
     if proc.returncode != 0:
         raise FFmpegError(cmd, proc.returncode, tail(stderr) or "killed")
-    if strict and stderr.strip():
-        raise FFmpegError(cmd, 0, tail(stderr, 1))
-    return stdout
+    return stdout, stderr
 
 
 _live: set[subprocess.Popen] = set()       # children of run() and _child() still running
@@ -611,23 +617,31 @@ def picture_filters(s: Settings, frame_range: tuple[int, int] | None = None, war
     return filters
 
 
-def psnr_against_source(tools: Tools, source: Path, result: Path, s: Settings,
-                        frame_range: tuple[int, int] | None, frames: int | None, *, timeout: float) -> list[float]:
-    """PSNR (dB, all planes) of each of the first `frames` frames of a result (None: all) against
-    the source chunk's frames as the encoder saw them (picture_filters). Frames are paired by
-    their index, not their timestamps (Matroska rounds those to 1 ms)."""
-    ref = ",".join([*picture_filters(s, frame_range), "setpts=N"])
-    # one decoder thread each: frame threads decode ahead, frames this check never looks at
+@dataclass
+class Comparison:
+    """A result's frames against the source's (compare_with_source)."""
+    psnr: list[float]       # dB (all planes) of each result frame compared, in order; inf: identical
+    messages: str           # what ffmpeg printed: a decoder's complaint, the result's or the source's
+
+
+def compare_with_source(tools: Tools, source: Path, result: Path, s: Settings,
+                        frame_range: tuple[int, int] | None, frames: int | None, *, timeout: float) -> Comparison:
+    """Decode the first `frames` frames of a result (None: all of them) and measure each against
+    the source chunk's frame of the same index as the encoder saw it (picture_filters). Pairing
+    is by index, not timestamp (Matroska rounds those to 1 ms). One decode of the result does
+    both jobs of a full check: with the source's last frame repeated for ever (tpad), there is a
+    PSNR for every frame the result has, so their count is the result's frame count."""
+    ref = ",".join([*picture_filters(s, frame_range), *([] if frames else ["tpad=stop=-1:stop_mode=clone"]),
+                    "setpts=N/TB"])
+    # one decoder thread each: frame threads decode ahead, frames this check never looks at;
+    # N/TB (frame N at N seconds): no output time base can fold two frames into one timestamp
     cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", *ONE_THREAD, "-i", input_path(source),
            *ONE_THREAD, *input_args(result, peer=True), "-filter_complex",
-           f"[0:v:0]{ref}[ref];[1:v:0]setpts=N[res];[res][ref]psnr=stats_file=-:shortest=1",
+           f"[0:v:0]{ref}[ref];[1:v:0]setpts=N/TB[res];[res][ref]psnr=stats_file=-:shortest=1",
            *(["-frames:v", str(frames)] if frames else []), "-f", "null", "-"]
-    values = []
-    for line in run(cmd, timeout=timeout).splitlines():
-        found = re.search(r"psnr_avg:(\S+)", line)
-        if found:
-            values.append(float(found[1]))      # "inf" for identical frames
-    return values
+    stdout, stderr = run_capture(cmd, timeout=timeout)
+    values = [float(found[1]) for found in re.finditer(r"psnr_avg:(\S+)", stdout)]
+    return Comparison(values, stderr.strip())
 
 
 def _rate_control(s: Settings) -> list[str]:

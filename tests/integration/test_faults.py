@@ -104,13 +104,13 @@ def test_bad_results_are_retried_elsewhere_and_the_worker_dropped(cluster, clips
     assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": fault}, why)
 
 
-def assert_bad_worker_dropped(cluster, clips, tmp_path, bad_env: dict[str, str], why: str) -> None:
+def assert_bad_worker_dropped(cluster, clips, tmp_path, bad_env: dict[str, str], why: str, *boss_args: str) -> None:
     """A worker with `bad_env` and a good one: the job succeeds with the good one's results, each of
     the bad one's is rejected by the boss with `why` in the reason, and the bad one is dropped."""
     _, bad_port, _ = cluster.start_worker(extra_env=bad_env)
     cluster.start_worker()
     out = tmp_path / "out.mp4"
-    done = cluster.boss(clips["mid20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2")
+    done = cluster.boss(clips["mid20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2", *boss_args)
     assert done.returncode == 0, done.stderr
     assert_same_media(clips["mid20.mp4"], out)
     bad = worker_name(bad_port)

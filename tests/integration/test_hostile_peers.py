@@ -81,6 +81,14 @@ def test_a_worker_that_changes_the_picture_is_caught_and_dropped(cluster, clips,
     assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": "red-box"}, "not the source's picture")
 
 
+def test_a_picture_changed_past_the_first_frames_is_caught_by_a_full_check(cluster, clips, tmp_path):
+    """The box from the 10th frame on: only a comparison over the whole result sees it, which
+    --verify-fraction 1 makes of every result (one decode of the result does it and counts its
+    frames)."""
+    assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": "late-red-box"},
+                              "not the source's picture", "--verify-fraction", "1")
+
+
 def test_the_trackers_data_and_the_bosss_work_are_private_even_in_an_existing_directory(tmp_path, users_data,
                                                                                         clips):
     """tracker.db holds every user's SCRAM keys: a copy plus one overheard login is a login."""

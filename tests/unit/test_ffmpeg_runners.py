@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from common import ffmpeg
 from common.errors import FFmpegError
+from common.settings import Settings
 
 
 def test_children_get_none_of_our_secrets(monkeypatch):
@@ -57,3 +59,53 @@ def test_a_child_past_its_deadline_is_killed():
     with pytest.raises(FFmpegError, match="no result after 0.5s"):
         ffmpeg.run(["sleep", "30"], timeout=0.5)
     assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- the boss's comparison with the source
+
+@pytest.fixture(scope="module")
+def source_and_results(tmp_path_factory):
+    """A 40-frame source and results made from it: whole, cut short, run long, with a box drawn
+    from frame 20 on."""
+    d = tmp_path_factory.mktemp("compare")
+    tools = ffmpeg.find_tools()
+
+    def make(name: str, *args: str) -> Path:
+        ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, *args, "-c:v", "libx264", "-preset", "ultrafast",
+                    "-f", "matroska", ffmpeg.input_path(d / name)])
+        return d / name
+
+    src = make("src.mkv", "-f", "lavfi", "-i", "testsrc2=size=160x96:rate=25", "-frames:v", "40")
+    return tools, src, {
+        "whole": make("whole.mkv", "-i", str(src)),
+        "short": make("short.mkv", "-i", str(src), "-frames:v", "30"),
+        "long": make("long.mkv", "-i", str(src), "-vf", "tpad=stop=5:stop_mode=clone"),
+        "boxed": make("boxed.mkv", "-i", str(src), "-vf", "drawbox=w=80:h=48:color=red:t=fill:enable='gte(n,20)'"),
+    }
+
+
+@pytest.mark.parametrize("result,frames", [("whole", 40), ("short", 30), ("long", 45)])
+def test_a_full_comparison_has_one_value_per_result_frame(source_and_results, result, frames):
+    """One decode of a result checks its picture and counts its frames, longer or shorter than
+    the source's (the boss's full check relies on the count)."""
+    tools, src, results = source_and_results
+    compared = ffmpeg.compare_with_source(tools, src, results[result], Settings(), None, None, timeout=60)
+    assert len(compared.psnr) == frames
+    assert min(compared.psnr[:30]) > 30 and compared.messages == ""
+
+
+def test_a_comparison_sees_a_change_only_where_it_looks(source_and_results):
+    tools, src, results = source_and_results
+    head = ffmpeg.compare_with_source(tools, src, results["boxed"], Settings(), None, 3, timeout=60)
+    full = ffmpeg.compare_with_source(tools, src, results["boxed"], Settings(), None, None, timeout=60)
+    assert len(head.psnr) == 3 and min(head.psnr) > 30
+    assert min(full.psnr[:20]) > 30 and max(full.psnr[20:]) < 25
+
+
+def test_a_comparison_over_a_frame_range_pairs_the_ranges_frames(source_and_results):
+    """A chunk cut by frame range: the result holds the range's frames only."""
+    tools, src, results = source_and_results
+    compared = ffmpeg.compare_with_source(tools, src, results["short"], Settings(), (0, 30), None, timeout=60)
+    assert len(compared.psnr) == 30 and min(compared.psnr) > 30
+    shifted = ffmpeg.compare_with_source(tools, src, results["short"], Settings(), (5, 30), 10, timeout=60)
+    assert max(shifted.psnr) < 30      # frame i against the source's i + 5: not the same picture
