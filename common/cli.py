@@ -32,7 +32,9 @@ class _StderrHandler(logging.StreamHandler):
 def setup_logging(prog: str, verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    # -v: each line with the milliseconds since the start, to read a run's timeline from its log
+    handler.setFormatter(logging.Formatter(f"{prog}: " + ("%(relativeCreated)6.0fms " if verbose else "") +
+                                           "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
