@@ -15,6 +15,8 @@ from pathlib import Path
 
 if __package__ in (None, ""):      # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from common import environment
+    environment.ensure("ffdt-boss")      # any python3: the checkout's .venv, or one line on what to run
 
 from client import media
 from client.streams import StreamOptions
@@ -22,12 +24,13 @@ from client.job import run_boss
 from client.progress import bars_wanted
 from common import ffmpeg
 from common.tls import ClientTls
-from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
+from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_ffmpeg_options, add_password_option,
                         add_tls_client_options, client_tls, read_password, run_main, setup_logging)
 from common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
 from common.errors import UsageError
 from common.net import parse_host_port
-from common.settings import Settings, parse_rate, parse_scale
+from common.encoders import ENCODERS
+from common.settings import Settings, parse_rate, parse_scale, whole
 
 log = logging.getLogger("boss")
 
@@ -56,6 +59,7 @@ class BossConfig:
     bars: bool
     report: Path | None
     verify_fraction: float = DEFAULT_VERIFY_FRACTION
+    overwrite: bool = False                 # -y: replace an existing OUTPUT
     streams: StreamOptions = StreamOptions()    # which of the input's streams (ffmpeg's defaults)
     tls: ClientTls = ClientTls(None)        # to the tracker; workers are pinned to the keys they registered
 
@@ -63,14 +67,21 @@ class BossConfig:
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ffdt-boss", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = ArgumentParser(
+        prog="ffdt-boss",
         description="Transcode INPUT into OUTPUT with workers from a tracker (or --local N workers on this "
         "machine). The container follows OUTPUT's extension (.mp4 .mov .mkv .webm); defaults: H.264 + AAC, "
-        "or VP9 + Opus for .webm.",
+        "or VP9 + Opus for .webm. ffmpeg's own spellings work too: -i IN, -c:v, -c:a, -crf, -preset, "
+        "-b:v, -b:a, -pix_fmt, -r, -y, -n.",
         epilog=PASSWORD_HELP + ". Environment: FFDT_PASSWORD, FFMPEG_PATH.")
-    p.add_argument("input", type=Path, metavar="INPUT")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT")
+    p.add_argument("input", type=Path, metavar="INPUT", nargs="?",
+                   help="the video to transcode (with -i INPUT, this place is the OUTPUT, as in ffmpeg)")
+    p.add_argument("-i", dest="input_option", type=Path, metavar="INPUT", help="the input, as ffmpeg takes it")
+    p.add_argument("-o", "--output", type=Path, metavar="OUTPUT", help="the file to write")
+    clobber = p.add_mutually_exclusive_group()
+    clobber.add_argument("-y", "--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    clobber.add_argument("-n", "--no-overwrite", action="store_true",
+                         help="never replace OUTPUT (the default: an existing OUTPUT is an error without -y)")
     where = p.add_argument_group("workers")
     where.add_argument("--tracker", help="tracker HOST:PORT")
     where.add_argument("--user", help="tracker user with the boss role")
@@ -82,17 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--worker-timeout", type=float, default=WORKER_SILENCE_TIMEOUT,
                        help="seconds of silence after which a worker counts as lost")
     enc = p.add_argument_group("encoding")
-    enc.add_argument("--vcodec", help="libx264, libx265, libvpx-vp9, libsvtav1, libaom-av1, mpeg4")
-    enc.add_argument("--crf", type=int, help="constant quality (encoder's scale)")
-    enc.add_argument("--vbitrate", help="target video bit rate, e.g. 2500k")
-    enc.add_argument("--maxrate", help="maximum video bit rate")
-    enc.add_argument("--bufsize", help="rate-control buffer size")
-    enc.add_argument("--preset", help="encoder preset (x264/x265 names; a number for VP9/AV1)")
-    enc.add_argument("--pix-fmt", help="output pixel format, e.g. yuv420p")
-    enc.add_argument("--scale", help="W:H, e.g. 1280:-2")
-    enc.add_argument("--fps", help="output frame rate (default: keep the source's timestamps)")
-    enc.add_argument("--acodec", help="audio encoder, or copy (default suits the container)")
-    enc.add_argument("--abitrate", help="audio bit rate, e.g. 160k")
+    enc.add_argument("--vcodec", "-c:v", "-vcodec", help=f"{', '.join(ENCODERS)} (default: libx264; "
+                     "libvpx-vp9 for .webm)")
+    enc.add_argument("--crf", "-crf", type=float, help="constant quality on the encoder's scale (default: the "
+                     "encoder's own: " + ", ".join(f"{e.default_quality} for {e.name}" for e in ENCODERS.values()) +
+                     "; x264/x265 take fractions such as 22.5)")
+    enc.add_argument("--vbitrate", "-b:v", help="target video bit rate, e.g. 2500k, instead of --crf")
+    enc.add_argument("--maxrate", "-maxrate", help="maximum video bit rate")
+    enc.add_argument("--bufsize", "-bufsize", help="rate-control buffer size")
+    enc.add_argument("--preset", "-preset", help="encoder preset: x264/x265 names, a number for VP9/AV1 "
+                     "(default: the encoder's own: medium for x264/x265)")
+    enc.add_argument("--pix-fmt", "-pix_fmt", help="output pixel format, e.g. yuv420p (default: the source's, "
+                     "as one ffmpeg run picks it)")
+    enc.add_argument("--scale", help="W:H, e.g. 1280:-2 (default: the source's size)")
+    enc.add_argument("--fps", "-r", help="output frame rate (default: keep the source's timestamps)")
+    enc.add_argument("--acodec", "-c:a", "-acodec", help="audio encoder, or copy (default: aac; libopus for .webm)")
+    enc.add_argument("--abitrate", "-b:a", help="audio bit rate, e.g. 160k (default: the encoder's own: "
+                     "128k for aac)")
     pick = p.add_argument_group("streams", "by default, as ffmpeg picks them: the video with the largest "
                                 "picture that decodes, and every decodable audio stream of its program")
     pick.add_argument("--video-stream", type=int, metavar="N", help="transcode the video stream with index N")
@@ -119,7 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> BossConfig:
-    container = media.container_for(args.output)
+    source, output = args.input, args.output
+    if args.input_option is not None:            # ffmpeg's order: -i INPUT ... OUTPUT
+        if source is not None and output is not None:
+            raise UsageError("give the input once: as INPUT or with -i")
+        source, output = args.input_option, output or source
+    if source is None:
+        raise UsageError("no INPUT: give the video to transcode")
+    if output is None:
+        raise UsageError("no OUTPUT: give it with -o OUTPUT (or as ffmpeg takes it: -i INPUT OUTPUT)")
+    container = media.container_for(output)
     if args.local < 0 or args.local > 64:
         raise UsageError("--local takes 1..64 workers")
     if not args.local and not (args.tracker and args.user):
@@ -131,7 +157,8 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
     if args.chunk_seconds is not None and not 0.5 <= args.chunk_seconds <= 3600:
         raise UsageError("--chunk-seconds must be between 0.5 and 3600")
     scale = parse_scale(args.scale) if args.scale else (None, None)
-    settings = Settings(vcodec=args.vcodec or container.default_vcodec, crf=args.crf,
+    settings = Settings(vcodec=args.vcodec or container.default_vcodec,
+                        crf=None if args.crf is None else whole(args.crf),
                         vbitrate=parse_rate(args.vbitrate) if args.vbitrate else None,
                         maxrate=parse_rate(args.maxrate) if args.maxrate else None,
                         bufsize=parse_rate(args.bufsize) if args.bufsize else None,
@@ -142,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
     tools = ffmpeg.find_tools(args.ffmpeg, args.use_global)
     ffmpeg_args = (["--ffmpeg", args.ffmpeg] if args.ffmpeg else []) + (["--use-global"] if args.use_global else [])
     return BossConfig(
-        input=args.input, output=args.output, settings=settings, acodec=acodec,
+        input=source, output=output, overwrite=args.overwrite, settings=settings, acodec=acodec,
         abitrate=parse_rate(args.abitrate) if args.abitrate else None, tools=tools, ffmpeg_args=ffmpeg_args,
         tracker=parse_host_port(args.tracker) if args.tracker and not args.local else None,
         user=args.user or "", password="" if args.local else read_password(args.password_file),

@@ -130,6 +130,8 @@ def check_output_path(cfg: BossConfig) -> None:
         raise UsageError(f"{cfg.output.parent}: no such directory for the output")
     if cfg.output.is_dir():
         raise UsageError(f"{cfg.output} is a directory")
+    if cfg.output.exists() and not cfg.overwrite:      # ffmpeg's rule without a terminal to ask on
+        raise UsageError(f"{cfg.output} exists: pass -y to replace it")
     if not os.access(cfg.output.parent, os.W_OK):
         raise UsageError(f"{cfg.output.parent}: cannot write there")
     if cfg.report is not None and not cfg.report.parent.is_dir():

@@ -13,21 +13,24 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):      # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from common import environment
+    environment.ensure("ffdt-worker")      # any python3: the checkout's .venv, or one line on what to run
 
 from client.progress import bars_wanted
 from client.session import Worker
 from common import ffmpeg
-from common.cli import (PASSWORD_HELP, add_common_options, add_ffmpeg_options, add_password_option,
+from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_ffmpeg_options, add_password_option,
                         add_tls_client_options, client_tls, read_password, run_main, setup_logging)
-from common.config import DEFAULT_PREFETCH, MAX_SLOTS
-from common.errors import UsageError
-from common.net import parse_host_port
+from common.config import DEFAULT_PREFETCH, MAX_SLOTS, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST
+from common.errors import ConnectionClosed, PeerUnreachable, UsageError
+from common.net import Backoff, parse_host_port
 from common.tls import ClientTls, server_identity
 
 log = logging.getLogger("worker")
@@ -56,11 +59,10 @@ class WorkerConfig:
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="ffdt-worker", description="Offer this machine's ffmpeg to bosses: listen on MSG_PORT and "
         "FILE_PORT, register with the tracker, encode the chunks bosses send.",
-        epilog=PASSWORD_HELP + ". Environment: FFDT_PASSWORD, FFMPEG_PATH.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog=PASSWORD_HELP + ". Environment: FFDT_PASSWORD, FFMPEG_PATH.")
     p.add_argument("msg_port", type=int, metavar="MSG_PORT", help="message port (0: any free port)")
     p.add_argument("file_port", type=int, metavar="FILE_PORT", help="file port (0: any free port)")
     p.add_argument("--tracker", required=True, help="tracker HOST:PORT")
@@ -102,6 +104,19 @@ def tls_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"tls_server": server, "tls_fingerprint": fingerprint, "tls_client": client_tls(args)}
 
 
+def register_when_reachable(worker: Worker) -> None:
+    """A tracker that is down (not up yet, restarting) is waited for, as a worker that loses it
+    later does: a farm can start in any order. A refusal (wrong password) ends the worker."""
+    backoff = Backoff(RECONNECT_BACKOFF_FIRST, RECONNECT_BACKOFF_CAP)
+    while True:
+        try:
+            worker.register()
+            return
+        except (PeerUnreachable, ConnectionClosed) as exc:
+            log.warning("%s; trying again in up to %.0fs (Ctrl-C to stop)", exc, backoff.ceiling)
+            time.sleep(backoff.next())
+
+
 def run_worker(args: argparse.Namespace) -> int:
     for port in (args.msg_port, args.file_port):
         if not 0 <= port < 65536:
@@ -118,7 +133,7 @@ def run_worker(args: argparse.Namespace) -> int:
                        bars=bars_wanted(args.quiet), **tls_options(args))
     worker = Worker(cfg)
     try:
-        worker.register()
+        register_when_reachable(worker)
         print(f"listening on {cfg.bind}:{worker.msg_port} file port {worker.file_port}", flush=True)
         log.info("registered as %s with %s (%s)", worker.name, worker.tracker.where, worker.version)
         stop = threading.Event()

@@ -17,6 +17,28 @@ PASSWORD_HELP = ("password: the FFDT_PASSWORD environment variable, else --passw
                  "(never on the command line)")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that shows a default only where it says something: not for options that are off
+    or unset (their help says what happens then), nor twice when the help names it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A usage error in two lines (what is wrong, where to look), not the whole usage."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help' for the options.\n")
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is now, so progress bars that wrap stderr keep logs above them."""
 
@@ -107,6 +129,11 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     """The one broad handler of a program: expected errors are one line and exit 1, Ctrl-C 130."""
     try:
         return body()
+    except BrokenPipeError:
+        # the reader went away (`tracker.py logs | head`): what it wanted it has; quiet exit, and
+        # stdout pointed at /dev/null so the interpreter's final flush does not complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TranscoderError as exc:
         logging.getLogger(prog).error("error: %s", exc)
         return 1

@@ -19,6 +19,7 @@ class Encoder:
     codec: str                         # the codec it writes, as ffprobe names it
     quality_range: tuple[int, int]     # what --crf may be
     default_quality: int               # the encoder's own default, passed explicitly
+    fractional_quality: bool = False   # --crf may have a fraction (x264/x265 take 22.5)
     quality_option: str = "-crf"       # mpeg4 takes a quantiser (-q:v) instead
     constant_quality_extra: tuple[str, ...] = ()   # flags that make the quality mode constant quality
     presets: tuple[str, ...] = ()      # what --preset may be
@@ -32,8 +33,8 @@ class Encoder:
 
 
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (
-    Encoder("libx264", "h264", (0, 51), 23, presets=X26X_PRESETS, preset_option="-preset", warmup=True),
-    Encoder("libx265", "hevc", (0, 51), 28, presets=X26X_PRESETS, preset_option="-preset", warmup=True,
+    Encoder("libx264", "h264", (0, 51), 23, fractional_quality=True, presets=X26X_PRESETS, preset_option="-preset", warmup=True),
+    Encoder("libx265", "hevc", (0, 51), 28, fractional_quality=True, presets=X26X_PRESETS, preset_option="-preset", warmup=True,
             check_joins=True),
     # VP9's constant-quality mode needs a zero target bit rate; row multithreading for speed
     Encoder("libvpx-vp9", "vp9", (0, 63), 33, constant_quality_extra=("-b:v", "0"),

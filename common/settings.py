@@ -5,6 +5,7 @@ whitelist or a numeric range, and the worker builds the command from the checked
 """
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ _RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kKmM]?)$")
 class Settings:
     """What every chunk of a job is encoded with."""
     vcodec: str = "libx264"
-    crf: int | None = None
+    crf: float | None = None         # an int unless the encoder takes fractions (22.5)
     vbitrate: int | None = None      # bits per second
     maxrate: int | None = None
     bufsize: int | None = None
@@ -67,6 +68,8 @@ class Settings:
             lo, hi = spec.quality_range
             if not lo <= self.crf <= hi:
                 raise UsageError(f"--crf for {self.vcodec} must be in {lo}..{hi}")
+            if self.crf != int(self.crf) and not spec.fractional_quality:
+                raise UsageError(f"--crf for {self.vcodec} takes whole numbers")
         for name in ("vbitrate", "maxrate", "bufsize"):
             value = getattr(self, name)
             if value is not None and not 1000 <= value <= 10**10:
@@ -110,7 +113,7 @@ class Settings:
         """Settings from a peer: unknown keys ignored, wrong types or values are a ProtocolError."""
         if not isinstance(data, dict):
             raise ProtocolError("settings must be an object")
-        kinds = {"vcodec": str, "crf": int, "vbitrate": int, "maxrate": int, "bufsize": int,
+        kinds: dict[str, type | tuple[type, ...]] = {"vcodec": str, "crf": (int, float), "vbitrate": int, "maxrate": int, "bufsize": int,
                  "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str, "rotate": int, "pad_even": bool,
                  "color_primaries": str, "color_trc": str, "colorspace": str, "color_range": str,
                  "master_display": str, "max_cll": str}
@@ -120,12 +123,19 @@ class Settings:
             if value is None:
                 continue
             if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ProtocolError(f"settings: {key} must be {kind.__name__}")
-            values[key] = value
+                raise ProtocolError(f"settings: {key} must be {'a number' if kind == (int, float) else kind.__name__}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ProtocolError(f"settings: {key} must be finite")
+            values[key] = whole(value) if key == "crf" else value
         try:
             return cls(**values)
         except UsageError as exc:
             raise ProtocolError(f"settings rejected: {exc}") from exc
+
+
+def whole(value: float) -> float:
+    """22.0 -> 22 (an int), 22.5 stays: ffmpeg's argument and the wire carry no '.0'."""
+    return int(value) if float(value).is_integer() else value
 
 
 def parse_rate(text: str) -> int:

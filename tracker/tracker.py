@@ -12,9 +12,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):      # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from common import environment
+    environment.ensure("ffdt-tracker")      # any python3: the checkout's .venv, or one line on what to run
 
 from common.audit_events import Event
-from common.cli import (PASSWORD_HELP, add_common_options, add_password_option, read_password,
+from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_password_option, read_password,
                         run_main, setup_logging)
 from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
 from common.errors import UsageError
@@ -31,14 +33,13 @@ DEFAULT_DATA_DIR = Path("tracker-data")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ffdt-tracker", description="Tracker of the FFmpeg distributed transcoder: "
+    p = ArgumentParser(prog="ffdt-tracker", description="Tracker of the FFmpeg distributed transcoder: "
                                 "authenticates peers, lists live workers for bosses, keeps the audit log.",
                                 epilog="With no command, serves on port %d with data in ./%s." % (
-                                    DEFAULT_TRACKER_PORT, DEFAULT_DATA_DIR),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                    DEFAULT_TRACKER_PORT, DEFAULT_DATA_DIR))
     add_common_options(p)
     sub = p.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the tracker", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve = sub.add_parser("serve", help="run the tracker")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--port", type=int, default=DEFAULT_TRACKER_PORT, help="port (0: any free port)")
     serve.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="users, audit log, secret")

@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.conftest import assert_same_media, audit_events, poll_for, start_boss
+from tests.conftest import LISTENING, ROOT, _read_line, assert_same_media, audit_events, env, poll_for, start_boss
 
 pytestmark = pytest.mark.integration
 
@@ -209,6 +211,25 @@ def test_tracker_restart_mid_job(cluster, clips, tmp_path):
     assert "job_finished" in since_restart(), "the boss reported the end of the job to the restarted tracker"
     # a worker notices at its next heartbeat (every 5 s), which may come after the job is over
     poll_for(lambda: since_restart().count("register") >= 2, 30, "both workers to register again")
+
+
+def test_a_worker_started_while_the_tracker_is_down_waits_for_it(cluster, clips, tmp_path):
+    """A farm comes up in any order (systemd starts workers at boot): the worker retries with
+    backoff instead of exiting, and works once the tracker is there."""
+    cluster.tracker.terminate()
+    cluster.tracker.wait(timeout=30)
+    worker = subprocess.Popen([sys.executable, str(ROOT / "client/worker.py"), "0", "0", "--tracker", cluster.addr,
+                               "--user", "w", "--host", "127.0.0.1", "--quiet", *cluster.pin(())],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    cluster.procs.append(worker)
+    time.sleep(3)
+    assert worker.poll() is None, worker.stderr.read()
+    cluster.start_tracker()                    # same port, same data dir
+    assert LISTENING.search(_read_line(worker, 60)), "the worker registered once the tracker was up"
+    out = tmp_path / "out.mp4"
+    done = cluster.boss(clips["small.mp4"], out, "--preset", "ultrafast")
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["small.mp4"], out)
 
 
 def children_of(pid: int) -> list[str]:

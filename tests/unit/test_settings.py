@@ -36,6 +36,17 @@ def test_crf_range_is_per_encoder_and_inclusive(vcodec, lo, hi):
             Settings(vcodec=vcodec, crf=bad)
 
 
+def test_a_fractional_crf_is_for_x264_and_x265_only():
+    assert Settings(vcodec="libx264", crf=22.5).crf == 22.5
+    assert Settings.from_wire({"vcodec": "libx265", "crf": 27.25}).crf == 27.25
+    assert Settings.from_wire({"crf": 22.0}).crf == 22 and isinstance(Settings.from_wire({"crf": 22.0}).crf, int)
+    for vcodec in ("libvpx-vp9", "libsvtav1", "libaom-av1", "mpeg4"):
+        with pytest.raises(UsageError, match="whole numbers"):
+            Settings(vcodec=vcodec, crf=10.5)
+    with pytest.raises(ProtocolError, match="crf must be a number"):
+        Settings.from_wire({"crf": "23"})
+
+
 def test_crf_and_vbitrate_together_are_refused():
     with pytest.raises(UsageError, match="not both"):
         Settings(crf=23, vbitrate=2_000_000)
@@ -133,14 +144,14 @@ def test_from_wire_needs_an_object(data):
 
 @pytest.mark.parametrize("data", [
     {"crf": "23"},
-    {"crf": 23.0},
+    {"crf": float("nan")},
     {"crf": True},
     {"vbitrate": False},
     {"vcodec": 264},
     {"fps": 30},
     {"scale_w": "1280", "scale_h": 720},
     {"preset": ["slow"]},
-], ids=["crf-str", "crf-float", "crf-bool", "vbitrate-bool", "vcodec-int", "fps-int", "scale-str", "preset-list"])
+], ids=["crf-str", "crf-nan", "crf-bool", "vbitrate-bool", "vcodec-int", "fps-int", "scale-str", "preset-list"])
 def test_from_wire_rejects_wrong_types_as_protocol_errors(data):
     with pytest.raises(ProtocolError):
         Settings.from_wire(data)
@@ -149,9 +160,10 @@ def test_from_wire_rejects_wrong_types_as_protocol_errors(data):
 @pytest.mark.parametrize("data", [
     {"vcodec": "h264"},
     {"vcodec": "libx264", "crf": 99},
+    {"vcodec": "libvpx-vp9", "crf": 30.5},
     {"crf": 20, "vbitrate": 2_000_000},
     {"fps": "30;rm -rf /"},
-], ids=["unknown-vcodec", "crf-range", "crf-and-bitrate", "fps-text"])
+], ids=["unknown-vcodec", "crf-range", "crf-fraction-vp9", "crf-and-bitrate", "fps-text"])
 def test_from_wire_rejects_bad_values_as_protocol_errors_not_usage_errors(data):
     with pytest.raises(ProtocolError, match="settings rejected"):
         Settings.from_wire(data)

@@ -1,0 +1,105 @@
+"""The command lines as a user meets them: ffmpeg's habits, existing outputs, usage errors,
+--help, pipes, and a python3 without the project's packages."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, env, probe, run_cli
+
+pytestmark = pytest.mark.integration
+
+PROGRAMS = ["client/boss.py", "client/worker.py", "tracker/tracker.py"]
+
+
+@pytest.fixture
+def live(cluster):
+    cluster.start_worker()
+    return cluster
+
+
+def test_an_existing_output_is_kept_unless_y(live, clips, tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    for flags in ([], ["-n"]):
+        done = live.boss(clips["small.mp4"], out, "--preset", "ultrafast", *flags)
+        assert done.returncode == 1 and "exists: pass -y to replace it" in done.stderr, done.stderr
+        assert out.read_bytes() == b"precious"
+    done = live.boss(clips["small.mp4"], out, "--preset", "ultrafast", "-y")
+    assert done.returncode == 0, done.stderr
+    assert probe(out)["streams"][0]["codec_name"] == "h264"
+
+
+def test_ffmpegs_spellings_and_a_fractional_crf(live, clips, tmp_path):
+    """`-i IN ... OUT` with ffmpeg's option names; x264 records the CRF it was given in its
+    stream (the SEI with its settings), so 22.5 must reach every worker's encoder as 22.5."""
+    out = tmp_path / "out.mkv"
+    done = run_cli("client/boss.py", "-i", str(clips["small.mp4"]), "-c:v", "libx264", "-crf", "22.5",
+                   "-preset", "ultrafast", "-c:a", "aac", "-b:a", "96k", "--tracker", live.addr, "--user", "b",
+                   "--quiet", *live.pin(()), str(out))
+    assert done.returncode == 0, done.stderr
+    assert b"crf=22.5" in out.read_bytes()
+    audio = [s for s in probe(out)["streams"] if s["codec_type"] == "audio"]
+    assert audio and audio[0]["codec_name"] == "aac"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--crf-typo", "5"], "unrecognized arguments"),
+    (["in.mp4"], "no OUTPUT"),
+    (["-i", "a.mp4", "b.mp4", "-o", "c.mp4"], "give the input once"),
+    (["in.mp4", "-o", "out.webm", "--vcodec", "libvpx-vp9", "--crf", "30.5", "--local", "1"], "whole numbers"),
+], ids=["typo", "no-output", "two-inputs", "fractional-vp9"])
+def test_a_usage_error_is_two_lines_at_most(args, needle, tmp_path):
+    done = run_cli("client/boss.py", *args, cwd=tmp_path)
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) <= 2 and needle in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("program,command", [("client/boss.py", []), ("client/worker.py", []),
+                                             ("tracker/tracker.py", ["serve"])])
+def test_help_shows_real_defaults_and_never_none(program, command):
+    done = run_cli(program, *command, "--help")
+    assert done.returncode == 0
+    assert "(default: None)" not in done.stdout and "(default: False)" not in done.stdout
+    assert done.stdout.count("(default:") >= 1, done.stdout
+
+
+def test_boss_help_names_the_encoders_defaults():
+    text = " ".join(run_cli("client/boss.py", "--help").stdout.split())
+    assert "23 for libx264" in text and "medium for x264/x265" in text and "128k for aac" in text
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`tracker.py logs | head`: the reader leaving early is not an error."""
+    code = ("import sys; sys.path.insert(0, %r); from common.cli import run_main; "
+            "sys.exit(run_main('t', lambda: [print('x' * 100) for _ in range(100000)] and 0))" % str(ROOT))
+    done = subprocess.run(f"{sys.executable} -c \"{code}\" | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def system_python_lacks_our_packages() -> bool:
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    return python is not None and subprocess.run([python, "-c", "import progressbar, scramp"],
+                                                 capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(not system_python_lacks_our_packages(), reason="the system python3 has the packages")
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_any_python3_finds_the_environment_or_says_what_to_run(program, tmp_path):
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if (ROOT / ".venv").is_dir():          # the checkout has its environment: it is used
+        done = subprocess.run([python, str(ROOT / program), "--version"], capture_output=True, text=True,
+                              timeout=60, env=env())
+        assert done.returncode == 0 and "0." in done.stdout, done.stderr
+    bare = tmp_path / "checkout"            # a checkout without one: one line, no traceback
+    for part in ("client", "common", "tracker"):
+        shutil.copytree(ROOT / part, bare / part, ignore=shutil.ignore_patterns("ffmpeg", "__pycache__"))
+    done = subprocess.run([python, str(bare / program), "--help"], capture_output=True, text=True, timeout=60,
+                          env=env())
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "scripts/setup-env" in done.stderr, done.stderr
