@@ -103,3 +103,16 @@ def test_any_python3_finds_the_environment_or_says_what_to_run(program, tmp_path
                           env=env())
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "scripts/setup-env" in done.stderr, done.stderr
+
+
+def test_scripts_install_puts_the_three_programs_on_a_path(tmp_path):
+    """One command for any machine of the farm: the wrappers run the checkout's code with its
+    environment, from any directory, with any PATH."""
+    bin_dir = tmp_path / "bin"
+    done = subprocess.run([str(ROOT / "scripts/install"), "--bin", str(bin_dir)], capture_output=True, text=True,
+                          timeout=300, env=env())
+    assert done.returncode == 0, done.stderr
+    for name in ("ffdt-tracker", "ffdt-worker", "ffdt-boss"):
+        ran = subprocess.run([str(bin_dir / name), "--version"], capture_output=True, text=True, timeout=60,
+                             cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+        assert ran.returncode == 0 and ran.stdout.startswith(name), ran.stderr
