@@ -116,3 +116,12 @@ def test_scripts_install_puts_the_three_programs_on_a_path(tmp_path):
         ran = subprocess.run([str(bin_dir / name), "--version"], capture_output=True, text=True, timeout=60,
                              cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
         assert ran.returncode == 0 and ran.stdout.startswith(name), ran.stderr
+
+
+@pytest.mark.parametrize("script", ["bench", "parity", "soak", "install"])
+def test_the_scripts_explain_themselves(script):
+    """The benchmark and measurement scripts are not run whole by the suite (minutes each): at
+    least they parse and answer --help."""
+    done = subprocess.run([str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True, timeout=60,
+                          env=env())
+    assert done.returncode == 0 and "Traceback" not in done.stderr and len(done.stdout) > 100, done.stderr
