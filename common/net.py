@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import random
 import socket
 import ssl
@@ -54,17 +56,47 @@ class Deadline:
     a peer that dribbles a byte now and then hold a thread forever."""
 
     def __init__(self, sock: socket.socket, seconds: float) -> None:
-        self._timer = threading.Timer(seconds, self._expire, args=(sock,))
-        self._timer.daemon = True
-        self._timer.start()
+        self._sock: socket.socket | None = sock
+        _WATCHDOG.watch(time.monotonic() + seconds, self)
 
-    @staticmethod
-    def _expire(sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    def expire(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def met(self) -> None:
-        self._timer.cancel()
+        self._sock = None          # the watchdog keeps this object until its time, not the socket
+
+
+class _Watchdog:
+    """One thread for every Deadline of the process: a Timer each cost a thread per connection,
+    and a thousand workers logging in at once made a thousand of them."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Deadline]] = []
+        self._wake = threading.Condition()
+        self._count = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, when: float, deadline: Deadline) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (when, next(self._count), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, _, deadline = heapq.heappop(self._due)
+            deadline.expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 def enable_keepalive(sock: socket.socket, idle: int = 30, interval: int = 10, count: int = 3) -> None:

@@ -176,7 +176,14 @@ class SerialSSLSocket(ssl.SSLSocket):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise socket.timeout("timed out")
-            select.select([self], [], [], left)       # bytes, or the deadline (checked above)
+            _wait_readable(self, left)                    # bytes, or the deadline (checked above)
+
+
+def _wait_readable(sock: socket.socket, timeout: float | None) -> None:
+    """poll, not select: a tracker with a thousand workers has descriptors past select's 1,024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
 
 
 def peer_fingerprint(sock: ssl.SSLSocket) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
+import shutil
 import signal
 import sys
 import threading
@@ -23,7 +25,7 @@ from common.errors import UsageError
 from common.tls import server_identity
 from tracker.audit import AuditLog, format_event
 from tracker.auth import create_user, load_secret
-from tracker.server import TrackerContext, TrackerServer
+from tracker.server import MAX_CONNECTIONS, TrackerContext, TrackerServer
 from tracker.state import TrackerState
 from tracker.store import Store
 
@@ -89,9 +91,22 @@ def keep_private(data_dir: Path) -> None:
         raise UsageError(f"cannot make {data_dir} private: {exc.strerror}") from None
 
 
+def raise_open_files_limit(wanted: int) -> None:
+    """Each connection is a file descriptor: the usual soft limit of 1,024 would stop a farm of
+    a thousand workers short of MAX_CONNECTIONS, so take up to `wanted` of the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning("at most %d open files (ulimit -n): fewer than %d connections fit", target, wanted)
+
+
 def serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise UsageError(f"port {args.port} out of range (0-65535)")
+    raise_open_files_limit(MAX_CONNECTIONS + 256)
+    created = not args.data_dir.exists()
     store = open_store(args.data_dir, create=True)
     audit = AuditLog(args.data_dir / "audit.jsonl", store)
     # a key of its own is made on the first start and kept, so that clients can pin it
@@ -100,6 +115,10 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server = TrackerServer((args.host, args.port), ctx)
     except OSError as exc:
+        audit.close()
+        store.close()
+        if created:          # nothing was served: leave no ./tracker-data behind
+            shutil.rmtree(args.data_dir, ignore_errors=True)
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     host, port = server.server_address[:2]
     # the fingerprint is what workers and bosses pin (--tracker-fingerprint)

@@ -99,6 +99,7 @@ def test_worker_port_in_use(live, tmp_path):
     done = run_cli("client/worker.py", str(msg_port), "0", "--tracker", live.addr, "--user", "w",
                    "--host", "127.0.0.1", timeout=60)
     assert_clean_failure(done, "in use")
+    assert not (tmp_path / "d2").exists(), "a tracker that could not listen left its data dir behind"
 
 
 def test_tracker_port_in_use(cluster, tmp_path):

@@ -2,9 +2,12 @@
 --help, pipes, and a python3 without the project's packages."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -118,10 +121,26 @@ def test_scripts_install_puts_the_three_programs_on_a_path(tmp_path):
         assert ran.returncode == 0 and ran.stdout.startswith(name), ran.stderr
 
 
-@pytest.mark.parametrize("script", ["bench", "parity", "soak", "install"])
+@pytest.mark.parametrize("script", ["bench", "parity", "soak", "install", "tracker-load"])
 def test_the_scripts_explain_themselves(script):
     """The benchmark and measurement scripts are not run whole by the suite (minutes each): at
     least they parse and answer --help."""
     done = subprocess.run([str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True, timeout=60,
                           env=env())
     assert done.returncode == 0 and "Traceback" not in done.stderr and len(done.stdout) > 100, done.stderr
+
+
+def test_tracker_load_registers_every_simulated_worker(tmp_path):
+    """scripts/tracker-load (the README's load figures) against a real tracker, small: every
+    simulated worker logs in from its own address, registers and heartbeats; nothing left behind."""
+    out = tmp_path / "load.json"
+    before = set(Path(tempfile.gettempdir()).glob("ffdt-load-*"))
+    done = subprocess.run([str(ROOT / "scripts/tracker-load"), "--workers", "40", "--procs", "2", "--beats", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120, env=env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["registered"] == 40 and summary["errors"] == []
+    runs = json.loads(out.read_text())["runs"]
+    assert len({r["index"] for r in runs}) == 40 and all(len(r["beats"]) == 1 for r in runs)
+    assert "40 of 40 simulated workers registered" in done.stdout
+    assert set(Path(tempfile.gettempdir()).glob("ffdt-load-*")) == before

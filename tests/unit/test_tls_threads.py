@@ -92,3 +92,38 @@ def test_a_read_still_times_out():
             with pytest.raises(socket.timeout):
                 sock.recv(10)
         done.set()
+
+
+def test_a_read_waits_on_a_descriptor_past_1024():
+    """A tracker with a thousand workers holds descriptors that select() cannot wait on."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the open files limit is below 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if hard == resource.RLIM_INFINITY
+                                                else min(max(soft, 1200), hard), hard))
+    server_ctx, client_ctx = contexts()
+    fillers = [socket.socket() for _ in range(1030)]     # push the next descriptors past 1,024
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            def serve() -> None:
+                conn, _ = listener.accept()
+                conn.settimeout(10)
+                with tls.wrap_server(conn, server_ctx) as server_side:
+                    server_side.settimeout(10)
+                    assert server_side.recv(5) == b"hello"     # the server waits first
+                    server_side.sendall(b"world")
+
+            thread = threading.Thread(target=serve, daemon=True)
+            thread.start()
+            raw = socket.create_connection(listener.getsockname(), timeout=10)
+            with tls.wrap_client(raw, client_ctx, "localhost") as sock:
+                assert sock.fileno() > 1024
+                sock.sendall(b"hello")
+                assert sock.recv(5) == b"world"
+            thread.join(10)
+    finally:
+        for s in fillers:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
