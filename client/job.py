@@ -283,8 +283,11 @@ class Job:
             status, detail = "interrupted", "interrupted by the user"
             raise
         finally:
-            for link in self.links:          # workers see the session end and stop encoding
-                link.close()
+            # not before the join: each link says goodbye to its worker while the output is written
+            for link in self.links:
+                if status == "done":
+                    link.join(timeout=LINK_JOIN)
+                link.close()                 # workers see the session end and stop encoding
             with contextlib.suppress(TranscoderError):
                 self.reporter.flush_and_stop(timeout=REPORTER_FLUSH)
                 self.tracker.job_end(self.id, status, detail=detail[:500] or None, frames=info.shown_frames,
@@ -363,8 +366,6 @@ class Job:
         finally:
             if bar:
                 bar.finish()
-        for link in self.links:
-            link.join(timeout=LINK_JOIN)
 
     # ------------------------------------------------------------ results
 

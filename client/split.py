@@ -208,12 +208,11 @@ class Splitter:
                     count = bounds[i + 1] - position if at_cut else packets_in(self.tools, path)
                     chunks.append(self._whole_chunk(len(chunks), path, position, count))
                     position += count
-                    if len(chunks) == 2:     # the first two go out together, once their frames are confirmed
-                        if not confirmed.result():
+                    if not emitted and i < len(cuts):   # (a single piece waits for the muxer's end)
+                        if not confirmed.result():      # the first two pieces' keyframes decode
                             raise _NotStreamable()
-                        emit(chunks[:2], False)
                         emitted = True
-                    elif len(chunks) > 2:
+                    if emitted:
                         emit(chunks[-1:], False)
         except _NotStreamable:
             shutil.rmtree(src_dir)
