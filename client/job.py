@@ -228,7 +228,7 @@ class Job:
 
     def run(self) -> int:
         cfg, info = self.cfg, self.info
-        self.id = self.tracker.job_start(cfg.input.name, cfg.settings)
+        self.id = self.tracker.job_start(cfg.input.name, cfg.settings, frames=info.shown_frames)
         self.reporter = EventReporter(self.tracker)
         log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.shown_frames,
                  info.video_duration, info.video.codec, cfg.settings.vcodec)

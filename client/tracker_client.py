@@ -100,9 +100,18 @@ class TrackerClient:
     def heartbeat(self, busy: int) -> None:
         self.call(Msg.HEARTBEAT, Msg.OK, busy=busy)
 
-    def job_start(self, input_name: str, settings: Settings, chunks: int | None = None) -> str:
-        reply = self.call(Msg.JOB_START, Msg.JOB, input=input_name, settings=settings.to_wire(), chunks=chunks)
+    def job_start(self, input_name: str, settings: Settings, chunks: int | None = None,
+                  frames: int | None = None) -> str:
+        reply = self.call(Msg.JOB_START, Msg.JOB, input=input_name, settings=settings.to_wire(), chunks=chunks,
+                          frames=frames)
         return field(reply, "job", str)
+
+    def status(self) -> dict[str, Any]:
+        """The farm: live workers and running jobs (admin only; PROTOCOL.md section 6.4)."""
+        reply = self.call(Msg.STATUS, Msg.FARM)
+        return {"workers": [w for w in field(reply, "workers", list) if isinstance(w, dict)],
+                "jobs": [j for j in field(reply, "jobs", list) if isinstance(j, dict)],
+                "more": reply.get("more", 0)}
 
     def workers(self, job: str, count: int, encoder: str, exclude: list[str]) -> list[dict[str, Any]]:
         reply = self.call(Msg.WORKERS, Msg.WORKER_LIST, job=job, count=count, encoder=encoder, exclude=exclude)

@@ -51,6 +51,9 @@ class Msg(str, enum.Enum):
     WORKER_LIST = "worker_list"        # tracker -> boss           {workers: [...]}
     EVENT = "event"                    # boss|worker -> tracker    {job, event, chunk, worker, detail}
     JOB_END = "job_end"                # boss -> tracker           {job, status, detail}
+    # admin <-> tracker
+    STATUS = "status"                  # admin -> tracker          {}
+    FARM = "farm"                      # tracker -> admin          {workers: [...], jobs: [...]}
     # boss <-> worker, message port
     SESSION = "session"                # boss -> worker            {ticket, settings}
     SESSION_OK = "session_ok"          # worker -> boss            {session, key, slots}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import re
@@ -22,8 +23,9 @@ from typing import Any, Callable
 
 from common import auth as ticket_auth
 from common.audit_events import PEER_EVENTS, Event
-from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_CHUNK_INDEX, MAX_FRAMES,
+from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_CHUNK_INDEX, MAX_FRAME, MAX_FRAMES,
                            MAX_REASON, MAX_SLOTS, MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
+from common.encoders import ENCODERS
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
 from common.net import Deadline
 from common.tls import FINGERPRINT, wrap_server
@@ -137,7 +139,8 @@ def handle_register(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
 
 def handle_heartbeat(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     _need(s, Role.WORKER)
-    if s.worker is None or not ctx.state.heartbeat(s.worker, s.conn_id):
+    busy = optional_number(msg, "busy", int, 0, MAX_SLOTS) or 0
+    if s.worker is None or not ctx.state.heartbeat(s.worker, s.conn_id, busy):
         raise RequestRejected("not registered")
     return Msg.OK, {}
 
@@ -147,7 +150,8 @@ def handle_job_start(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     name = Path(get(msg, "input", str)).name[:200]        # a base name is enough for the log
     settings = _settings(get(msg, "settings", dict, optional=True, default={}))
     chunks = optional_number(msg, "chunks", int, 0, MAX_CHUNK_INDEX)
-    job = ctx.state.start_job(s.user or "", name)
+    frames = optional_number(msg, "frames", int, 0, MAX_FRAMES)
+    job = ctx.state.start_job(s.user or "", name, frames)
     if job is None:
         raise RequestRejected("too many running jobs for this boss")
     ctx.audit.record(Event.JOB_STARTED, peer=s.peer, user=s.user, job=job.id, input=name, chunks=chunks,
@@ -213,12 +217,15 @@ def handle_event(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
         if event is Event.WORKER_DROPPED and worker:
             ctx.state.dropped(job.id, worker)       # the boss will not be offered it again
     detail = get(msg, "detail", str, optional=True)
+    frames = optional_number(msg, "frames", int, 0, MAX_FRAMES)
+    seconds = optional_number(msg, "seconds", float, 0, MAX_SECONDS)
+    if event is Event.CHUNK_DONE and s.role is not Role.WORKER:    # progress as the boss counts it
+        ctx.state.chunk_done(job_id, worker, frames, seconds)
     ctx.audit.record(event, peer=s.peer, user=s.user, by=_v(s.role), job=job_id,
                      chunk=optional_number(msg, "chunk", int, 0, MAX_CHUNK_INDEX),
                      worker=worker[:200] if worker else None,
                      detail=detail[:MAX_REASON] if detail else None,
-                     frames=optional_number(msg, "frames", int, 0, MAX_FRAMES),
-                     seconds=optional_number(msg, "seconds", float, 0, MAX_SECONDS))
+                     frames=frames, seconds=seconds)
     return Msg.OK, {}
 
 
@@ -234,6 +241,38 @@ def handle_job_end(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
                      seconds=optional_number(msg, "seconds", float, 0, MAX_SECONDS))
     ctx.state.end_job(job.id)
     return Msg.OK, {}
+
+
+def handle_status(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
+    """The farm as the tracker sees it, for an admin (`tracker.py status`, section 6.4)."""
+    if s.role is not Role.ADMIN:
+        raise RequestRejected("only an admin may do this")
+    workers, jobs = ctx.state.snapshot()
+    worker_entries = [{"name": w.name, "host": w.host, "msg_port": w.msg_port, "slots": w.slots, "busy": w.busy,
+                       "ffmpeg": w.ffmpeg, "encoders": [e for e in w.encoders if e in ENCODERS], "tls": w.tls,
+                       "fps": None if speed.fps is None else round(speed.fps, 2), "chunks_done": speed.chunks,
+                       "last_heartbeat": round(silent, 1)}
+                      for w, speed, silent in workers]
+    job_entries = [{"job": j.id, "boss": j.boss, "input": j.input, "seconds": round(age, 1), "frames": j.frames,
+                    "frames_done": j.frames_done, "chunks_done": j.chunks_done,
+                    "workers": len(j.workers - j.dropped)}
+                   for j, age in jobs]
+    # one reply must fit a frame: jobs first (few), then as many workers as fit
+    shown_jobs = _fitting(job_entries, MAX_FRAME // 4)
+    shown_workers = _fitting(worker_entries, MAX_FRAME - 4096 - sum(len(json.dumps(j)) + 1 for j in shown_jobs))
+    return Msg.FARM, {"workers": shown_workers, "jobs": shown_jobs,
+                      "more": len(worker_entries) - len(shown_workers) + len(job_entries) - len(shown_jobs)}
+
+
+def _fitting(entries: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The first entries whose JSON fits in `budget` bytes."""
+    kept, used = [], 0
+    for entry in entries:
+        used += len(json.dumps(entry, separators=(",", ":"))) + 1
+        if used > budget:
+            break
+        kept.append(entry)
+    return kept
 
 
 def _need(s: Session, role: Role) -> None:
@@ -261,6 +300,7 @@ HANDLERS: dict[Msg, Callable[[TrackerContext, Session, dict], Reply]] = {
     Msg.WORKERS: handle_workers,
     Msg.EVENT: handle_event,
     Msg.JOB_END: handle_job_end,
+    Msg.STATUS: handle_status,
     Msg.PING: lambda ctx, s, msg: (Msg.PONG, {}),
 }
 NO_AUTH_NEEDED = {Msg.AUTH_START, Msg.AUTH_FINISH, Msg.PING}

@@ -30,6 +30,7 @@ class WorkerInfo:
     fingerprint: str | None = None   # its TLS key's, for bosses to pin
     last_seen: float = 0.0
     connection: int = 0        # id of the tracker connection that registered it
+    busy: int = 0              # chunks it said it was encoding, at its last heartbeat
 
 
 @dataclass
@@ -40,6 +41,21 @@ class Job:
     started: float
     workers: set[str] = field(default_factory=set)     # workers handed to it: they may report its events
     dropped: set[str] = field(default_factory=set)     # workers its boss dropped: not offered to it again
+    frames: int | None = None      # to encode, as the boss said at job_start
+    frames_done: int = 0           # in the chunks its boss reported done
+    chunks_done: int = 0
+
+
+@dataclass
+class Speed:
+    """What bosses reported of one worker's chunks: its speed as seen, for `status`."""
+    frames: int = 0
+    seconds: float = 0.0
+    chunks: int = 0
+
+    @property
+    def fps(self) -> float | None:
+        return self.frames / self.seconds if self.seconds > 0 else None
 
 
 class TrackerState:
@@ -50,6 +66,7 @@ class TrackerState:
         self._workers: dict[str, WorkerInfo] = {}
         self._jobs: dict[str, Job] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._speed: dict[str, Speed] = {}       # by worker name, for as long as it is registered
 
     def register(self, worker: WorkerInfo) -> None:
         with self._lock:
@@ -61,13 +78,13 @@ class TrackerState:
         with self._lock:
             return self._registered.wait_for(lambda: len(self._workers) >= count, timeout)
 
-    def heartbeat(self, name: str, connection: int) -> bool:
+    def heartbeat(self, name: str, connection: int, busy: int = 0) -> bool:
         """False when the worker is unknown here (expired, or registered over another connection)."""
         with self._lock:
             w = self._workers.get(name)
             if w is None or w.connection != connection:
                 return False
-            self._workers[name] = replace(w, last_seen=self._clock())
+            self._workers[name] = replace(w, last_seen=self._clock(), busy=busy)
             return True
 
     def drop(self, name: str, connection: int) -> bool:
@@ -77,6 +94,7 @@ class TrackerState:
             if w is None or w.connection != connection:
                 return False
             del self._workers[name]
+            self._speed.pop(name, None)
             return True
 
     def expire(self, ttl: float) -> list[WorkerInfo]:
@@ -86,6 +104,7 @@ class TrackerState:
             gone = [w for w in self._workers.values() if now - w.last_seen > ttl]
             for w in gone:
                 del self._workers[w.name]
+                self._speed.pop(w.name, None)
         return gone
 
     def live_workers(self, ttl: float, encoder: str | None = None, exclude: frozenset[str] = frozenset()
@@ -99,9 +118,9 @@ class TrackerState:
         found.sort(key=lambda w: -w.slots)        # most capacity first
         return found
 
-    def start_job(self, boss: str, input_name: str) -> Job | None:
+    def start_job(self, boss: str, input_name: str, frames: int | None = None) -> Job | None:
         """A new job, or None if this boss already has MAX_JOBS_PER_BOSS running."""
-        job = Job(uuid.uuid4().hex[:12], boss, input_name, self._clock())
+        job = Job(uuid.uuid4().hex[:12], boss, input_name, self._clock(), frames=frames)
         with self._lock:
             if sum(j.boss == boss for j in self._jobs.values()) >= MAX_JOBS_PER_BOSS:
                 return None
@@ -143,6 +162,29 @@ class TrackerState:
             job = self._jobs.get(job_id)
             if job is not None and worker in job.workers:
                 job.dropped.add(worker)
+
+    def chunk_done(self, job_id: str, worker: str | None, frames: int | None, seconds: float | None) -> None:
+        """A job's boss reported a chunk done: the job's progress and the worker's speed."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.chunks_done += 1
+            job.frames_done += frames or 0
+            if worker in self._workers and worker in job.workers and frames and seconds:
+                speed = self._speed.setdefault(worker, Speed())
+                speed.frames, speed.seconds, speed.chunks = speed.frames + frames, speed.seconds + seconds, speed.chunks + 1
+
+    def snapshot(self) -> tuple[list[tuple[WorkerInfo, Speed, float]], list[tuple[Job, float]]]:
+        """The live workers (each with its speed and seconds since its last heartbeat) and the
+        running jobs (each with its age in seconds), for `status`."""
+        now = self._clock()
+        with self._lock:
+            workers = [(w, replace(self._speed.get(w.name, Speed())), now - w.last_seen)
+                       for w in sorted(self._workers.values(), key=lambda w: w.name)]
+            jobs = [(replace(j, workers=set(j.workers), dropped=set(j.dropped)), now - j.started)
+                    for j in sorted(self._jobs.values(), key=lambda j: j.started)]
+        return workers, jobs
 
     def end_job(self, job_id: str) -> None:
         with self._lock:

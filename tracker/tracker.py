@@ -18,10 +18,11 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
     environment.ensure("ffdt-tracker")      # any python3: the checkout's .venv, or one line on what to run
 
 from common.audit_events import Event
-from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_password_option, read_password,
-                        run_main, setup_logging)
+from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_password_option,
+                       add_tls_client_options, client_tls, read_password, run_main, setup_logging)
 from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
 from common.errors import UsageError
+from common.net import parse_host_port
 from common.tls import server_identity
 from tracker.audit import AuditLog, format_event
 from tracker.auth import create_user, load_secret
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("--role", choices=["boss", "worker", "admin"], required=True)
     user.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     add_password_option(user)
+    status = sub.add_parser("status", help="list a running tracker's live workers and jobs (an admin user)",
+                            epilog=PASSWORD_HELP)
+    status.add_argument("--tracker", default=f"127.0.0.1:{DEFAULT_TRACKER_PORT}", help="tracker HOST:PORT")
+    status.add_argument("--user", required=True, help="tracker user with the admin role")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of tables")
+    add_password_option(status)
+    add_tls_client_options(status)
     logs = sub.add_parser("logs", help="print the audit log")
     logs.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     logs.add_argument("--job", help="only this job's events")
@@ -161,13 +169,21 @@ def show_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_status(args: argparse.Namespace) -> int:
+    from tracker import status
+    addr = parse_host_port(args.tracker, DEFAULT_TRACKER_PORT)
+    farm = status.fetch(addr, args.user, read_password(args.password_file), client_tls(args))
+    print(status.show(farm, f"{addr[0]}:{addr[1]}", as_json=args.json))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:     # bare `tracker.py`: serve with defaults
         args = build_parser().parse_args(["serve", *(["-v"] if args.verbose else [])])
     setup_logging("tracker", verbose=args.verbose)
     os.umask(0o077)      # whatever the tracker writes (database, audit log, secret) is its user's only
-    command = {"serve": serve, "add-user": add_user, "logs": show_logs}[args.command]
+    command = {"serve": serve, "add-user": add_user, "logs": show_logs, "status": show_status}[args.command]
     return run_main("tracker", lambda: command(args))
 
 

@@ -398,3 +398,50 @@ def test_a_worker_the_boss_dropped_is_not_offered_to_that_job_again(tracker, con
                 )["type"] is Msg.OK
     assert call(boss, Msg.WORKERS, job=job, count=1, encoder="libx264")["workers"] == []
     assert len(call(boss, Msg.WORKERS, job=other, count=1, encoder="libx264")["workers"]) == 1
+
+
+# ---------------------------------------------------------------- status (admin)
+
+def test_status_shows_workers_with_their_load_and_speed_and_jobs_with_their_progress(tracker, connect, tmp_path):
+    create_user(tracker.server.ctx.store, "ada", "admin", PASSWORD, iterations=ITERATIONS)
+    worker = connect(Role.WORKER, "walt")
+    name = expect_reply(worker, Msg.REGISTER, Msg.REGISTERED, **REGISTER)["worker"]
+    expect_reply(worker, Msg.HEARTBEAT, Msg.OK, busy=1)
+    boss = connect(Role.BOSS, "alice")
+    job = start_job(boss, frames=600)
+    expect_reply(boss, Msg.WORKERS, Msg.WORKER_LIST, job=job, count=1, encoder="libx264")
+    expect_reply(boss, Msg.EVENT, Msg.OK, job=job, event="chunk_done", chunk=0, worker=name, frames=150, seconds=5.0)
+    # a worker's own chunk_done is logged but is not progress: only the boss counts results
+    expect_reply(worker, Msg.EVENT, Msg.OK, job=job, event="chunk_done", chunk=1, frames=150, seconds=1.0)
+    tracker.state._clock.now += 10            # type: ignore[attr-defined]
+    admin = connect(Role.ADMIN, "ada")
+    farm = expect_reply(admin, Msg.STATUS, Msg.FARM)
+    [w] = farm["workers"]
+    assert (w["name"], w["busy"], w["slots"], w["encoders"], w["fps"], w["chunks_done"], w["last_heartbeat"]) == \
+        (name, 1, 2, ["libx264"], 30.0, 1, 10.0)
+    [j] = farm["jobs"]
+    assert (j["job"], j["boss"], j["input"], j["frames"], j["frames_done"], j["chunks_done"], j["workers"]) == \
+        (job, "alice", "movie.mkv", 600, 150, 1, 1)
+    assert j["seconds"] == 10.0 and farm["more"] == 0
+    expect_reply(boss, Msg.JOB_END, Msg.OK, job=job, status="done")
+    assert expect_reply(admin, Msg.STATUS, Msg.FARM)["jobs"] == []
+
+
+@pytest.mark.parametrize("role, user", [(Role.BOSS, "alice"), (Role.WORKER, "walt")])
+def test_status_is_for_admins_only(connect, role, user):
+    sock = connect(role, user)
+    assert refused(sock, Msg.STATUS) == "only an admin may do this"
+    assert usable(sock)
+
+
+def test_a_farm_too_big_for_one_frame_is_cut_and_says_how_much_more(tracker, connect):
+    from tracker.state import WorkerInfo
+    create_user(tracker.server.ctx.store, "ada", "admin", PASSWORD, iterations=ITERATIONS)
+    for i in range(3000):
+        tracker.state.register(WorkerInfo(name=f"walt@10.0.{i // 250}.{i % 250}:9100", user="walt",
+                                          host="10.0.0.1", msg_port=9100, file_port=9101, slots=1,
+                                          ffmpeg="ffmpeg 5.1.9 " + "x" * 150, encoders=("libx264", "aac") * 40,
+                                          ticket_key=b"k"))
+    farm = expect_reply(connect(Role.ADMIN, "ada"), Msg.STATUS, Msg.FARM)
+    assert 0 < len(farm["workers"]) < 3000 and farm["more"] == 3000 - len(farm["workers"])
+    assert all(w["encoders"] == ["libx264"] * 40 for w in farm["workers"])   # the video encoders a job can use
