@@ -15,15 +15,16 @@ from common.config import (CONNECT_BACKOFF_CAP, CONNECT_BACKOFF_FIRST, CONNECT_D
 from common.errors import PeerUnreachable, UsageError
 
 
-def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """'host:port' (or '[v6]:port') -> (host, port); a clear UsageError otherwise."""
+def parse_host_port(text: str, default_port: int | None = None, *, any_port: bool = False) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') -> (host, port); a clear UsageError otherwise. any_port: an
+    address to listen on, where port 0 means any free one."""
     host, sep, port = text.rpartition(":")
     if not sep:
         if default_port is None:
             raise UsageError(f"expected HOST:PORT, got {text!r}")
         host, port = text, str(default_port)
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
         raise UsageError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
 

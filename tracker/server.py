@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 import re
@@ -25,12 +24,12 @@ from common import auth as ticket_auth
 from common.audit_events import PEER_EVENTS, Event
 from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_CHUNK_INDEX, MAX_FRAME, MAX_FRAMES,
                            MAX_REASON, MAX_SLOTS, MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
-from common.encoders import ENCODERS
 from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
 from common.net import Deadline
 from common.tls import FINGERPRINT, wrap_server
 from common.protocol import (Msg, Role, field as get, int_field, optional_number, recv_msg_or_reject, send_msg,
                              server_hello)
+from tracker import farm
 from tracker.audit import Recorder
 from tracker.auth import ScramLogin
 from tracker.state import TrackerState, WorkerInfo
@@ -247,32 +246,7 @@ def handle_status(ctx: TrackerContext, s: Session, msg: dict) -> Reply:
     """The farm as the tracker sees it, for an admin (`tracker.py status`, section 6.4)."""
     if s.role is not Role.ADMIN:
         raise RequestRejected("only an admin may do this")
-    workers, jobs = ctx.state.snapshot()
-    worker_entries = [{"name": w.name, "host": w.host, "msg_port": w.msg_port, "slots": w.slots, "busy": w.busy,
-                       "ffmpeg": w.ffmpeg, "encoders": [e for e in w.encoders if e in ENCODERS], "tls": w.tls,
-                       "fps": None if speed.fps is None else round(speed.fps, 2), "chunks_done": speed.chunks,
-                       "last_heartbeat": round(silent, 1)}
-                      for w, speed, silent in workers]
-    job_entries = [{"job": j.id, "boss": j.boss, "input": j.input, "seconds": round(age, 1), "frames": j.frames,
-                    "frames_done": j.frames_done, "chunks_done": j.chunks_done,
-                    "workers": len(j.workers - j.dropped)}
-                   for j, age in jobs]
-    # one reply must fit a frame: jobs first (few), then as many workers as fit
-    shown_jobs = _fitting(job_entries, MAX_FRAME // 4)
-    shown_workers = _fitting(worker_entries, MAX_FRAME - 4096 - sum(len(json.dumps(j)) + 1 for j in shown_jobs))
-    return Msg.FARM, {"workers": shown_workers, "jobs": shown_jobs,
-                      "more": len(worker_entries) - len(shown_workers) + len(job_entries) - len(shown_jobs)}
-
-
-def _fitting(entries: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
-    """The first entries whose JSON fits in `budget` bytes."""
-    kept, used = [], 0
-    for entry in entries:
-        used += len(json.dumps(entry, separators=(",", ":"))) + 1
-        if used > budget:
-            break
-        kept.append(entry)
-    return kept
+    return Msg.FARM, farm.snapshot(ctx.state, MAX_FRAME - 4096)     # one reply fits a frame
 
 
 def _need(s: Session, role: Role) -> None:

@@ -70,14 +70,18 @@ class Store:
                               core["worker"], core["chunk"] if isinstance(core["chunk"], int) else None,
                               json.dumps(rest, sort_keys=True)))
 
-    def audit_events(self, job: str | None = None) -> Iterator[dict[str, Any]]:
-        query = "SELECT ts, event, user, peer, job, worker, chunk, fields FROM audit"
+    def audit_events(self, job: str | None = None, last: int | None = None) -> Iterator[dict[str, Any]]:
+        """In order; `job`: that job's only; `last`: the most recent N only."""
+        query = "SELECT id, ts, event, user, peer, job, worker, chunk, fields FROM audit"
         args: tuple = ()
         if job:
             query, args = query + " WHERE job = ?", (job,)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
-        for ts, event, user, peer, job_id, worker, chunk, fields in rows:
+            if last is None:
+                rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+            else:
+                rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, last)).fetchall()[::-1]
+        for _, ts, event, user, peer, job_id, worker, chunk, fields in rows:
             out = {"ts": ts, "event": event, "user": user, "peer": peer, "job": job_id, "worker": worker,
                    "chunk": chunk, **json.loads(fields)}
             yield {k: v for k, v in out.items() if v is not None}

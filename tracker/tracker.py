@@ -24,6 +24,7 @@ from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
 from common.errors import UsageError
 from common.net import parse_host_port
 from common.tls import server_identity
+from tracker import dashboard
 from tracker.audit import AuditLog, format_event
 from tracker.auth import create_user, load_secret
 from tracker.server import MAX_CONNECTIONS, TrackerContext, TrackerServer
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "instead of the key the tracker makes in its data dir")
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument("--plain", action="store_true", help="no TLS: plain TCP (only on a network you trust)")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help="also serve a read-only web dashboard of the farm here (off by default; loopback "
+                            "only, e.g. 127.0.0.1:8080)")
     add_common_options(serve)
     user = sub.add_parser("add-user", help="create or update a user", epilog=PASSWORD_HELP)
     user.add_argument("name")
@@ -113,6 +117,9 @@ def raise_open_files_limit(wanted: int) -> None:
 def serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise UsageError(f"port {args.port} out of range (0-65535)")
+    http_addr = parse_host_port(args.http, any_port=True) if args.http else None
+    if http_addr is not None:
+        dashboard.check_address(http_addr[0])        # before anything is made
     raise_open_files_limit(MAX_CONNECTIONS + 256)
     created = not args.data_dir.exists()
     store = open_store(args.data_dir, create=True)
@@ -120,14 +127,21 @@ def serve(args: argparse.Namespace) -> int:
     # a key of its own is made on the first start and kept, so that clients can pin it
     tls, fingerprint = server_identity(args.tls_cert, args.tls_key, args.plain, args.data_dir, "ffdt-tracker")
     ctx = TrackerContext(TrackerState(), store, audit, load_secret(args.data_dir), ttl=args.peer_ttl, tls=tls)
+    server = web = None
     try:
+        where = f"{args.host}:{args.port}"
         server = TrackerServer((args.host, args.port), ctx)
+        if http_addr is not None:
+            where = f"{http_addr[0]}:{http_addr[1]}"
+            web = dashboard.Dashboard(http_addr, ctx.state, store, "%s:%d" % server.server_address[:2])
     except OSError as exc:
+        if server is not None:
+            server.server_close()
         audit.close()
         store.close()
         if created:          # nothing was served: leave no ./tracker-data behind
             shutil.rmtree(args.data_dir, ignore_errors=True)
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+        raise UsageError(f"cannot listen on {where}: {exc.strerror}") from None
     host, port = server.server_address[:2]
     # the fingerprint is what workers and bosses pin (--tracker-fingerprint)
     print(f"listening on {host}:{port} " + (f"TLS key {fingerprint}" if fingerprint else "plain TCP"), flush=True)
@@ -137,7 +151,12 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
     thread.start()
+    if web is not None:
+        web.start()
+        print(f"dashboard on {web.url}", flush=True)
     stop.wait()
+    if web is not None:
+        web.stop()
     server.stop()
     audit.record(Event.TRACKER_STOPPED, peer=f"{host}:{port}")
     audit.close()

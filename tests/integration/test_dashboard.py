@@ -1,0 +1,85 @@
+"""The tracker's web dashboard (serve --http) in a real headless browser (Chromium), beside a real
+tracker, real workers and a running boss: the workers and the job appear, the page renders."""
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import _read_line, poll_for, run_cli, start_boss
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium here (scripts/test installs it)")
+
+
+def dashboard(cluster) -> str:
+    """Restart the cluster's tracker with the dashboard on; its URL."""
+    cluster.tracker.terminate()
+    cluster.tracker.wait(30)
+    cluster.start_tracker("--http", "127.0.0.1:0")
+    line = _read_line(cluster.tracker, 30)
+    m = re.match(r"dashboard on (http://127\.0\.0\.1:\d+/)$", line.strip())
+    assert m, line
+    return m[1]
+
+
+def browser(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1280,900", *args], capture_output=True, text=True, timeout=90)
+
+
+def test_the_dashboard_shows_the_workers_and_a_running_job_in_a_browser(cluster, clips, tmp_path):
+    url = dashboard(cluster)
+    env = {"FFDT_TEST_FAULTS": "hold", "FFDT_TEST_RELEASE": str(tmp_path / "release")}
+    ports = [cluster.start_worker(extra_env=env)[1] for _ in range(2)]
+    boss = start_boss(cluster, clips["mid20.mp4"], tmp_path / "out.mp4", "--preset", "ultrafast",
+                      "--chunk-seconds", "4")
+    try:
+        poll_for(lambda: list(tmp_path.glob("release.held.*")), 60, "a worker holding a chunk")
+        dom = browser("--dump-dom", url).stdout
+        shot = tmp_path / "dashboard.png"
+        done = browser(f"--screenshot={shot}", url)
+        assert shot.exists(), done.stderr[-2000:]
+    finally:
+        (tmp_path / "release").touch()
+    _, err = boss.communicate(timeout=240)
+    assert boss.returncode == 0, err
+    # what the browser rendered: both workers, the job with its input and a progress bar
+    workers = re.search(r'<table id="workers">(.*?)</table>', dom, re.S)
+    jobs = re.search(r'<table id="jobs">(.*?)</table>', dom, re.S)
+    assert workers and jobs, dom[:3000]
+    for port in ports:
+        assert f"w@127.0.0.1:{port}" in workers[1]
+    assert "libx264" in workers[1] and "mid20.mp4" in jobs[1] and "<progress" in jobs[1] and "/600" in jobs[1]
+    assert "2 live workers, 1 running job" in dom and "job_started" in dom      # the recent events too
+    # and the screenshot is a rendered page, not a blank one: dark text on a light background
+    stats = subprocess.run(["ffprobe", "-v", "error", "-f", "lavfi", "-i", f"movie={shot},signalstats",
+                            "-show_entries", "frame_tags=lavfi.signalstats.YMIN,lavfi.signalstats.YMAX:stream=width,height",
+                            "-of", "default=nw=1"], capture_output=True, text=True, timeout=60).stdout
+    values = dict(line.split("=", 1) for line in stats.split())
+    assert (values["width"], values["height"]) == ("1280", "900")
+    assert int(values["TAG:lavfi.signalstats.YMAX"]) - int(values["TAG:lavfi.signalstats.YMIN"]) > 150, stats
+
+
+def test_the_dashboard_answers_only_to_its_own_address(cluster):
+    """A web page elsewhere cannot read it through a DNS name rebound to 127.0.0.1."""
+    url = dashboard(cluster)
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/farm.json", headers={"Host": f"attacker.example:{port}"})
+    refused = conn.getresponse()
+    assert refused.status == 421 and b"workers" not in refused.read()
+    conn.request("GET", "/farm.json")
+    ok = conn.getresponse()
+    assert ok.status == 200 and ok.getheader("Content-Security-Policy", "").startswith("default-src 'none'")
+    assert b'"workers"' in ok.read()
+
+
+def test_the_dashboard_refuses_a_non_loopback_address_in_one_line(tmp_path):
+    done = run_cli("tracker/tracker.py", "serve", "--port", "0", "--data-dir", str(tmp_path / "d"),
+                   "--http", "0.0.0.0:8080", timeout=60)
+    assert done.returncode != 0 and "loopback only" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
