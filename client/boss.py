@@ -24,8 +24,9 @@ from client.job import run_boss
 from client.progress import bars_wanted
 from common import ffmpeg
 from common.tls import ClientTls
-from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_ffmpeg_options, add_password_option,
-                        add_tls_client_options, client_tls, read_password, run_main, setup_logging)
+from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
+                        add_password_option, add_tls_client_options, client_tls, read_password, run_main,
+                        setup_logging)
 from common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
 from common.errors import UsageError
 from common.net import parse_host_port
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)
+    add_config_option(p)
     add_common_options(p)
     return p
 
@@ -184,7 +186,7 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_with_config(argv, "boss")
     setup_logging("boss", verbose=args.verbose, quiet=args.quiet)
     # `kill` stops the boss the way Ctrl-C does: workers told, children ended, work kept
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -26,8 +26,9 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
 from client.progress import bars_wanted
 from client.session import Worker
 from common import ffmpeg
-from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_ffmpeg_options, add_password_option,
-                        add_tls_client_options, client_tls, read_password, run_main, setup_logging)
+from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
+                        add_password_option, add_tls_client_options, client_tls, read_password, run_main,
+                        setup_logging)
 from common.config import DEFAULT_PREFETCH, MAX_SLOTS, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST
 from common.errors import ConnectionClosed, PeerUnreachable, UsageError
 from common.net import Backoff, parse_host_port
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     add_tls_client_options(p)
     add_password_option(p)
+    add_config_option(p)
     add_common_options(p)
     return p
 
@@ -148,7 +150,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_with_config(argv, "worker")
     setup_logging("worker", verbose=args.verbose, quiet=args.quiet)
     return run_main("worker", lambda: run_worker(args))
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from common import __version__, tls
+from common import __version__, config_file, tls
 from common.protocol import PROTOCOL_VERSION
 from common.errors import TranscoderError, UsageError
 
@@ -37,6 +37,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help' for the options.\n")
+
+    def parse_with_config(self, argv: list[str] | None, section: str) -> argparse.Namespace:
+        """parse_args() with the config file's defaults (common/config_file.py) under it."""
+        argv = sys.argv[1:] if argv is None else argv
+        try:
+            config_file.apply(self, section, argv)
+        except UsageError as exc:
+            self.exit(2, f"{self.prog}: error: {exc}\n")
+        return self.parse_args(argv)
+
+
+def add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help=f"defaults from this TOML file instead of {config_file.default_path()} "
+                        "(the command line wins; see README, Config file)")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, env, probe, run_cli
+from tests.conftest import ROOT, audit_events, env, poll_for, probe, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +144,49 @@ def test_tracker_load_registers_every_simulated_worker(tmp_path):
     assert len({r["index"] for r in runs}) == 40 and all(len(r["beats"]) == 1 for r in runs)
     assert "40 of 40 simulated workers registered" in done.stdout
     assert set(Path(tempfile.gettempdir()).glob("ffdt-load-*")) == before
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    directory = tmp_path / "config"
+    directory.mkdir(exist_ok=True)
+    (directory / "config.toml").write_text(text, encoding="utf-8")
+    return directory
+
+
+def test_a_worker_takes_its_tracker_user_and_slots_from_the_config_file(cluster, tmp_path):
+    """README, Config file: the worker's command line shrinks to its ports."""
+    directory = write_config(tmp_path, f'tracker = "{cluster.addr}"\ntracker-fingerprint = "{cluster.fingerprint}"\n'
+                                       '[worker]\nuser = "w"\nslots = 2\nhost = "127.0.0.1"\n')
+    proc = subprocess.Popen([sys.executable, str(ROOT / "client/worker.py"), "0", "0", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(FFDT_CONFIG_DIR=str(directory)))
+    cluster.procs.append(proc)
+    registered = poll_for(lambda: [e for e in audit_events(cluster.data) if e["event"] == "register"], 60,
+                          "the worker registering")
+    assert registered[0]["user"] == "w" and registered[0]["slots"] == 2
+
+
+@pytest.mark.parametrize("text, says", [
+    ('[worker]\nsltos = 2\n', "unknown setting 'sltos'"),
+    ('[worker]\npassword = "hunter2"\n', "no passwords in the config file"),
+    ('[worker]\nslots = "many"\n', "slots"),
+    ('[worker]\nslots = 2.5\n', "slots must be a whole number"),
+    ('slots = 2\n', "at the top level"),
+    ('[wroker]\nuser = "w"\n', "unknown table [wroker]"),
+    ('tracker = \n', "not valid TOML"),
+])
+def test_a_bad_config_file_is_one_clear_line(tmp_path, text, says):
+    directory = write_config(tmp_path, text)
+    done = run_cli("client/worker.py", "0", "0", "--tracker", "127.0.0.1:9", "--user", "w", timeout=60,
+                   extra_env={"FFDT_CONFIG_DIR": str(directory)})
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2
+
+
+def test_the_config_file_sets_the_defaults_help_shows_and_a_named_file_must_exist(tmp_path):
+    directory = write_config(tmp_path, '[boss]\nwait-workers = 99\n')
+    done = run_cli("client/boss.py", "--help", extra_env={"FFDT_CONFIG_DIR": str(directory)}, timeout=60)
+    options = done.stdout.split("\noptions:", 1)[1]
+    assert "(default: 99.0)" in options.split("--wait-workers", 1)[1].split("\n  -", 1)[0]
+    missing = run_cli("client/boss.py", "in.mp4", "--config", str(tmp_path / "nope.toml"), timeout=60)
+    assert missing.returncode == 2 and "no such config file" in missing.stderr
