@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from client import checks, media
 from client.join import AudioJob, join
@@ -91,6 +92,35 @@ def run_boss(cfg: BossConfig) -> int:
         info = media.inspect(cfg.tools, cfg.input, options=cfg.streams)
     media.check_combination(container, cfg.settings.codec, cfg.acodec, info.of_kind("audio"))
     cfg = dataclasses.replace(cfg, settings=settings_for_input(cfg, info))
+    with output_lock(cfg):
+        return _run_locked(cfg, info, container, phases)
+
+
+@contextlib.contextmanager
+def output_lock(cfg: BossConfig) -> Iterator[None]:
+    """One boss per output: a second one writing the same file (or resuming the same work) is
+    refused at once with a clear line, instead of both failing later in ffmpeg."""
+    path = (cfg.work_dir or cfg.output.parent) / f".{cfg.output.name}.ffdt-lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another boss is already writing {cfg.output}: wait for it to end, "
+                             "or choose another output") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)     # still ours: a boss that opens it after this makes a new one
+    finally:
+        handle.close()
+
+
+def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Container, phases: Phases) -> int:
     work = prepare_work_dir(cfg)
     cluster = None
     ok = False

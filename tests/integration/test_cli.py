@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, audit_events, env, poll_for, probe, run_cli
+from tests.conftest import ROOT, audit_events, env, poll_for, probe, run_cli, start_boss
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +190,20 @@ def test_the_config_file_sets_the_defaults_help_shows_and_a_named_file_must_exis
     assert "(default: 99.0)" in options.split("--wait-workers", 1)[1].split("\n  -", 1)[0]
     missing = run_cli("client/boss.py", "in.mp4", "--config", str(tmp_path / "nope.toml"), timeout=60)
     assert missing.returncode == 2 and "no such config file" in missing.stderr
+
+
+def test_a_second_boss_on_the_same_output_is_refused_at_once(cluster, clips, tmp_path):
+    env_hold = {"FFDT_TEST_FAULTS": "hold", "FFDT_TEST_RELEASE": str(tmp_path / "release")}
+    cluster.start_worker(extra_env=env_hold)
+    out = tmp_path / "out.mp4"
+    first = start_boss(cluster, clips["small.mp4"], out)
+    try:
+        poll_for(lambda: list(tmp_path.glob("release.held.*")), 60, "the first boss's chunk being encoded")
+        second = cluster.boss(clips["small.mp4"], out, timeout=60)
+        assert second.returncode == 1 and "another boss is already writing" in second.stderr, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        (tmp_path / "release").touch()
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err                 # the first one was not disturbed
+    assert out.exists() and not list(tmp_path.glob(".out.mp4.ffdt-*"))   # no lock or work left behind
