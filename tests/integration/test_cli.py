@@ -136,7 +136,8 @@ def test_tracker_load_registers_every_simulated_worker(tmp_path):
     out = tmp_path / "load.json"
     before = set(Path(tempfile.gettempdir()).glob("ffdt-load-*"))
     done = subprocess.run([str(ROOT / "scripts/tracker-load"), "--workers", "40", "--procs", "2", "--beats", "1",
-                           "--json", str(out)], capture_output=True, text=True, timeout=120, env=env())
+                           "--json", str(out), "--timeout", "90"], capture_output=True, text=True, timeout=150,
+                          env=env())
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(out.read_text())["summary"]
     assert summary["registered"] == 40 and summary["errors"] == []
