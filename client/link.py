@@ -115,6 +115,7 @@ class WorkerLink(threading.Thread):
         self.send_lock = threading.Lock()
         self.stats = LinkStats()
         self.failure: str | None = None
+        self.closed_by_us = False       # close() was called: the job is over or the boss is stopping
         self.dropped = False
         self._handlers: dict[Msg, Callable[[dict], bool]] = {
             Msg.ERROR: self.handle_error,
@@ -137,7 +138,8 @@ class WorkerLink(threading.Thread):
                 with contextlib.suppress(OSError):
                     self.sock.close()
             lost = self.job.scheduler.release(self.offer.name, self.failure or "session ended")
-            if self.failure and not self.job.scheduler.finished.is_set():
+            # a session the boss itself closed (the job over, or Ctrl-C) is not a lost worker
+            if self.failure and not self.job.scheduler.finished.is_set() and not self.closed_by_us:
                 log.warning("worker %s lost: %s%s", self.offer.name, self.failure,
                             f" ({len(lost)} chunk(s) back in the queue)" if lost else "")
                 self.job.report(Event.WORKER_LOST, worker=self.offer.name, detail=self.failure[:MAX_REASON])
@@ -147,6 +149,7 @@ class WorkerLink(threading.Thread):
 
     def close(self) -> None:
         """End the session from outside (the job is over): the worker sees the connection close."""
+        self.closed_by_us = True
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)

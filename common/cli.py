@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import logging
 import os
@@ -36,7 +37,20 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help' for the options.\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._suggestion(message)}\n"
+                     f"Try '{self.prog} --help' for the options.\n")
+
+    def _suggestion(self, message: str) -> str:
+        """' (did you mean --crf?)' for a mistyped option."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for word in message.split(":", 1)[1].split():
+            if word.startswith("--"):
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.7)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
 
     def parse_with_config(self, argv: list[str] | None, section: str) -> argparse.Namespace:
         """parse_args() with the config file's defaults (common/config_file.py) under it."""

@@ -51,10 +51,11 @@ def test_ffmpegs_spellings_and_a_fractional_crf(live, clips, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--crf-typo", "5"], "unrecognized arguments"),
+    (["in.mp4", "-o", "out.mp4", "--presett", "slow"], "(did you mean --preset?)"),
     (["in.mp4"], "no OUTPUT"),
     (["-i", "a.mp4", "b.mp4", "-o", "c.mp4"], "give the input once"),
     (["in.mp4", "-o", "out.webm", "--vcodec", "libvpx-vp9", "--crf", "30.5", "--local", "1"], "whole numbers"),
-], ids=["typo", "no-output", "two-inputs", "fractional-vp9"])
+], ids=["typo", "typo-suggested", "no-output", "two-inputs", "fractional-vp9"])
 def test_a_usage_error_is_two_lines_at_most(args, needle, tmp_path):
     done = run_cli("client/boss.py", *args, cwd=tmp_path)
     assert done.returncode in (1, 2) and "Traceback" not in done.stderr

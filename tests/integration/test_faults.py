@@ -181,7 +181,7 @@ def test_ctrl_c_stops_cleanly_and_the_job_resumes(cluster, clips, tmp_path):
     boss.send_signal(signal.SIGINT)
     _, err = boss.communicate(timeout=60)
     assert boss.returncode == 130, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "Errno" not in err, err
     assert not out.exists()
     assert list(tmp_path.glob(".*ffdt-work/state.json")), "the work directory stays resumable"
     poll_for(lambda: not children_of(worker.pid), 30, "the worker's ffmpeg to end")
