@@ -17,11 +17,11 @@ wins over the file. An unknown key, a wrong type or a password is a one-line err
 from __future__ import annotations
 
 import argparse
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from common import tls
 from common.errors import UsageError
 
 SECTIONS = ("boss", "worker", "tracker")
@@ -31,7 +31,7 @@ SHARED = {"tracker", "user", "password_file", "tracker_fingerprint", "tls_ca", "
 
 
 def default_path() -> Path:
-    return Path(os.environ.get("FFDT_CONFIG_DIR") or Path.home() / ".config" / "ffdt") / "config.toml"
+    return tls.config_dir() / "config.toml"      # beside known_trackers
 
 
 def config_path(argv: list[str]) -> tuple[Path, bool]:
@@ -71,10 +71,7 @@ def apply(parser: argparse.ArgumentParser, section: str, argv: list[str]) -> Non
             raise UsageError(f"{path}: unknown table [{name}] (expected {', '.join(f'[{s}]' for s in SECTIONS)})")
     own = data.get(section, {})
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
-    chosen: dict[str, Any] = {}
-    for key, value in values.items():
-        if _dest(key) in actions:
-            chosen[_dest(key)] = value
+    chosen = {dest: value for dest, value in values.items() if dest in actions}
     for key, value in own.items():
         if _dest(key) not in actions:
             raise UsageError(f"{path}: [{section}] {_hint(_dest(key))}")
@@ -102,7 +99,7 @@ def _typed(path: Path, action: argparse.Action, value: Any) -> Any:
         if not isinstance(value, bool):
             raise UsageError(f"{path}: {name} must be true or false")
         return value
-    if isinstance(value, (dict, list)) or isinstance(value, bool):
+    if isinstance(value, (dict, list, bool)):
         raise UsageError(f"{path}: {name} must be a {'number' if action.type in (int, float) else 'string'}")
     kind = action.type or str
     if kind is int and isinstance(value, float):

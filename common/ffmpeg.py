@@ -226,7 +226,7 @@ class _Child:
 
 
 @contextlib.contextmanager
-def _child(cmd: list[str], timeout: float, nice: int = 0) -> Iterator[_Child]:
+def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
     """A child with stdout piped and stderr kept in a temp file (a pipe could fill and block it),
     killed on timeout and on any exception in the block (KeyboardInterrupt included), so it never
     outlives the caller. After the block: its return code and stderr."""
@@ -234,8 +234,7 @@ def _child(cmd: list[str], timeout: float, nice: int = 0) -> Iterator[_Child]:
     with tempfile.TemporaryFile("w+", errors="replace") as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    errors="replace", env=child_env(),
-                                    preexec_fn=(lambda: _lower_priority(nice)) if nice else die_with_parent)
+                                    errors="replace", env=child_env(), preexec_fn=die_with_parent)
         except OSError as exc:
             raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
         child = _Child(proc)
@@ -297,11 +296,11 @@ def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[in
 
 
 @contextlib.contextmanager
-def run_lines(cmd: list[str], *, timeout: float, nice: int = 0) -> Iterator[Iterator[str]]:
+def run_lines(cmd: list[str], *, timeout: float) -> Iterator[Iterator[str]]:
     """Run a child and hand its stdout lines to the caller as they come. Leaving the block
     normally waits for the child (FFmpegError with stderr's tail if it failed); leaving it by an
-    exception kills it first. nice: as for run()."""
-    with _child(cmd, timeout, nice) as child:
+    exception kills it first."""
+    with _child(cmd, timeout) as child:
         assert child.proc.stdout is not None
         yield iter(child.proc.stdout.readline, "")
     if child.returncode != 0:

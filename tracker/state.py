@@ -57,6 +57,9 @@ class Speed:
     def fps(self) -> float | None:
         return self.frames / self.seconds if self.seconds > 0 else None
 
+    def add(self, frames: int, seconds: float) -> None:
+        self.frames, self.seconds, self.chunks = self.frames + frames, self.seconds + seconds, self.chunks + 1
+
 
 class TrackerState:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -172,8 +175,7 @@ class TrackerState:
             job.chunks_done += 1
             job.frames_done += frames or 0
             if worker in self._workers and worker in job.workers and frames and seconds:
-                speed = self._speed.setdefault(worker, Speed())
-                speed.frames, speed.seconds, speed.chunks = speed.frames + frames, speed.seconds + seconds, speed.chunks + 1
+                self._speed.setdefault(worker, Speed()).add(frames, seconds)
 
     def snapshot(self) -> tuple[list[tuple[WorkerInfo, Speed, float]], list[tuple[Job, float]]]:
         """The live workers (each with its speed and seconds since its last heartbeat) and the
