@@ -260,6 +260,21 @@ def resources(pid: int) -> tuple[int, int, int]:
     return int(status["Threads"]), len(os.listdir(f"/proc/{pid}/fd")), int(status["VmRSS"].split()[0])
 
 
+def settled(pid: int, quiet: float = 1.5, limit: float = 15) -> tuple[int, int, int]:
+    """resources() once the thread count has not changed for `quiet` seconds: session threads
+    end a moment after the boss exits, and a reading taken while one is ending would be noise."""
+    end = time.monotonic() + limit
+    last, since = resources(pid), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(0.1)
+        now = resources(pid)
+        if now[0] != last[0]:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    return last
+
+
 def test_no_thread_fd_or_memory_growth_across_jobs(cluster, clips, tmp_path):
     worker, _, _ = cluster.start_worker()
     seen = []
@@ -268,9 +283,7 @@ def test_no_thread_fd_or_memory_growth_across_jobs(cluster, clips, tmp_path):
                             "--chunk-seconds", "2")
         assert done.returncode == 0, done.stderr
         # the session ends just after the boss exits: wait until the worker is idle again
-        if n:
-            poll_for(lambda: resources(worker.pid)[0] <= seen[0][0], 10, "the worker's session threads to end")
-        seen.append(resources(worker.pid))
+        seen.append(settled(worker.pid))
     first, last = seen[1], seen[-1]       # after the first job: imports and caches are warm
     assert last[0] == first[0], f"threads {first[0]} -> {last[0]}"
     assert last[1] <= first[1] + 2, f"file descriptors {first[1]} -> {last[1]}"
