@@ -181,13 +181,11 @@ def packet_oddity(chunk: Chunk, packets: list[ffmpeg.Packet], settings: Settings
 
 
 def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settings: Settings,
-                  expected: int, borders: Sequence[float] = (), source_audio_end: float | None = None
-                  ) -> dict[str, Any]:
+                  expected: int, borders: Sequence[float] = ()) -> dict[str, Any]:
     """The checks a user would make with ffprobe; a TranscoderError if any fails.
 
     `expected` is the input's frame count (decoded frames, which differ from packets for
-    field-coded video); `borders` where chunks meet, seconds from the video's start;
-    `source_audio_end` where the input's first audio track ends, if already known. Counts,
+    field-coded video); `borders` where chunks meet, seconds from the video's start. Counts,
     durations, streams and the A/V end come from the packets; the video is decoded only where
     chunks begin (decode_spans_for; one border was decoded across by check_across); the audio was
     decoded in full before the mux (join.AudioJob), and is a stream copy here."""
@@ -219,9 +217,8 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
         # where the first audio track ends against where the video ends, in both files
         audio_packets = probed[1].get(out.of_kind("audio")[0].index, [])
         av_offset = (packets_end(audio_packets) - (out.video_start + out.video_duration)) * 1000
-        if source_audio_end is None:
-            source_audio_end = media_end(tools, info.path, "a:0")
-        src_offset = (source_audio_end - (info.video_start + info.video_duration)) * 1000
+        source_end = info.audio_end if info.audio_end is not None else media_end(tools, info.path, "a:0")
+        src_offset = (source_end - (info.video_start + info.video_duration)) * 1000
         # an audio encoder ends on a whole frame of its own (AAC: 1024 samples, 64 ms at 16 kHz)
         if abs(av_offset - src_offset) > AV_SYNC_TOLERANCE_MS + 1000 * audio_frame(audio_packets):
             problems.append(f"audio ends {av_offset:+.0f} ms from the video's end, the input's {src_offset:+.0f} ms")
@@ -239,15 +236,16 @@ BORDER_FRAMES_AFTER = 10  # frames decoded from each chunk's first in the output
 
 
 def decode_spans_for(out: media.MediaInfo, borders: Sequence[float]) -> list[tuple[float, float]]:
-    """Time spans of the output to decode: the first frames of the first chunk, of the last, and
-    of one other drawn at random (a chunk whose frames do not decode with the output's parameter
-    sets shows there; every chunk comes from one ffmpeg build with one set of settings, so a
-    sample stands for all). Decoding straight across a border is check_across(), run on two
+    """Time spans of the output to decode: the first frames of the last chunk and of one other
+    drawn at random (a chunk whose frames do not decode with the output's parameter sets shows
+    there; every chunk comes from one ffmpeg build with one set of settings, so a sample stands
+    for all). Not the first chunk's, unless it is the only one: the output's parameter sets are
+    its own, and its check (check_result) decoded its first frames already. Decoding straight across a border is check_across(), run on two
     chunks while the others are still being encoded."""
     frame = 1.0 / (out.frame_rate or 25.0)
     start = out.video_start
     inner = sorted(borders)[:-1]
-    sample = sorted({0.0, *sorted(borders)[-1:], *([random.SystemRandom().choice(inner)] if inner else [])})
+    sample = sorted({*sorted(borders)[-1:], *([random.SystemRandom().choice(inner)] if inner else [])}) or [0.0]
     # half a frame in: ffprobe seeks to the keyframe at or before, which is the chunk's first frame
     return [(start + b + frame / 2, start + b + BORDER_FRAMES_AFTER * frame) for b in sample]
 

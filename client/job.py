@@ -21,7 +21,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from client import checks, media
 from client.join import AudioJob, join
@@ -268,7 +268,7 @@ class Job:
             if not offers:
                 raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
             audio = AudioJob(cfg.tools, info.path, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
-            scheduler, splitting = self.plan(len(offers))
+            scheduler, splitting = self.plan(len(offers), then=audio.start)
             with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier, \
                     ffmpeg.children_killed_on_error():
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
@@ -466,10 +466,10 @@ class Job:
 
     # ------------------------------------------------------------ split
 
-    def plan(self, workers: int) -> tuple[Scheduler, threading.Thread | None]:
+    def plan(self, workers: int, then: Callable[[], None]) -> tuple[Scheduler, threading.Thread | None]:
         """The chunk table: an interrupted run's, with its finished results, or one the split fills
         in a thread of its own while workers already take the first chunks (the thread is
-        returned, to be joined)."""
+        returned, to be joined). `then` runs once the split is done."""
         identity = Identity.of(self.cfg.input, {**self.cfg.settings.to_wire(), "acodec": self.cfg.acodec,
                                                 "chunk_seconds": self.cfg.chunk_seconds})
         state = JobState(self.work, identity)
@@ -479,6 +479,7 @@ class Job:
             done = sum(c.state is ChunkState.DONE for c in chunks)
             log.warning("resuming: %d of %d chunks already done", done, len(chunks))
             state.save(chunks, self.expected_frames)        # folds the journal in
+            then()
             return Scheduler(chunks, on_done=state.record_done), None
         if state.path.exists():
             log.info("the input or the settings changed since the interrupted run: starting fresh")
@@ -486,11 +487,12 @@ class Job:
             if old.name not in ("audio.mka", SOURCE_COPY):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         scheduler = Scheduler([], on_done=state.record_done, complete=False)
-        splitting = threading.Thread(target=self.split, args=(scheduler, state, workers), name="split", daemon=True)
+        splitting = threading.Thread(target=self.split, args=(scheduler, state, workers, then), name="split",
+                                     daemon=True)
         splitting.start()
         return scheduler, splitting
 
-    def split(self, scheduler: Scheduler, state: JobState, workers: int) -> None:
+    def split(self, scheduler: Scheduler, state: JobState, workers: int, then: Callable[[], None]) -> None:
         """The split stage (client/split.py), feeding the scheduler; a failure fails the job."""
         try:
             with self.phases.timed("split"):
@@ -498,6 +500,7 @@ class Job:
                 chunks = splitter.run(workers, scheduler.add)
             self.expected_frames = splitter.expected_frames
             state.save(chunks, self.expected_frames)
+            then()
         except TranscoderError as exc:
             self.split_error = exc
             scheduler.abort(str(exc))

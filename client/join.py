@@ -43,9 +43,12 @@ class AudioJob:
                  has_audio: bool) -> None:
         self.path: Path | None = work / "audio.mka" if has_audio else None
         self.error: FFmpegError | None = None
-        self.source_end: float | None = None    # where the source's first audio track ends, for the output check
         self._thread = threading.Thread(target=self._run, args=(tools, source, acodec, abitrate), name="audio", daemon=True)
-        if has_audio:
+
+    def start(self) -> None:
+        """Once the split is done: the input's audio is needed only for the join, and until the
+        first chunks are out every CPU-second of the boss's belongs to them."""
+        if self.path is not None and self._thread.ident is None:
             self._thread.start()
 
     def _run(self, tools: ffmpeg.Tools, source: Path, acodec: str, abitrate: int | None) -> None:
@@ -55,7 +58,6 @@ class AudioJob:
             # both here, while workers encode, not after the last chunk: the output's audio is a
             # stream copy of this file, so its decode check stands for the output's
             ffmpeg.decode_check(tools, self.path, audio_only=True)
-            self.source_end = checks.media_end(tools, source, "a:0")
         except FFmpegError as exc:
             self.error = exc
 
@@ -113,8 +115,7 @@ def join(tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, contain
     tmp = output.with_name(f".{output.name}.ffdt-partial{output.suffix.lower()}")
     try:
         ffmpeg.run(ffmpeg.mux_cmd(tools, plan, tmp))
-        summary = checks.verify_output(tools, info, tmp, settings, expected_frames, [c.start for c in chunks[1:]],
-                                         source_audio_end=audio.source_end)
+        summary = checks.verify_output(tools, info, tmp, settings, expected_frames, [c.start for c in chunks[1:]])
         tmp.replace(output)
     except OSError as exc:
         raise TranscoderError(f"cannot write {output}: {exc.strerror or exc}") from None

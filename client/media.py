@@ -67,6 +67,7 @@ class MediaInfo:
     # how far decode timestamps run after their frame's presentation (an iPhone edit list over
     # negative composition offsets): the split moves them back by this (ffmpeg.segment_cmd)
     dts_shift: float = 0.0
+    audio_end: float | None = None    # where the first audio track's last packet ends (None: no audio)
 
     @property
     def keyframes(self) -> list[float]:
@@ -121,7 +122,14 @@ def inspect(tools: ffmpeg.Tools, path: Path,
                if s.get("codec_type") not in ("video", "audio") or choice.keeps(int(s.get("index", -1)))
                or s.get("disposition", {}).get("attached_pic")]
     fmt = info.get("format", {})
-    packets = probed[1].get(choice.video, []) if probed else ffmpeg.stream_packets(tools, path, str(choice.video))
+    # the chosen video's packets and the first audio track's (where it ends: the output check
+    # compares the output's A/V end with the input's), in the same read of the input
+    first_audio = next((int(s["index"]) for s in info["streams"] if s.get("codec_type") == "audio"), None)
+    wanted = [choice.video] + ([first_audio] if first_audio is not None else [])
+    found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted)
+    packets = found.get(choice.video, [])
+    audio_end = None if first_audio is None else max(
+        (p.pts + p.duration for p in found.get(first_audio, [])), default=0.0)
     own_copy = "" if choice_of.is_default(info, choice) else "streams chosen"
     if any(name in DISCONTINUOUS_FORMATS for name in fmt.get("format_name", "").split(",")) and _jumps(packets):
         own_copy = "timestamps jump"
@@ -165,6 +173,7 @@ def inspect(tools: ffmpeg.Tools, path: Path,
         tags=dict(fmt.get("tags", {})),
         pixel_bit_rate=_pixel_bit_rate(packets, video, end - first),
         choice=choice, own_copy=own_copy, hidden_lead=hidden_lead, hidden_tail=hidden_tail,
+        audio_end=audio_end,
         dts_shift=max([0.0] + [p.dts - p.pts for p in packets if p.pts_known and p.dts_known
                                and p.dts - p.pts > DTS_SLACK]),
     )

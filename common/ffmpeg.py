@@ -347,6 +347,24 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: boo
     return [p for p in packets if p is not None]
 
 
+def packets_by_stream(tools: Tools, path: Path, indices: Sequence[int],
+                      timeout: float = FFMPEG_TOOL_TIMEOUT) -> dict[int, list[Packet]]:
+    """The packets of these streams (by stream index), each in file order, from one ffprobe run
+    that decodes nothing: ffprobe demuxes every stream whatever it prints, so one run for all of
+    them reads the input once. Lines of other streams are skipped unparsed (memory follows the
+    streams asked for, not the file's)."""
+    wanted = {f"stream_index={i}|": i for i in indices}
+    found: dict[int, list[Packet]] = {i: [] for i in indices}
+    cmd = [tools.ffprobe, "-v", "error", "-fflags", "+genpts", *input_args(path), "-show_entries",
+           "packet=stream_index,pts_time,dts_time,duration_time,flags,size", "-of", "compact=p=0"]
+    with run_lines(cmd, timeout=timeout) as lines:
+        for line in lines:
+            index = wanted.get(line[:line.find("|") + 1])
+            if index is not None and (packet := _packet(dict(_PKT_FIELD.findall(line)))) is not None:
+                found[index].append(packet)
+    return found
+
+
 def _packet(f: dict[str, str]) -> Packet | None:
     """A Packet from ffprobe's packet fields (None: no timestamp at all)."""
     pts, dts = _num(f.get("pts_time")), _num(f.get("dts_time"))

@@ -61,12 +61,17 @@ def output_info(frame_rate: float = 25.0, start: float = 0.0):
     return MediaInfo(Path("out.mp4"), "mp4", start, 60.0, [], 0, 1500, start, 60.0, [0], [True], [start], frame_rate)
 
 
-def test_the_output_is_decoded_at_the_first_the_last_and_one_other_chunk():
+def test_the_output_is_decoded_at_the_last_and_one_other_chunk_not_the_first():
     from client.checks import BORDER_FRAMES_AFTER, decode_spans_for
     borders = [6.0 * i for i in range(1, 10)]                 # ten chunks
-    spans = decode_spans_for(output_info(), borders)
-    starts = [round(a - 0.02, 6) for a, _ in spans]            # half a frame in
-    assert len(spans) == 3 and starts[0] == 0.0 and starts[-1] == 54.0 and starts[1] in borders[:-1]
-    assert all(b - a == pytest.approx((BORDER_FRAMES_AFTER - 0.5) / 25) for a, b in spans)
-    assert len(decode_spans_for(output_info(), [30.0])) == 2   # two chunks: both
-    assert len(decode_spans_for(output_info(), [])) == 1
+    drawn = set()
+    for _ in range(200):
+        spans = decode_spans_for(output_info(), borders)
+        starts = [round(a - 0.02, 6) for a, _ in spans]        # half a frame in
+        # the first chunk's frames were decoded by its own check, with the same parameter sets
+        assert len(spans) == 2 and starts[-1] == 54.0 and starts[0] in borders[:-1]
+        assert all(b - a == pytest.approx((BORDER_FRAMES_AFTER - 0.5) / 25) for a, b in spans)
+        drawn.add(starts[0])
+    assert len(drawn) > 3                                      # the other one is drawn, not fixed
+    assert [round(a - 0.02, 6) for a, _ in decode_spans_for(output_info(), [30.0])] == [30.0]   # two chunks
+    assert [round(a - 0.02, 6) for a, _ in decode_spans_for(output_info(), [])] == [0.0]        # one chunk: it
