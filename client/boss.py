@@ -18,7 +18,8 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
     from common import environment
     environment.ensure("ffdt-boss")      # any python3: the checkout's .venv, or one line on what to run
 
-from client import media
+from client import batch, media
+from client.batch import VIDEO_EXTENSIONS
 from client.streams import StreamOptions
 from client.job import run_boss
 from client.progress import bars_wanted
@@ -75,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or VP9 + Opus for .webm. ffmpeg's own spellings work too: -i IN, -c:v, -c:a, -crf, -preset, "
         "-b:v, -b:a, -pix_fmt, -r, -y, -n.",
         epilog=PASSWORD_HELP + ". Environment: FFDT_PASSWORD, FFMPEG_PATH.")
-    p.add_argument("input", type=Path, metavar="INPUT", nargs="?",
-                   help="the video to transcode (with -i INPUT, this place is the OUTPUT, as in ffmpeg)")
+    p.add_argument("input", type=Path, metavar="INPUT", nargs="*",
+                   help="the video to transcode (with -i INPUT, this place is the OUTPUT, as in ffmpeg); "
+                   "several, or folders, make a queue written to -o OUTDIR/")
     p.add_argument("-i", dest="input_option", type=Path, metavar="INPUT", help="the input, as ffmpeg takes it")
-    p.add_argument("-o", "--output", type=Path, metavar="OUTPUT", help="the file to write")
+    p.add_argument("-o", "--output", type=Path, metavar="OUTPUT",
+                   help="the file to write; for a queue, the folder (made if missing) its outputs go to")
     clobber = p.add_mutually_exclusive_group()
     clobber.add_argument("-y", "--overwrite", action="store_true", help="replace OUTPUT if it exists")
     clobber.add_argument("-n", "--no-overwrite", action="store_true",
@@ -111,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--acodec", "-c:a", "-acodec", help="audio encoder, or copy (default: aac; libopus for .webm)")
     enc.add_argument("--abitrate", "-b:a", help="audio bit rate, e.g. 160k (default: the encoder's own: "
                      "128k for aac)")
+    many = p.add_argument_group("queue", "several INPUTs or folders, one farm: each file in turn, a failed one "
+                                "reported without stopping the rest; an existing output counts as done and is "
+                                "skipped (-y to redo it), so the same command again resumes the queue")
+    many.add_argument("--recursive", action="store_true", help="also the files in a folder's sub-folders "
+                      "(their paths are mirrored under OUTDIR)")
+    many.add_argument("--extensions", default=",".join(VIDEO_EXTENSIONS), metavar="LIST",
+                      help="the files of a folder to take, by extension (default: %(default)s)")
+    many.add_argument("--container", default="mp4", choices=sorted(e.lstrip(".") for e in media.CONTAINERS),
+                      help="the queue's output container (default: %(default)s)")
     pick = p.add_argument_group("streams", "by default, as ffmpeg picks them: the video with the largest "
                                 "picture that decodes, and every decodable audio stream of its program")
     pick.add_argument("--video-stream", type=int, metavar="N", help="transcode the video stream with index N")
@@ -137,17 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BossConfig:
-    source, output = args.input, args.output
+def inputs_and_output(args: argparse.Namespace) -> tuple[list[Path], Path]:
+    sources, output = list(args.input), args.output
     if args.input_option is not None:            # ffmpeg's order: -i INPUT ... OUTPUT
-        if source is not None and output is not None:
+        if len(sources) > 1 or (sources and output is not None):
             raise UsageError("give the input once: as INPUT or with -i")
-        source, output = args.input_option, output or source
-    if source is None:
+        sources, output = [args.input_option], output or (sources[0] if sources else None)
+    if not sources:
         raise UsageError("no INPUT: give the video to transcode")
     if output is None:
         raise UsageError("no OUTPUT: give it with -o OUTPUT (or as ffmpeg takes it: -i INPUT OUTPUT)")
-    container = media.container_for(output)
+    return sources, output
+
+
+def config_from_args(args: argparse.Namespace) -> BossConfig:
+    sources, output = inputs_and_output(args)
+    # a queue's outputs take --container; the settings' defaults (VP9 for .webm) follow it
+    container = media.container_for(Path(f"queue.{args.container}") if batch.is_queue(sources, output) else output)
     if args.local < 0 or args.local > 64:
         raise UsageError("--local takes 1..64 workers")
     if not args.local and not (args.tracker and args.user):
@@ -171,7 +189,7 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
     tools = ffmpeg.find_tools(args.ffmpeg, args.use_global)
     ffmpeg_args = (["--ffmpeg", args.ffmpeg] if args.ffmpeg else []) + (["--use-global"] if args.use_global else [])
     return BossConfig(
-        input=source, output=output, overwrite=args.overwrite, settings=settings, acodec=acodec,
+        input=sources[0], output=output, overwrite=args.overwrite, settings=settings, acodec=acodec,
         abitrate=parse_rate(args.abitrate) if args.abitrate else None, tools=tools, ffmpeg_args=ffmpeg_args,
         tracker=parse_host_port(args.tracker) if args.tracker and not args.local else None,
         user=args.user or "", password="" if args.local else read_password(args.password_file),
@@ -190,7 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("boss", verbose=args.verbose, quiet=args.quiet)
     # `kill` stops the boss the way Ctrl-C does: workers told, children ended, work kept
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return run_main("boss", lambda: run_boss(config_from_args(args)))
+    return run_main("boss", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    sources, output = inputs_and_output(args)
+    if not batch.is_queue(sources, output):
+        return run_boss(cfg)
+    if (output.exists() and not output.is_dir()) or (not output.exists() and output.suffix.lower() in media.CONTAINERS):
+        raise UsageError(f"{output} is not a folder: a queue of several inputs writes to -o OUTDIR/")
+    if cfg.report is not None and not cfg.report.parent.is_dir():
+        raise UsageError(f"{cfg.report.parent}: no such directory for --report")
+    entries = batch.plan(sources, output, f".{args.container}", recursive=args.recursive,
+                         extensions=batch.parse_extensions(args.extensions), work_dir=cfg.work_dir)
+    return batch.run_queue(cfg, entries)
 
 
 if __name__ == "__main__":

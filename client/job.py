@@ -83,8 +83,13 @@ class Phases:
 
 
 def run_boss(cfg: BossConfig) -> int:
+    transcode(cfg)
+    return 0
+
+
+def transcode(cfg: BossConfig) -> dict[str, Any]:
     """Check the output path, probe the input, run the job; the work directory is removed on
-    success and kept (to resume) on failure once the split is done."""
+    success and kept (to resume) on failure once the split is done. Returns the job's summary."""
     container = media.container_for(cfg.output)
     check_output_path(cfg)
     phases = Phases()
@@ -120,7 +125,8 @@ def output_lock(cfg: BossConfig) -> Iterator[None]:
         handle.close()
 
 
-def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Container, phases: Phases) -> int:
+def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Container,
+                phases: Phases) -> dict[str, Any]:
     work = prepare_work_dir(cfg)
     cluster = None
     ok = False
@@ -138,9 +144,10 @@ def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Contain
         tracker = TrackerClient(tracker_addr, user, password, Role.BOSS, tls=cfg.tls.context, pin=cfg.tls.pin,
                                 known=cfg.tls.known)
         tracker.connect()
-        result = Job(cfg, info, container, work, tracker, phases).run()
+        job = Job(cfg, info, container, work, tracker, phases)
+        job.run()
         ok = True
-        return result
+        return job.summary
     finally:
         if cluster is not None:
             cluster.close()
@@ -255,6 +262,7 @@ class Job:
         self.split_error: TranscoderError | None = None
         self.border_lock = threading.Lock()
         self.border_checked = False      # two adjacent chunks decoded across their border
+        self.summary: dict[str, Any] = {}    # what print_summary prints, once the output is written
 
     def run(self) -> int:
         cfg, info = self.cfg, self.info
@@ -304,6 +312,7 @@ class Job:
             summary["cpu_seconds"] = cpu_seconds()
             summary["workers"] = {link.offer.name: link.stats.summary() for link in self.links}
             self.print_summary(summary)
+            self.summary = summary
             status = "done"
             return 0
         except TranscoderError as exc:
