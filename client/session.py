@@ -35,6 +35,7 @@ from common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreach
 from common.net import Backoff, Deadline, enable_keepalive
 from common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
                              server_hello)
+from common.encoders import ENCODERS
 from common.settings import Settings
 from common.tls import wrap_server
 from common.transfer import recv_file, send_file
@@ -102,8 +103,15 @@ class BossSession:
 class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
-        self.version, encoders = ffmpeg.capabilities(cfg.tools)
-        self.encoders = sorted(set(encoders))
+        self.version, listed = ffmpeg.capabilities(cfg.tools)
+        self.encoders, failing = ffmpeg.working_encoders(cfg.tools, listed)
+        if failing:
+            log.warning("not offering %s: this ffmpeg lists %s, but %s here (%s)", ", ".join(failing),
+                        "it" if len(failing) == 1 else "them", "it does not open" if len(failing) == 1
+                        else "they do not open", "; ".join(sorted(set(failing.values())))[:300])
+        if not self.encoders:
+            raise TranscoderError(f"{self.version}: none of the video encoders this project drives opens here "
+                                  f"({', '.join(ENCODERS)})")
         self.name = ""                                 # assigned by the tracker
         self.ticket_keys: list[bytes] = []             # newest first; a re-registration keeps the old one
         self.sessions: dict[str, BossSession] = {}

@@ -42,6 +42,7 @@ CHECK_FIXED_SECONDS = 20.0
 CHECK_SECONDS_PER_FRAME = 0.1
 FFMPEG_PROBE_TIMEOUT = 120.0       # one ffprobe of a file's streams
 FFMPEG_QUERY_TIMEOUT = 30.0        # ffmpeg -version / -encoders
+ENCODER_TEST_TIMEOUT = 20.0        # a one-frame test encode at a worker's start (a GPU may take seconds to open)
 DEFAULT_VERIFY_FRACTION = 0.1   # results the boss decodes in full, besides each ffmpeg build's first
 MAX_ATTEMPTS = 3                # a chunk failing this often fails the job
 

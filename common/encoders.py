@@ -12,6 +12,9 @@ from dataclasses import dataclass
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                 "slower", "veryslow", "placebo")
 
+NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")     # fastest .. best
+QSV_PRESETS = ("veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
 
 @dataclass(frozen=True)
 class Encoder:
@@ -30,6 +33,8 @@ class Encoder:
     # forced IDR into a CRA whose picture order counts ran on from the chunk before; the others'
     # chunks start with a keyframe that resets the decoder
     check_joins: bool = False
+    hardware: str = ""                 # the device it needs (NVIDIA, Intel): a worker offers it only if
+    #                                    a one-frame test encode opens it (ffmpeg.working_encoders)
 
 
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (
@@ -43,4 +48,15 @@ ENCODERS: dict[str, Encoder] = {e.name: e for e in (
     Encoder("libaom-av1", "av1", (0, 63), 32, presets=tuple(str(i) for i in range(9)), preset_option="-cpu-used"),
     # built into every ffmpeg; a quantiser 1..31 stands in for the CRF
     Encoder("mpeg4", "mpeg4", (1, 31), 4, quality_option="-q:v"),
+    # Hardware encoders, in Debian's own ffmpeg. Constant quality: NVENC's VBR with a CQ target and
+    # no bit-rate cap; Quick Sync's ICQ (-global_quality). The scales resemble the CRF's, not
+    # equal it. No warm-up: their forced keyframes are not spelled -forced-idr alike.
+    Encoder("h264_nvenc", "h264", (1, 51), 23, quality_option="-cq", constant_quality_extra=("-rc", "vbr", "-b:v", "0"),
+            presets=NVENC_PRESETS, preset_option="-preset", hardware="NVIDIA"),
+    Encoder("hevc_nvenc", "hevc", (1, 51), 28, quality_option="-cq", constant_quality_extra=("-rc", "vbr", "-b:v", "0"),
+            presets=NVENC_PRESETS, preset_option="-preset", hardware="NVIDIA"),
+    Encoder("h264_qsv", "h264", (1, 51), 23, quality_option="-global_quality", presets=QSV_PRESETS,
+            preset_option="-preset", hardware="Intel Quick Sync"),
+    Encoder("hevc_qsv", "hevc", (1, 51), 28, quality_option="-global_quality", presets=QSV_PRESETS,
+            preset_option="-preset", hardware="Intel Quick Sync"),
 )}

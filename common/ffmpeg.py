@@ -21,11 +21,12 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from common.config import FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
+from common.config import ENCODER_TEST_TIMEOUT, FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
 from common.encoders import ENCODERS
 from common.errors import FFmpegError, UsageError
 from common.settings import Settings
@@ -522,6 +523,30 @@ def capabilities(tools: Tools) -> tuple[str, list[str]]:
         if len(parts) >= 2 and len(parts[0]) == 6 and parts[0][0] in "VA":
             names.append(parts[1])
     return version, names
+
+
+def working_encoders(tools: Tools, listed: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Which of our encoders (common/encoders.py) this build lists and can open here: each
+    encodes one small frame (a build with NVENC on a machine with no NVIDIA GPU lists it, and
+    fails at the first frame). Returns (the working ones, {the failing ones: ffmpeg's reason})."""
+    wanted = [name for name in ENCODERS if name in set(listed)]
+
+    def opens(name: str) -> str:
+        e = ENCODERS[name]
+        cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+               "color=c=gray:s=256x144:r=25", "-frames:v", "1", "-c:v", name, *e.always, "-f", "null", "-"]
+        try:
+            run(cmd, timeout=ENCODER_TEST_TIMEOUT)
+            return ""
+        except FFmpegError as exc:
+            # the encoder's own first line names the cause ("[h264_nvenc @ 0x..] Cannot load
+            # libcuda.so.1"); the last is ffmpeg's generic "Error initializing output stream"
+            first = (exc.detail.strip().splitlines() or ["failed"])[0]
+            return re.sub(r"^\[\S+ @ 0x[0-9a-f]+\] ", "", first)
+
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="encoder-test") as pool:
+        reasons = dict(zip(wanted, pool.map(opens, wanted)))
+    return [n for n in wanted if not reasons[n]], {n: why for n, why in reasons.items() if why}
 
 
 # ---------------------------------------------------------------- builders

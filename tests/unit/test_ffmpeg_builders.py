@@ -7,6 +7,7 @@ import pytest
 
 from common.ffmpeg import (MuxPlan, Tools, audio_cmd, concat_list, encode_cmd, mux_cmd, segment_cmd,
                            warmup_frames, warmup_parts)
+from common.errors import UsageError
 from common.settings import Settings
 
 TOOLS = Tools("ffmpeg", "ffprobe")
@@ -410,3 +411,16 @@ def test_warm_up_only_where_there_are_frames_before_and_the_encoder_takes_it():
     assert warmup_frames(Settings(vcodec="libx264"), 0) == 0         # a chunk at a keyframe
     assert warmup_frames(Settings(vcodec="libvpx-vp9"), 400) == 0
     assert warmup_frames(Settings(vcodec="libx264", fps="30"), 400) == 0   # -fps renumbers frames
+
+
+def test_hardware_encoders_get_their_own_constant_quality_and_presets():
+    nvenc = encode_cmd(TOOLS, Path("a.mkv"), Path("b.mkv"), Settings(vcodec="hevc_nvenc", crf=24, preset="p6"))
+    assert (value_of(nvenc, "-cq"), value_of(nvenc, "-rc"), value_of(nvenc, "-b:v"), value_of(nvenc, "-preset")) == \
+        ("24", "vbr", "0", "p6")
+    assert "-crf" not in nvenc
+    qsv = encode_cmd(TOOLS, Path("a.mkv"), Path("b.mkv"), Settings(vcodec="h264_qsv"))
+    assert value_of(qsv, "-global_quality") == "23" and "-crf" not in qsv
+    with pytest.raises(UsageError, match="p1, p2"):
+        Settings(vcodec="h264_nvenc", preset="slow")       # x264's names are not NVENC's
+    with pytest.raises(UsageError, match="whole numbers"):
+        Settings(vcodec="h264_qsv", crf=22.5)
