@@ -32,7 +32,7 @@ from common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
 from common.errors import UsageError
 from common.net import parse_host_port
 from common.encoders import ENCODERS
-from common.settings import Settings, parse_rate, parse_scale, whole
+from common.settings import Settings, parse_codec_params, parse_rate, parse_scale, whole
 
 log = logging.getLogger("boss")
 
@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "as one ffmpeg run picks it)")
     enc.add_argument("--scale", help="W:H, e.g. 1280:-2 (default: the source's size)")
     enc.add_argument("--fps", "-r", help="output frame rate (default: keep the source's timestamps)")
+    enc.add_argument("--tune", "-tune", help="encoder tuning: film, animation, grain, ... for x264/x265; hq, ll, ull "
+                     "for NVENC (default: none)")
+    enc.add_argument("--profile", "-profile:v", help="H.264/HEVC profile, e.g. high, main10 (default: the encoder's "
+                     "choice)")
+    enc.add_argument("--level", "-level", help="H.264/HEVC level, e.g. 4.1 (default: the encoder's choice)")
+    enc.add_argument("--x264-params", "-x264-params", metavar="K=V:K=V", help="x264 parameters from a safe list "
+                     "(keyint, bframes, ref, aq-mode, psy, deblock, me, subme, ...: --help-params lists them)")
+    enc.add_argument("--x265-params", "-x265-params", metavar="K=V:K=V", help="x265 parameters from a safe list "
+                     "(bframes, ref, aq-mode, psy-rd, rd, sao, ctu, ...)")
     enc.add_argument("--acodec", "-c:a", "-acodec", help="audio encoder, or copy (default: aac; libopus for .webm)")
     enc.add_argument("--abitrate", "-b:a", help="audio bit rate, e.g. 160k (default: the encoder's own: "
                      "128k for aac)")
@@ -182,7 +191,9 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
                         vbitrate=parse_rate(args.vbitrate) if args.vbitrate else None,
                         maxrate=parse_rate(args.maxrate) if args.maxrate else None,
                         bufsize=parse_rate(args.bufsize) if args.bufsize else None,
-                        preset=args.preset, pix_fmt=args.pix_fmt, scale_w=scale[0], scale_h=scale[1], fps=args.fps)
+                        preset=args.preset, pix_fmt=args.pix_fmt, scale_w=scale[0], scale_h=scale[1], fps=args.fps,
+                        tune=args.tune, profile=args.profile, level=args.level,
+                        codec_params=codec_params(args, args.vcodec or container.default_vcodec))
     acodec = args.acodec or container.default_acodec
     if acodec != "copy" and acodec not in media.AUDIO_ENCODER_CODEC:
         raise UsageError(f"unsupported --acodec {acodec!r}; choose from copy, {', '.join(media.AUDIO_ENCODER_CODEC)}")
@@ -201,6 +212,17 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         verify_fraction=args.verify_fraction,
         streams=StreamOptions(video=args.video_stream, program=args.program,
                               audio=StreamOptions.parse_audio(args.audio_streams)))
+
+
+def codec_params(args: argparse.Namespace, vcodec: str) -> tuple[tuple[str, str], ...]:
+    """--x264-params / --x265-params, for the encoder they belong to."""
+    for option, encoder in (("x264_params", "libx264"), ("x265_params", "libx265")):
+        text = getattr(args, option)
+        if text is not None and vcodec != encoder:
+            raise UsageError(f"--{option.replace('_', '-')} is for {encoder}, not {vcodec}")
+        if text is not None:
+            return parse_codec_params(text)
+    return ()
 
 
 def main(argv: list[str] | None = None) -> int:

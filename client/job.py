@@ -97,6 +97,7 @@ def transcode(cfg: BossConfig) -> dict[str, Any]:
         info = media.inspect(cfg.tools, cfg.input, options=cfg.streams)
     media.check_combination(container, cfg.settings.codec, cfg.acodec, info.of_kind("audio"))
     cfg = dataclasses.replace(cfg, settings=settings_for_input(cfg, info))
+    check_tuning(cfg, info)
     with output_lock(cfg):
         return _run_locked(cfg, info, container, phases)
 
@@ -207,6 +208,18 @@ def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:
                     "(--scale W:-2 to resize instead, or --pix-fmt yuv444p)", v.width, v.height)
         s = dataclasses.replace(s, pad_even=True)
     return s
+
+
+def check_tuning(cfg: BossConfig, info: media.MediaInfo) -> None:
+    """With tuning the encoder may refuse (a profile that has no 4:4:4, a level too low for the
+    size): find out here, in one line, from one frame, before any work. Hardware encoders are
+    left to the workers that have the device."""
+    s = cfg.settings
+    if ENCODERS[s.vcodec].hardware or not (s.tune or s.profile or s.level or s.codec_params or s.pix_fmt):
+        return
+    complaint = ffmpeg.tuning_error(cfg.tools, info.path, s, ffmpeg.picture_filters(s))
+    if complaint:
+        raise UsageError(f"{s.vcodec} does not open with these settings: {complaint}")
 
 
 def cpu_seconds() -> dict[str, float]:

@@ -106,9 +106,12 @@ class Worker:
         self.version, listed = ffmpeg.capabilities(cfg.tools)
         self.encoders, failing = ffmpeg.working_encoders(cfg.tools, listed)
         if failing:
-            log.warning("not offering %s: this ffmpeg lists %s, but %s here (%s)", ", ".join(failing),
-                        "it" if len(failing) == 1 else "them", "it does not open" if len(failing) == 1
-                        else "they do not open", "; ".join(sorted(set(failing.values())))[:300])
+            # a machine without the GPU a hardware encoder needs is normal; a software one that
+            # does not open is a broken build
+            say = log.warning if any(not ENCODERS[name].hardware for name in failing) else log.info
+            say("not offering %s: this ffmpeg lists %s, but %s here (%s)", ", ".join(failing),
+                "it" if len(failing) == 1 else "them", "it does not open" if len(failing) == 1 else "they do not open",
+                "; ".join(sorted(set(failing.values())))[:300])
         if not self.encoders:
             raise TranscoderError(f"{self.version}: none of the video encoders this project drives opens here "
                                   f"({', '.join(ENCODERS)})")

@@ -539,10 +539,7 @@ def working_encoders(tools: Tools, listed: Sequence[str]) -> tuple[list[str], di
             run(cmd, timeout=ENCODER_TEST_TIMEOUT)
             return ""
         except FFmpegError as exc:
-            # the encoder's own first line names the cause ("[h264_nvenc @ 0x..] Cannot load
-            # libcuda.so.1"); the last is ffmpeg's generic "Error initializing output stream"
-            first = (exc.detail.strip().splitlines() or ["failed"])[0]
-            return re.sub(r"^\[\S+ @ 0x[0-9a-f]+\] ", "", first)
+            return encoder_complaint(exc)
 
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="encoder-test") as pool:
         reasons = dict(zip(wanted, pool.map(opens, wanted)))
@@ -610,25 +607,7 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     # whose timestamps collide, and round the rest to 1/average-rate, which merges close frames
     # of a variable-rate source. The boss checks the frame count.
     cmd += ["-fps_mode", "passthrough", "-enc_time_base", "-1"]
-    cmd += ["-c:v", s.vcodec]
-    cmd += _rate_control(s)
-    if s.pix_fmt:
-        cmd += ["-pix_fmt", s.pix_fmt]
-    for option, value in (("-color_primaries", s.color_primaries), ("-color_trc", s.color_trc),
-                          ("-colorspace", s.colorspace), ("-color_range", s.color_range)):
-        if value:
-            cmd += [option, value]
-    if s.vcodec == "libx265":
-        # with open GOPs x265 turns a forced IDR into a CRA whose picture order count runs on
-        # from the warm-up frames: two such chunks in a row repeat counts and will not decode
-        params = ["log-level=error", *(["open-gop=0"] if warmup else [])]
-        if s.master_display or s.max_cll:
-            params.append("hdr10=1")
-            if s.master_display:
-                params.append(f"master-display={s.master_display}")
-            if s.max_cll:
-                params.append(f"max-cll={s.max_cll}")
-        cmd += ["-x265-params", ":".join(params)]
+    cmd += encoder_args(s, closed_gop=bool(warmup))
     if threads:
         cmd += ["-threads", str(threads)]
     if warmup:
@@ -639,6 +618,59 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
                 "-segment_format", "matroska", input_path(dst.with_name(dst.name + ".%d"))]
         return cmd
     return cmd + ["-f", "matroska", input_path(dst)]
+
+
+def encoder_args(s: Settings, closed_gop: bool = False) -> list[str]:
+    """-c:v and everything the encoder itself is given, from checked settings only."""
+    cmd = ["-c:v", s.vcodec, *_rate_control(s)]
+    if s.pix_fmt:
+        cmd += ["-pix_fmt", s.pix_fmt]
+    for option, value in (("-color_primaries", s.color_primaries), ("-color_trc", s.color_trc),
+                          ("-colorspace", s.colorspace), ("-color_range", s.color_range)):
+        if value:
+            cmd += [option, value]
+    for option, value in (("-tune", s.tune), ("-profile:v", s.profile)):
+        if value:
+            cmd += [option, value]
+    if s.level and s.vcodec != "libx265":
+        cmd += ["-level", s.level]
+    user = [f"{k}={v}" for k, v in s.codec_params]       # checked against the encoder's whitelist
+    if s.vcodec == "libx264" and user:
+        cmd += ["-x264-params", ":".join(user)]
+    if s.vcodec == "libx265":
+        # with open GOPs x265 turns a forced IDR into a CRA whose picture order count runs on
+        # from the warm-up frames: two such chunks in a row repeat counts and will not decode
+        params = [*user, *([f"level-idc={s.level}"] if s.level else []), "log-level=error",
+                  *(["open-gop=0"] if closed_gop else [])]
+        if s.master_display or s.max_cll:
+            params.append("hdr10=1")
+            if s.master_display:
+                params.append(f"master-display={s.master_display}")
+            if s.max_cll:
+                params.append(f"max-cll={s.max_cll}")
+        cmd += ["-x265-params", ":".join(params)]
+    return cmd
+
+
+def tuning_error(tools: Tools, src: Path, s: Settings, filters: Sequence[str]) -> str:
+    """The encoder's own complaint when it cannot open with these settings on this input's
+    first frame ("x264 [error]: baseline profile doesn't support 4:4:4"), else "". For a boss
+    before any work: a worker would fail every chunk with ffmpeg's generic line instead. An
+    encoder this ffmpeg does not have counts as no complaint (the workers' may)."""
+    cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-i", input_path(src), "-map", "0:v:0",
+           "-frames:v", "1", *(["-vf", ",".join(filters)] if filters else []), *encoder_args(s), "-f", "null", "-"]
+    try:
+        run(cmd, timeout=ENCODER_TEST_TIMEOUT)
+        return ""
+    except FFmpegError as exc:
+        return "" if "Unknown encoder" in exc.detail else encoder_complaint(exc)
+
+
+def encoder_complaint(exc: FFmpegError) -> str:
+    """An encoder's own first line names the cause ("[h264_nvenc @ 0x..] Cannot load
+    libcuda.so.1"); ffmpeg's last is the generic "Error initializing output stream"."""
+    first = (exc.detail.strip().splitlines() or ["the encoder does not open"])[0]
+    return re.sub(r"^\[\S+ @ 0x[0-9a-f]+\] ", "", first)
 
 
 def picture_filters(s: Settings, frame_range: tuple[int, int] | None = None, warmup: int = 0) -> list[str]:

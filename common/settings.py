@@ -28,6 +28,7 @@ _MASTER_DISPLAY = re.compile(r"^G\(\d{1,5},\d{1,5}\)B\(\d{1,5},\d{1,5}\)R\(\d{1,
 _MAX_CLL = re.compile(r"^\d{1,5},\d{1,5}$")
 _FPS = re.compile(r"^[1-9][0-9]{0,5}(/[1-9][0-9]{0,5})?$")
 _RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([kKmM]?)$")
+MAX_CODEC_PARAMS = 32
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Settings:
     # HDR10 static metadata in x265's syntax, for encoders that take it (libx265)
     master_display: str | None = None    # "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)"
     max_cll: str | None = None           # "max_content,max_average"
+    # tuning from the encoder's whitelists (common/encoders.py)
+    tune: str | None = None
+    profile: str | None = None
+    level: str | None = None
+    codec_params: tuple[tuple[str, str], ...] = ()     # (key, value) for -x264-params/-x265-params, sorted
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +104,27 @@ class Settings:
             raise UsageError("max_cll must look like 1000,400")
         if self.fps is not None and not _FPS.match(self.fps):
             raise UsageError("--fps takes a rate such as 30 or 30000/1001")
+        for value, allowed, name in ((self.tune, spec.tunes, "tune"), (self.profile, spec.profiles, "profile"),
+                                     (self.level, spec.levels, "level")):
+            if value is not None and value not in allowed:
+                raise UsageError(f"--{name} {value!r} is not valid for {self.vcodec} (choose from "
+                                 f"{', '.join(allowed)})" if allowed else f"{self.vcodec} takes no --{name}")
+        if self.codec_params and not spec.params_option:
+            raise UsageError(f"{self.vcodec} takes no encoder parameters (--x264-params / --x265-params)")
+        if len(self.codec_params) > MAX_CODEC_PARAMS:
+            raise UsageError(f"at most {MAX_CODEC_PARAMS} encoder parameters")
+        for key, value in self.codec_params:
+            param = spec.params.get(key)
+            if param is None:
+                raise UsageError(f"-{spec.params_option} {key!r} is not one this tool passes on (it may name a "
+                                 f"file or fight the chunking); allowed: {', '.join(sorted(spec.params))}")
+            if not isinstance(value, str) or not param.check(value):
+                what = {"pair": "two whole numbers a,b", "int": "a whole number", "float": "a number"}
+                want = (", ".join(param.choices) if param.kind == "choice" else
+                        f"{what[param.kind]} in {param.lo:g}..{param.hi:g}")
+                raise UsageError(f"-{spec.params_option} {key}={value}: takes {want}")
+        if [k for k, _ in self.codec_params] != sorted({k for k, _ in self.codec_params}):
+            raise UsageError("encoder parameters must be given once each, sorted by name")
 
     @property
     def codec(self) -> str:
@@ -105,8 +132,11 @@ class Settings:
         return ENCODERS[self.vcodec].codec
 
     def to_wire(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v is not False
-                and not (k == "rotate" and v == 0)}
+        wire = {k: v for k, v in asdict(self).items() if v is not None and v is not False
+                and not (k == "rotate" and v == 0) and k != "codec_params"}
+        if self.codec_params:
+            wire["codec_params"] = dict(self.codec_params)
+        return wire
 
     @classmethod
     def from_wire(cls, data: object) -> Settings:
@@ -116,7 +146,7 @@ class Settings:
         kinds: dict[str, type | tuple[type, ...]] = {"vcodec": str, "crf": (int, float), "vbitrate": int, "maxrate": int, "bufsize": int,
                  "preset": str, "pix_fmt": str, "scale_w": int, "scale_h": int, "fps": str, "rotate": int, "pad_even": bool,
                  "color_primaries": str, "color_trc": str, "colorspace": str, "color_range": str,
-                 "master_display": str, "max_cll": str}
+                 "master_display": str, "max_cll": str, "tune": str, "profile": str, "level": str}
         values: dict[str, Any] = {}
         for key, kind in kinds.items():
             value = data.get(key)
@@ -127,6 +157,12 @@ class Settings:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ProtocolError(f"settings: {key} must be finite")
             values[key] = whole(value) if key == "crf" else value
+        params = data.get("codec_params")
+        if params is not None:
+            if not isinstance(params, dict) or len(params) > MAX_CODEC_PARAMS or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in params.items()):
+                raise ProtocolError(f"settings: codec_params must be an object of at most {MAX_CODEC_PARAMS} strings")
+            values["codec_params"] = tuple(sorted(params.items()))
         try:
             return cls(**values)
         except UsageError as exc:
@@ -155,3 +191,17 @@ def parse_scale(text: str) -> tuple[int, int]:
         return int(w), int(h)
     except ValueError:
         raise UsageError(f"bad --scale {text!r}; use W:H, e.g. 1280:-2") from None
+
+
+def parse_codec_params(text: str) -> tuple[tuple[str, str], ...]:
+    """'ref=2:bframes=1' (x264's and x265's own syntax) -> (("bframes", "1"), ("ref", "2")); the
+    keys and values are checked by Settings against the encoder's whitelist."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, text.split(":")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"bad encoder parameter {item!r}: use key=value, joined by ':' (ref=2:bframes=1)")
+        if key.strip() in pairs:
+            raise UsageError(f"encoder parameter {key.strip()!r} given twice")
+        pairs[key.strip()] = value.strip()
+    return tuple(sorted(pairs.items()))

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import poll_for, run_cli
+from tests.conftest import audit_events, poll_for, run_cli
 
 
 def listed_encoders() -> str:
@@ -59,5 +59,53 @@ def test_a_software_encoder_that_does_not_open_is_not_offered(cluster, clips, tm
     done = cluster.boss(clips["small.mp4"], tmp_path / "x264.mp4", "--preset", "ultrafast", timeout=120)
     assert done.returncode == 0, done.stderr
     proc.terminate()
-    said = proc.communicate(timeout=20)[1]
+    said = proc.communicate(timeout=20)[1]     # a software encoder that fails is a warning, even with --quiet
     assert "not offering libx265" in said and "broken build" in said, said
+
+def video_stream(path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["streams"][0]
+
+
+def picture_types(path) -> list[str]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pict_type",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("vcodec, tuning, profile, level, written", [
+    ("libx264", ["--tune", "film", "--profile", "main", "--level", "3.1", "--x264-params", "bframes=0:ref=1"],
+     "Main", 31, [b"bframes=0", b"ref=1", b"psy_rd=1.00:0.15"]),       # film: psy-rd 1.0:0.15
+    ("libx265", ["-profile:v", "main", "-level", "4.1", "-x265-params", "bframes=0:sao=0"],
+     "Main", 123, [b"bframes=0", b"no-sao"]),
+])
+def test_tuning_reaches_every_chunk(cluster, clips, tmp_path, vcodec, tuning, profile, level, written):
+    cluster.start_worker()
+    out = tmp_path / "out.mkv"
+    # veryfast: B-frames by default in both encoders, so a chunk encoded without the parameters shows
+    done = cluster.boss(clips["small.mp4"], out, "--vcodec", vcodec, "--preset", "veryfast", "--chunk-seconds", "2",
+                        *tuning)
+    assert done.returncode == 0, done.stderr
+    stream = video_stream(out)
+    assert (stream["profile"], stream["level"]) == (profile, level)
+    types = picture_types(out)
+    assert len(types) == 150 and "B" not in types, types
+    data = out.read_bytes()       # the encoder's options, as it wrote them (the first chunk's header)
+    assert all(option in data for option in written), written
+    # and without the parameters the same encode has B-frames: the check above can fail
+    plain = tmp_path / "plain.mkv"
+    assert cluster.boss(clips["small.mp4"], plain, "--vcodec", vcodec, "--preset", "veryfast",
+                        "--chunk-seconds", "2").returncode == 0
+    assert "B" in picture_types(plain)
+
+
+def test_tuning_the_encoder_refuses_is_one_line_before_any_work(cluster, clips, tmp_path):
+    cluster.start_worker()
+    done = cluster.boss(clips["small.mp4"], tmp_path / "out.mp4", "--profile", "baseline", "--pix-fmt", "yuv444p",
+                        timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == \
+        "boss: error: libx264 does not open with these settings: x264 [error]: baseline profile doesn't support 4:4:4"
+    # before any work: no job was started at the tracker, no chunk went out
+    assert not [e for e in audit_events(cluster.data) if e["event"] in ("job_started", "chunk_assigned")]

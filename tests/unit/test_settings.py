@@ -218,3 +218,39 @@ def test_colour_and_hdr_values_are_whitelisted():
                 {"master_display": "G(1,2)B(3,4)R(5,6)WP(7,8)L(9,10):hdr=1"}, {"max_cll": "1000;400"}):
         with pytest.raises(ProtocolError):
             Settings.from_wire({"vcodec": "libx265", **bad})
+
+
+# ---------------------------------------------------------------- tuning (--tune, --profile, --level, params)
+
+def test_tuning_goes_over_the_wire_and_back_as_checked_values():
+    from common.settings import parse_codec_params
+    s = Settings(tune="grain", profile="high", level="4.1", codec_params=parse_codec_params("ref=2:deblock=-1,-1"))
+    wire = s.to_wire()
+    assert wire["codec_params"] == {"deblock": "-1,-1", "ref": "2"}
+    assert Settings.from_wire(wire) == s
+    assert "codec_params" not in Settings().to_wire()
+
+
+@pytest.mark.parametrize("params, why", [
+    ({"stats": "/etc/passwd"}, "not one this tool passes on"),     # a file name
+    ({"open-gop": "1"}, "not one this tool passes on"),            # the warm-up needs closed GOPs
+    ({"ref": "3:stats=/tmp/x"}, "takes a whole number"),            # another key smuggled in a value
+    ({"ref": "99"}, "in 1..16"),
+    ({"aq-strength": "nan"}, "takes a number"),
+    ({"me": "../x"}, "dia, hex"),
+    ({"deblock": "1,2,3"}, "two whole numbers"),
+])
+def test_a_peer_cannot_pass_other_encoder_parameters(params, why):
+    with pytest.raises(ProtocolError, match=why):
+        Settings.from_wire({"vcodec": "libx264", "codec_params": params})
+
+
+def test_tuning_is_refused_where_the_encoder_has_no_such_thing():
+    with pytest.raises(UsageError, match="takes no --tune"):
+        Settings(vcodec="mpeg4", tune="film")
+    with pytest.raises(UsageError, match="takes no encoder parameters"):
+        Settings(vcodec="libvpx-vp9", codec_params=(("ref", "2"),))
+    with pytest.raises(ProtocolError, match="at most 32"):
+        Settings.from_wire({"codec_params": {f"k{i}": "1" for i in range(40)}})
+    with pytest.raises(ProtocolError, match="codec_params must be"):
+        Settings.from_wire({"codec_params": ["ref=2"]})
