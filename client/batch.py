@@ -1,8 +1,8 @@
-"""Many files, one farm: the queue stage above the job (client/job.py), one file after another
-(not named queue.py: a script's own folder comes first on sys.path, before the standard library).
+"""Many files, one farm: the queue stage above the job (client/job.py). Not named queue.py: a
+script's own folder comes first on sys.path, before the standard library.
 
 `ffdt-boss IN1 IN2 DIR ... -o OUTDIR/` transcodes each input into OUTDIR, a folder's files with
-their sub-folders mirrored. A file that fails is reported and the queue goes on; an output that
+their sub-folders mirrored; the next file starts while the last one's tail is still encoding. A file that fails is reported and the queue goes on; an output that
 exists is a finished file (the boss renames an output into place only once it passed its
 checks), so running the same command again resumes the queue: finished files are skipped, and
 an interrupted one resumes from its work directory.
@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from client.job import JobHandle, transcode
 from common.errors import TranscoderError, UsageError
 
 if TYPE_CHECKING:
@@ -43,6 +45,11 @@ class Outcome:
     seconds: float = 0.0
     detail: str = ""
     frames: int = 0
+    # when, in seconds from the queue's start: the file's job began, its first chunk went out,
+    # it ended (the next file's first chunks go out before the last one ends)
+    began: float | None = None
+    first_out: float | None = None
+    ended: float | None = None
 
 
 def is_queue(inputs: list[Path], output: Path | None) -> bool:
@@ -91,12 +98,30 @@ def plan(inputs: Iterable[Path], outdir: Path, suffix: str, *, recursive: bool, 
     return entries
 
 
+MAX_AT_ONCE = 2        # the file in its tail and the next one
+QUEUE_POLL = 0.2       # seconds between looks at the running jobs
+STOP_WAIT = 30.0       # after Ctrl-C, how long a stopped job may take to end
+
+
+@dataclass
+class Running:
+    """A file being transcoded in a thread of its own."""
+    number: int
+    entry: Entry
+    handle: JobHandle
+    queue_start: float
+    thread: threading.Thread | None = None
+    outcome: Outcome | None = None
+
+
 def run_queue(cfg: BossConfig, entries: list[Entry]) -> int:
-    """Each entry as a job of its own with the same settings; 0 if every file is done or was
-    already, 1 if any failed."""
-    from client.job import transcode          # the job stage; imported here so `plan` stays light
+    """Each entry as a job of its own with the same settings. The next file starts as soon as
+    the running one has handed out its last chunk: while its tail is encoded, checked and
+    joined, the workers it leaves idle take the next file's first chunks (a worker's sessions
+    with both jobs share its slots). Returns 0 if every file is done or was already, 1 if any
+    failed."""
     from client.local import LocalCluster
-    outcomes: list[Outcome] = []
+    outcomes: dict[int, Outcome] = {}
     cluster = None
     if cfg.local:         # one set of local workers for the whole queue, not one per file
         log.info("starting a local tracker and %d worker%s", cfg.local, "s" if cfg.local > 1 else "")
@@ -104,41 +129,80 @@ def run_queue(cfg: BossConfig, entries: list[Entry]) -> int:
         cfg = dataclasses.replace(cfg, local=0, tracker=cluster.addr, user=cluster.boss_user,
                                   password=cluster.password)
     log.info("queue: %d file%s -> %s", len(entries), "s" if len(entries) > 1 else "", cfg.output)
+    todo = list(enumerate(entries, 1))
+    queue_start = time.monotonic()
+    running: list[Running] = []
     try:
-        for n, entry in enumerate(entries, 1):
-            tag = f"[{n}/{len(entries)}] {entry.source}"
-            if entry.output.exists() and not cfg.overwrite:
-                outcomes.append(Outcome(entry, "skipped", detail="exists (-y to transcode it again)"))
-                log.info("%s: %s exists, skipped", tag, entry.output)
-                continue
-            started = time.monotonic()
-            try:
-                entry.output.parent.mkdir(parents=True, exist_ok=True)
+        while todo or running:
+            for r in [r for r in running if r.thread is not None and not r.thread.is_alive()]:
+                running.remove(r)
+                outcomes[r.number] = _told(r, len(entries))
+            # the next file: when nothing runs, or the newest job has only its tail left
+            if todo and (not running or (len(running) < MAX_AT_ONCE and running[-1].handle.all_out())):
+                number, entry = todo.pop(0)
+                if entry.output.exists() and not cfg.overwrite:
+                    outcomes[number] = Outcome(entry, "skipped", detail="exists (-y to transcode it again)")
+                    log.info("[%d/%d] %s: %s exists, skipped", number, len(entries), entry.source, entry.output)
+                    continue
+                r = Running(number, entry, JobHandle(), queue_start)
+                # one progress bar at a time: a job started beside another runs without one
                 one = dataclasses.replace(cfg, input=entry.source, output=entry.output, work_dir=entry.work_dir,
-                                          report=None)
-                summary = transcode(one)
-            except OSError as exc:
-                outcomes.append(Outcome(entry, "failed", time.monotonic() - started, exc.strerror or str(exc)))
-            except TranscoderError as exc:
-                why = str(exc).removeprefix(f"{entry.source}: ")     # the table names the file already
-                outcomes.append(Outcome(entry, "failed", time.monotonic() - started, why))
-            else:
-                outcomes.append(Outcome(entry, "done", summary["seconds"], frames=summary["frames"]))
-            last = outcomes[-1]
-            if last.status == "done":
-                log.info("%s: done -> %s (%d frames, %.1fs)", tag, entry.output, last.frames, last.seconds)
-            else:
-                log.error("%s: failed: %s", tag, last.detail)
+                                          report=None, bars=cfg.bars and not running)
+                r.thread = threading.Thread(target=_transcode, args=(one, r), name=f"file-{number}", daemon=True)
+                running.append(r)
+                r.thread.start()
+                continue
+            time.sleep(QUEUE_POLL)
     except KeyboardInterrupt:
-        print_table(outcomes, len(entries))
+        for r in running:
+            r.handle.stop("interrupted by the user")
+        for r in running:
+            assert r.thread is not None
+            r.thread.join(STOP_WAIT)
+            outcomes[r.number] = r.outcome or Outcome(r.entry, "failed", detail="interrupted by the user")
+        print_table([outcomes[n] for n in sorted(outcomes)], len(entries))
         log.warning("interrupted: run the same command again to go on (finished files are skipped)")
         raise
     finally:
         if cluster is not None:
             cluster.close()
-    print_table(outcomes, len(entries))
-    write_report(cfg.report, outcomes)
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    done = [outcomes[n] for n in sorted(outcomes)]
+    print_table(done, len(entries))
+    write_report(cfg.report, done)
+    return 1 if any(o.status == "failed" for o in done) else 0
+
+
+def _transcode(cfg: BossConfig, r: Running) -> None:
+    """One file, in its own thread: its outcome, whatever happens."""
+    started = time.monotonic()
+    try:
+        cfg.output.parent.mkdir(parents=True, exist_ok=True)
+        summary = transcode(cfg, r.handle)
+    except OSError as exc:
+        r.outcome = Outcome(r.entry, "failed", time.monotonic() - started, exc.strerror or str(exc))
+    except TranscoderError as exc:
+        why = str(exc).removeprefix(f"{r.entry.source}: ")     # the table names the file already
+        r.outcome = Outcome(r.entry, "failed", time.monotonic() - started, why)
+    except Exception as exc:          # noqa: BLE001 - a bug in one file's job must not stop the queue
+        log.exception("%s: internal error", r.entry.source)
+        r.outcome = Outcome(r.entry, "failed", time.monotonic() - started, f"internal error: {exc}")
+    else:
+        out = summary["timeline"]["first_assigned"]
+        r.outcome = Outcome(r.entry, "done", summary["seconds"], frames=summary["frames"],
+                            first_out=None if out is None else round(started - r.queue_start + out, 3))
+    r.outcome.began = round(started - r.queue_start, 3)
+    r.outcome.ended = round(time.monotonic() - r.queue_start, 3)
+
+
+def _told(r: Running, total: int) -> Outcome:
+    """The finished file's outcome, said in one line."""
+    o = r.outcome or Outcome(r.entry, "failed", detail="ended without a result")
+    tag = f"[{r.number}/{total}] {r.entry.source}"
+    if o.status == "done":
+        log.info("%s: done -> %s (%d frames, %.1fs)", tag, o.entry.output, o.frames, o.seconds)
+    else:
+        log.error("%s: failed: %s", tag, o.detail)
+    return o
 
 
 def print_table(outcomes: list[Outcome], total: int) -> None:
@@ -156,7 +220,8 @@ def write_report(path: Path | None, outcomes: list[Outcome]) -> None:
     if path is None:
         return
     rows: list[dict[str, Any]] = [{"input": str(o.entry.source), "output": str(o.entry.output), "status": o.status,
-                                   "seconds": round(o.seconds, 3), "frames": o.frames, "detail": o.detail}
+                                   "seconds": round(o.seconds, 3), "frames": o.frames, "detail": o.detail,
+                                   "began": o.began, "first_chunk_out": o.first_out, "ended": o.ended}
                                   for o in outcomes]
     try:
         path.write_text(json.dumps({"files": rows}, indent=2) + "\n", encoding="utf-8")

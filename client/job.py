@@ -82,12 +82,29 @@ class Phases:
         self.last_result = self.since_start()
 
 
+class JobHandle:
+    """How a queue (client/batch.py) watches a job running in a thread of its own and stops it."""
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self.stopped: str | None = None
+
+    def all_out(self) -> bool:
+        job = self.job
+        return job is not None and job.scheduler is not None and job.scheduler.all_out()
+
+    def stop(self, reason: str) -> None:
+        self.stopped = reason
+        if self.job is not None:
+            self.job.abort(reason)
+
+
 def run_boss(cfg: BossConfig) -> int:
     transcode(cfg)
     return 0
 
 
-def transcode(cfg: BossConfig) -> dict[str, Any]:
+def transcode(cfg: BossConfig, handle: JobHandle | None = None) -> dict[str, Any]:
     """Check the output path, probe the input, run the job; the work directory is removed on
     success and kept (to resume) on failure once the split is done. Returns the job's summary."""
     container = media.container_for(cfg.output)
@@ -99,7 +116,7 @@ def transcode(cfg: BossConfig) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, settings=settings_for_input(cfg, info))
     check_tuning(cfg, info)
     with output_lock(cfg):
-        return _run_locked(cfg, info, container, phases)
+        return _run_locked(cfg, info, container, phases, handle or JobHandle())
 
 
 @contextlib.contextmanager
@@ -127,7 +144,7 @@ def output_lock(cfg: BossConfig) -> Iterator[None]:
 
 
 def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Container,
-                phases: Phases) -> dict[str, Any]:
+                phases: Phases, handle: JobHandle) -> dict[str, Any]:
     work = prepare_work_dir(cfg)
     cluster = None
     ok = False
@@ -146,6 +163,9 @@ def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Contain
                                 known=cfg.tls.known)
         tracker.connect()
         job = Job(cfg, info, container, work, tracker, phases)
+        handle.job = job
+        if handle.stopped:
+            raise TranscoderError(handle.stopped)
         job.run()
         ok = True
         return job.summary
@@ -276,6 +296,8 @@ class Job:
         self.border_lock = threading.Lock()
         self.border_checked = False      # two adjacent chunks decoded across their border
         self.summary: dict[str, Any] = {}    # what print_summary prints, once the output is written
+        self.scheduler: Scheduler | None = None
+        self.stopped: str | None = None        # abort()'s reason
 
     def run(self) -> int:
         cfg, info = self.cfg, self.info
@@ -290,8 +312,11 @@ class Job:
                 raise TranscoderError(f"no live workers with {cfg.settings.vcodec} on tracker {self.tracker.where}")
             audio = AudioJob(cfg.tools, info.path, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
             scheduler, splitting = self.plan(len(offers), then=audio.start)
+            self.scheduler = scheduler
+            if self.stopped:
+                scheduler.abort(self.stopped)
             with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier, \
-                    ffmpeg.children_killed_on_error():
+                    ffmpeg.children_killed_on_error(self.work):
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, report=self.report,
                                       on_result=lambda *a: verifier.submit(self.guarded_accept, *a),
@@ -306,6 +331,8 @@ class Job:
                         self.wait(scheduler)
             if splitting is not None:
                 splitting.join()
+            if self.stopped:
+                raise TranscoderError(self.stopped)      # not the killed split's own error
             if self.split_error is not None:
                 raise self.split_error
             chunks = scheduler.chunks
@@ -345,6 +372,14 @@ class Job:
                 self.tracker.job_end(self.id, status, detail=detail[:500] or None, frames=info.shown_frames,
                                      seconds=self.phases.since_start())
             self.tracker.close()
+
+    def abort(self, reason: str) -> None:
+        """Stop from another thread (a queue interrupted): the job fails with `reason`, its work
+        kept to resume, its ffmpeg children ended."""
+        self.stopped = reason
+        if self.scheduler is not None:
+            self.scheduler.abort(reason)
+        ffmpeg.kill_children(self.work)
 
     def report(self, event: Event, **fields: Any) -> None:
         if self.reporter is not None:

@@ -289,6 +289,12 @@ class Scheduler:
             self.finished.set()
             self._cond.notify_all()
 
+    def all_out(self) -> bool:
+        """Every chunk is known and none waits to be handed out: what is left is the tail (the
+        last encodes, their checks, the join), when a queue's next file may start."""
+        with self._cond:
+            return self.complete and not any(c.state is ChunkState.PENDING for c in self.chunks)
+
     def counts(self) -> tuple[int, int]:
         """(chunks done, frames done including work in progress)."""
         with self._cond:

@@ -150,22 +150,28 @@ def _tracked(proc: subprocess.Popen) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def children_killed_on_error() -> Iterator[None]:
+def children_killed_on_error(scope: Path | None = None) -> Iterator[None]:
     """If the block ends by an exception (Ctrl-C, SIGTERM, a failed job), kill every child first:
-    threads waiting on them (checks in a pool) then return at once instead of holding it up."""
+    threads waiting on them (checks in a pool) then return at once instead of holding it up.
+    scope: a failed job kills only the children working on files under it (its work directory:
+    another job of the same queue goes on); Ctrl-C and SIGTERM still end them all."""
     try:
         yield
-    except BaseException:
+    except (KeyboardInterrupt, SystemExit):
         kill_children()
+        raise
+    except BaseException:
+        kill_children(scope)
         raise
 
 
-def kill_children() -> None:
-    """Kill every ffmpeg/ffprobe child still running, whichever thread waits on it: on Ctrl-C or
-    SIGTERM a check running in a pool thread must not hold the exit up (each waiting thread then
-    sees its child fail)."""
+def kill_children(scope: Path | None = None) -> None:
+    """Kill every ffmpeg/ffprobe child still running (or those with a file under `scope` among
+    their arguments), whichever thread waits on it: on Ctrl-C or SIGTERM a check running in a pool
+    thread must not hold the exit up (each waiting thread then sees its child fail)."""
+    mark = None if scope is None else input_path(scope) + "/"
     with _live_lock:
-        procs = list(_live)
+        procs = [p for p in _live if mark is None or any(str(a).startswith(mark) for a in p.args)]
     for proc in procs:
         with contextlib.suppress(OSError):
             proc.kill()

@@ -9,7 +9,8 @@ from tests.conftest import assert_same_media, run_cli
 
 
 def queue(cluster, *args: str, timeout: float = 400):
-    return run_cli("client/boss.py", *args, "--tracker", cluster.addr, "--user", "b", "--preset", "ultrafast",
+    preset = [] if "--preset" in args else ["--preset", "ultrafast"]
+    return run_cli("client/boss.py", *args, "--tracker", cluster.addr, "--user", "b", *preset,
                    *cluster.pin(args), timeout=timeout)
 
 
@@ -75,3 +76,22 @@ def test_queue_mistakes_are_one_line_before_any_work(cluster, clips, tmp_path):
     for done in (clash, missing, not_dir, as_file, nothing):
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3, done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_next_file_starts_while_the_last_ones_tail_is_encoded(cluster, clips, tmp_path):
+    # five 4 s chunks on two workers: the last round is one chunk, and the worker without one
+    # takes the next file's first chunks instead of idling
+    for _ in range(2):
+        cluster.start_worker()
+    report = tmp_path / "queue.json"
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    shutil.copy(clips["mid20.mp4"], first)
+    shutil.copy(clips["small.mp4"], second)
+    done = queue(cluster, str(first), str(second), "-o", str(tmp_path / "out"), "--chunk-seconds", "4",
+                 "--preset", "medium", "--report", str(report))
+    assert done.returncode == 0, done.stderr
+    a, b = json.loads(report.read_text())["files"]
+    assert (a["status"], b["status"]) == ("done", "done")
+    assert b["first_chunk_out"] < a["ended"], (a, b)
+    assert_same_media(first, tmp_path / "out" / "a.mp4")
+    assert_same_media(second, tmp_path / "out" / "b.mp4")

@@ -54,6 +54,34 @@ def test_kill_children_ends_a_child_another_thread_waits_on(streaming):
     assert isinstance(outcome[0], FFmpegError)
 
 
+def test_a_failed_job_kills_only_its_own_children(tmp_path):
+    """Two jobs of a queue run at once: one failing must not kill the other's ffmpeg; Ctrl-C ends both."""
+    mine, theirs = tmp_path / "a.ffdt-work", tmp_path / "b.ffdt-work"
+    outcome: dict[str, BaseException | str] = {}
+
+    def child(name: str, work: Path) -> None:
+        try:   # the child names a file of the work dir among its arguments, as ffmpeg does
+            ffmpeg.run(["sh", "-c", "exec sleep 60", "sh", ffmpeg.input_path(work / "piece_00000.mkv")], timeout=120)
+            outcome[name] = "finished"
+        except FFmpegError as exc:
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=child, args=(n, w)) for n, w in (("mine", mine), ("theirs", theirs))]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    with pytest.raises(RuntimeError):
+        with ffmpeg.children_killed_on_error(mine):
+            raise RuntimeError("this job failed")
+    threads[0].join(10)
+    assert isinstance(outcome.get("mine"), FFmpegError) and threads[1].is_alive()
+    with pytest.raises(KeyboardInterrupt):
+        with ffmpeg.children_killed_on_error(mine):
+            raise KeyboardInterrupt
+    threads[1].join(10)
+    assert isinstance(outcome.get("theirs"), FFmpegError)
+
+
 def test_a_child_past_its_deadline_is_killed():
     started = time.monotonic()
     with pytest.raises(FFmpegError, match="no result after 0.5s"):
