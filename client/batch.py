@@ -41,7 +41,7 @@ class Entry:
 @dataclass
 class Outcome:
     entry: Entry
-    status: str                 # done, skipped, failed
+    status: str                 # done, skipped, failed, interrupted
     seconds: float = 0.0
     detail: str = ""
     frames: int = 0
@@ -159,7 +159,7 @@ def run_queue(cfg: BossConfig, entries: list[Entry]) -> int:
         for r in running:
             assert r.thread is not None
             r.thread.join(STOP_WAIT)
-            outcomes[r.number] = r.outcome or Outcome(r.entry, "failed", detail="interrupted by the user")
+            outcomes[r.number] = r.outcome or Outcome(r.entry, "interrupted", detail="interrupted by the user")
         print_table([outcomes[n] for n in sorted(outcomes)], len(entries))
         log.warning("interrupted: run the same command again to go on (finished files are skipped)")
         raise
@@ -182,7 +182,8 @@ def _transcode(cfg: BossConfig, r: Running) -> None:
         r.outcome = Outcome(r.entry, "failed", time.monotonic() - started, exc.strerror or str(exc))
     except TranscoderError as exc:
         why = str(exc).removeprefix(f"{r.entry.source}: ")     # the table names the file already
-        r.outcome = Outcome(r.entry, "failed", time.monotonic() - started, why)
+        r.outcome = Outcome(r.entry, "interrupted" if r.handle.stopped else "failed", time.monotonic() - started,
+                            why)
     except Exception as exc:          # noqa: BLE001 - a bug in one file's job must not stop the queue
         log.exception("%s: internal error", r.entry.source)
         r.outcome = Outcome(r.entry, "failed", time.monotonic() - started, f"internal error: {exc}")
@@ -207,13 +208,14 @@ def _told(r: Running, total: int) -> Outcome:
 
 def print_table(outcomes: list[Outcome], total: int) -> None:
     width = max((len(str(o.entry.source)) for o in outcomes), default=4)
-    log.info("%-*s  %-7s  %8s  %7s  %s", width, "file", "status", "seconds", "frames", "output / reason")
+    log.info("%-*s  %-11s  %8s  %7s  %s", width, "file", "status", "seconds", "frames", "output / reason")
     for o in outcomes:
-        log.info("%-*s  %-7s  %8.1f  %7d  %s", width, o.entry.source, o.status, o.seconds, o.frames,
+        log.info("%-*s  %-11s  %8.1f  %7d  %s", width, o.entry.source, o.status, o.seconds, o.frames,
                  o.entry.output if o.status == "done" else o.detail)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    log.info("queue: %d done, %d skipped (already there), %d failed, %d not reached", counts["done"],
-             counts["skipped"], counts["failed"], total - len(outcomes))
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "interrupted")}
+    log.info("queue: %d done, %d skipped (already there), %d failed, %d not reached%s", counts["done"],
+             counts["skipped"], counts["failed"], total - len(outcomes),
+             f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
 
 
 def write_report(path: Path | None, outcomes: list[Outcome]) -> None:

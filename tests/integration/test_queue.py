@@ -3,9 +3,13 @@ stopping the rest, and the same command again resuming the queue."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
 
-from tests.conftest import assert_same_media, run_cli
+from tests.conftest import ROOT, assert_same_media, audit_events, env, poll_for, run_cli
 
 
 def queue(cluster, *args: str, timeout: float = 400):
@@ -95,3 +99,27 @@ def test_the_next_file_starts_while_the_last_ones_tail_is_encoded(cluster, clips
     assert b["first_chunk_out"] < a["ended"], (a, b)
     assert_same_media(first, tmp_path / "out" / "a.mp4")
     assert_same_media(second, tmp_path / "out" / "b.mp4")
+
+
+def test_a_stopped_queue_keeps_its_work_and_the_same_command_finishes_it(cluster, clips, tmp_path):
+    cluster.start_worker()
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    shutil.copy(clips["mid20.mp4"], first)
+    shutil.copy(clips["small.mp4"], second)
+    out = tmp_path / "out"
+    args = [str(first), str(second), "-o", str(out), "--chunk-seconds", "4", "--preset", "medium"]
+    boss = subprocess.Popen([sys.executable, str(ROOT / "client/boss.py"), *args, "--tracker", cluster.addr,
+                             "--user", "b", *cluster.pin(())], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env())
+    poll_for(lambda: [e for e in audit_events(cluster.data) if e["event"] == "chunk_done"], 120, "a first chunk done")
+    boss.send_signal(signal.SIGTERM)              # as `kill` or systemd stops it: the Ctrl-C path
+    _, err = boss.communicate(timeout=60)
+    assert boss.returncode == 130, err
+    assert "a.mp4  interrupted" in err and "run the same command again to go on" in err
+    assert (out / ".a.mp4.ffdt-work" / "state.json").exists() and not (out / "a.mp4").exists()
+    again = queue(cluster, *args)
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"resuming: [1-4] of 5 chunks already done", again.stderr), again.stderr
+    assert "queue: 2 done, 0 skipped (already there), 0 failed" in again.stderr
+    assert_same_media(first, out / "a.mp4")
+    assert_same_media(second, out / "b.mp4")
