@@ -534,21 +534,30 @@ def capabilities(tools: Tools) -> tuple[str, list[str]]:
 def working_encoders(tools: Tools, listed: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Which of our encoders (common/encoders.py) this build lists and can open here: each
     encodes one small frame (a build with NVENC on a machine with no NVIDIA GPU lists it, and
-    fails at the first frame). Returns (the working ones, {the failing ones: ffmpeg's reason})."""
+    fails at the first frame). Returns (the working ones, {the failing ones: ffmpeg's reason}).
+    The software encoders are tried together in one ffmpeg run (one process start for all; each
+    on its own only if that fails), the hardware ones each on its own, at the same time."""
     wanted = [name for name in ENCODERS if name in set(listed)]
+    software = [n for n in wanted if not ENCODERS[n].hardware]
 
-    def opens(name: str) -> str:
-        e = ENCODERS[name]
+    def opens(names: Sequence[str]) -> str:
         cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
-               "color=c=gray:s=256x144:r=25", "-frames:v", "1", "-c:v", name, *e.always, "-f", "null", "-"]
+               "color=c=gray:s=256x144:r=25"]
+        for name in names:
+            cmd += ["-map", "0:v", "-frames:v", "1", "-c:v", name, *ENCODERS[name].always, "-f", "null", "-"]
         try:
             run(cmd, timeout=ENCODER_TEST_TIMEOUT)
             return ""
         except FFmpegError as exc:
             return encoder_complaint(exc)
 
+    together = len(software) > 1
+    groups = ([software] if together else []) + [[n] for n in wanted if n not in software or not together]
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="encoder-test") as pool:
-        reasons = dict(zip(wanted, pool.map(opens, wanted)))
+        found = dict(zip(map(tuple, groups), pool.map(opens, groups)))
+        if together and found[tuple(software)]:          # one of them does not open: which?
+            found.update(zip(((n,) for n in software), pool.map(opens, [[n] for n in software])))
+    reasons = {n: found.get((n,), "") for n in wanted}
     return [n for n in wanted if not reasons[n]], {n: why for n, why in reasons.items() if why}
 
 
