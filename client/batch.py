@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from client.job import JobHandle, transcode
-from common.errors import TranscoderError, UsageError
+from ffdt.client.job import JobHandle, transcode
+from ffdt.common.errors import TranscoderError, UsageError
 
 if TYPE_CHECKING:
-    from client.boss import BossConfig
+    from ffdt.client.boss import BossConfig
 
 log = logging.getLogger("boss")
 
@@ -120,7 +120,7 @@ def run_queue(cfg: BossConfig, entries: list[Entry]) -> int:
     joined, the workers it leaves idle take the next file's first chunks (a worker's sessions
     with both jobs share its slots). Returns 0 if every file is done or was already, 1 if any
     failed."""
-    from client.local import LocalCluster
+    from ffdt.client.local import LocalCluster
     outcomes: dict[int, Outcome] = {}
     cluster = None
     if cfg.local:         # one set of local workers for the whole queue, not one per file

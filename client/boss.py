@@ -15,24 +15,24 @@ from pathlib import Path
 
 if __package__ in (None, ""):      # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from common import environment
+    from ffdt.common import environment
     environment.ensure("ffdt-boss")      # any python3: the checkout's .venv, or one line on what to run
 
-from client import batch, media
-from client.batch import VIDEO_EXTENSIONS
-from client.streams import StreamOptions
-from client.job import run_boss
-from client.progress import bars_wanted
-from common import ffmpeg
-from common.tls import ClientTls
-from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
+from ffdt.client import batch, media
+from ffdt.client.batch import VIDEO_EXTENSIONS
+from ffdt.client.streams import StreamOptions
+from ffdt.client.job import run_boss
+from ffdt.client.progress import bars_wanted
+from ffdt.common import ffmpeg
+from ffdt.common.tls import ClientTls
+from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
                         add_password_option, add_tls_client_options, client_tls, read_password, run_main,
                         setup_logging)
-from common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
-from common.errors import UsageError
-from common.net import parse_host_port
-from common.encoders import ENCODERS
-from common.settings import Settings, parse_codec_params, parse_rate, parse_scale, whole
+from ffdt.common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
+from ffdt.common.errors import UsageError
+from ffdt.common.net import parse_host_port
+from ffdt.common.encoders import ENCODERS
+from ffdt.common.settings import Settings, parse_codec_params, parse_rate, parse_scale, whole
 
 log = logging.getLogger("boss")
 

@@ -11,12 +11,12 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from client import media
-from client.scheduler import Chunk
-from common import ffmpeg, mkv
-from common.config import CHECK_FIXED_SECONDS, CHECK_SECONDS_PER_FRAME
-from common.errors import ChunkError, FFmpegError, TranscoderError
-from common.settings import Settings
+from ffdt.client import media
+from ffdt.client.scheduler import Chunk
+from ffdt.common import ffmpeg, mkv
+from ffdt.common.config import CHECK_FIXED_SECONDS, CHECK_SECONDS_PER_FRAME
+from ffdt.common.errors import ChunkError, FFmpegError, TranscoderError
+from ffdt.common.settings import Settings
 
 log = logging.getLogger("boss")
 

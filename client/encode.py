@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from client import faults
-from common import ffmpeg
-from common.config import FFMPEG_CHUNK_TIMEOUT
-from common.errors import FFmpegError
-from common.settings import Settings
-from common.transfer import sha256_file
+from ffdt.client import faults
+from ffdt.common import ffmpeg
+from ffdt.common.config import FFMPEG_CHUNK_TIMEOUT
+from ffdt.common.errors import FFmpegError
+from ffdt.common.settings import Settings
+from ffdt.common.transfer import sha256_file
 
 log = logging.getLogger("worker")
 

@@ -26,7 +26,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from common import ffmpeg
+from ffdt.common import ffmpeg
 
 ACTIVE = frozenset(filter(None, os.environ.get("FFDT_TEST_FAULTS", "").split(",")))
 _RELEASE = os.environ.get("FFDT_TEST_RELEASE", "")

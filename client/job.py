@@ -23,25 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from client import checks, media
-from client.join import AudioJob, join
-from client.jobstate import Identity, JobState
-from client.link import JobContext, WorkerLink, WorkerOffer
-from client.progress import BossBar
-from client.reporter import EventReporter
-from client.scheduler import Chunk, ChunkState, Scheduler
-from client.split import Splitter
-from client.tracker_client import TrackerClient
-from common import ffmpeg, tls
-from common.audit_events import Event
-from common.encoders import ENCODERS
-from common.config import MAX_REASON, MAX_WORKERS_PER_REQUEST
-from common.errors import ChunkError, FFmpegError, ProtocolError, TranscoderError, UsageError
-from common.protocol import Role
-from common.settings import Settings
+from ffdt.client import checks, media
+from ffdt.client.join import AudioJob, join
+from ffdt.client.jobstate import Identity, JobState
+from ffdt.client.link import JobContext, WorkerLink, WorkerOffer
+from ffdt.client.progress import BossBar
+from ffdt.client.reporter import EventReporter
+from ffdt.client.scheduler import Chunk, ChunkState, Scheduler
+from ffdt.client.split import Splitter
+from ffdt.client.tracker_client import TrackerClient
+from ffdt.common import ffmpeg, tls
+from ffdt.common.audit_events import Event
+from ffdt.common.encoders import ENCODERS
+from ffdt.common.config import MAX_REASON, MAX_WORKERS_PER_REQUEST
+from ffdt.common.errors import ChunkError, FFmpegError, ProtocolError, TranscoderError, UsageError
+from ffdt.common.protocol import Role
+from ffdt.common.settings import Settings
 
 if TYPE_CHECKING:
-    from client.boss import BossConfig
+    from ffdt.client.boss import BossConfig
 
 log = logging.getLogger("boss")
 
@@ -154,7 +154,7 @@ def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Contain
                 info = media.chosen_copy(cfg.tools, info, work / SOURCE_COPY)
         tracker_addr, user, password = cfg.tracker, cfg.user, cfg.password
         if cfg.local:
-            from client.local import LocalCluster
+            from ffdt.client.local import LocalCluster
             log.info("starting a local tracker and %d worker%s", cfg.local, "s" if cfg.local > 1 else "")
             cluster = LocalCluster(cfg.local, cfg.ffmpeg_args)
             tracker_addr, user, password = cluster.addr, cluster.boss_user, cluster.password

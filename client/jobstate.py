@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.scheduler import Chunk, ChunkState, Manifest
-from common.transfer import sha256_file
+from ffdt.client.scheduler import Chunk, ChunkState, Manifest
+from ffdt.common.transfer import sha256_file
 
 log = logging.getLogger("boss")
 

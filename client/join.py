@@ -8,12 +8,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from client import checks, media
-from client import streams as choice_of
-from client.scheduler import Chunk
-from common import ffmpeg
-from common.errors import FFmpegError, TranscoderError
-from common.settings import Settings
+from ffdt.client import checks, media
+from ffdt.client import streams as choice_of
+from ffdt.client.scheduler import Chunk
+from ffdt.common import ffmpeg
+from ffdt.common.errors import FFmpegError, TranscoderError
+from ffdt.common.settings import Settings
 
 log = logging.getLogger("boss")
 

@@ -15,14 +15,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-from common.config import WORKER_SILENCE_TIMEOUT
-from common.ffmpeg import die_with_parent
-from common.errors import TranscoderError
-from tracker.audit import AuditLog
-from tracker.auth import create_user, load_secret
-from tracker.server import TrackerContext, TrackerServer
-from tracker.state import TrackerState
-from tracker.store import Store
+from ffdt.common.config import WORKER_SILENCE_TIMEOUT
+from ffdt.common.ffmpeg import die_with_parent
+from ffdt.common.errors import TranscoderError
+from ffdt.tracker.audit import AuditLog
+from ffdt.tracker.auth import create_user, load_secret
+from ffdt.tracker.server import TrackerContext, TrackerServer
+from ffdt.tracker.state import TrackerState
+from ffdt.tracker.store import Store
 
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
 LOCAL_ITERATIONS = 4096      # throwaway credentials that never leave this machine

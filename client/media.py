@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client import streams as choice_of
-from common import ffmpeg
-from common.config import FFMPEG_PROBE_TIMEOUT
-from common.errors import FFmpegError, UsageError
+from ffdt.client import streams as choice_of
+from ffdt.common import ffmpeg
+from ffdt.common.config import FFMPEG_PROBE_TIMEOUT
+from ffdt.common.errors import FFmpegError, UsageError
 
 log = logging.getLogger(__name__)
 

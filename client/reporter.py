@@ -11,12 +11,12 @@ import queue
 import threading
 from typing import Any
 
-from client.tracker_client import TrackerClient
-from common.audit_events import PEER_EVENTS, Event
-from common.config import HEARTBEAT_INTERVAL, REPORT_BACKOFF_CAP, REPORT_BACKOFF_FIRST
-from common.errors import AuthError, RequestRejected, TranscoderError
-from common.net import Backoff
-from common.protocol import Msg
+from ffdt.client.tracker_client import TrackerClient
+from ffdt.common.audit_events import PEER_EVENTS, Event
+from ffdt.common.config import HEARTBEAT_INTERVAL, REPORT_BACKOFF_CAP, REPORT_BACKOFF_FIRST
+from ffdt.common.errors import AuthError, RequestRejected, TranscoderError
+from ffdt.common.net import Backoff
+from ffdt.common.protocol import Msg
 
 log = logging.getLogger("boss")
 

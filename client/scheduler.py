@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from common.config import MAX_ATTEMPTS
+from ffdt.common.config import MAX_ATTEMPTS
 
 
 class ChunkState(enum.Enum):

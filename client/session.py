@@ -20,28 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from client import faults
-from client.encode import Assignment, encode
-from client.progress import WorkerBar
-from client.reporter import EventReporter
-from client.tracker_client import TrackerClient
-from common import auth, ffmpeg
-from common.audit_events import Event
-from common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
+from ffdt.client import faults
+from ffdt.client.encode import Assignment, encode
+from ffdt.client.progress import WorkerBar
+from ffdt.client.reporter import EventReporter
+from ffdt.client.tracker_client import TrackerClient
+from ffdt.common import auth, ffmpeg
+from ffdt.common.audit_events import Event
+from ffdt.common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
                            MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON, PROGRESS_INTERVAL, RECONNECT_BACKOFF_CAP,
                            RECONNECT_BACKOFF_FIRST, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
-from common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
+from ffdt.common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
                            RequestRejected, TranscoderError, TransferError, UsageError)
-from common.net import Backoff, Deadline, enable_keepalive
-from common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
+from ffdt.common.net import Backoff, Deadline, enable_keepalive
+from ffdt.common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
                              server_hello)
-from common.encoders import ENCODERS
-from common.settings import Settings
-from common.tls import wrap_server
-from common.transfer import recv_file, send_file
+from ffdt.common.encoders import ENCODERS
+from ffdt.common.settings import Settings
+from ffdt.common.tls import wrap_server
+from ffdt.common.transfer import recv_file, send_file
 
 if TYPE_CHECKING:
-    from client.worker import WorkerConfig
+    from ffdt.client.worker import WorkerConfig
 
 log = logging.getLogger("worker")
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from client import media
-from client.scheduler import Chunk, Manifest
-from common import ffmpeg, mkv
-from common.config import FFMPEG_TOOL_TIMEOUT
-from common.errors import FFmpegError, TranscoderError
-from common.settings import Settings
-from common.transfer import sha256_file
+from ffdt.client import media
+from ffdt.client.scheduler import Chunk, Manifest
+from ffdt.common import ffmpeg, mkv
+from ffdt.common.config import FFMPEG_TOOL_TIMEOUT
+from ffdt.common.errors import FFmpegError, TranscoderError
+from ffdt.common.settings import Settings
+from ffdt.common.transfer import sha256_file
 
 log = logging.getLogger("boss")
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import UsageError
+from ffdt.common.errors import UsageError
 
 log = logging.getLogger(__name__)
 

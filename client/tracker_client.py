@@ -11,13 +11,13 @@ import ssl
 import threading
 from typing import Any
 
-from common import auth
-from common.config import CONNECT_DEADLINE
-from common.errors import ConnectionClosed, PeerUnreachable, ProtocolError
-from common.net import connect
-from common.protocol import Msg, Role, client_hello, field, request
-from common.settings import Settings
-from common.tls import KnownTrackers, peer_fingerprint
+from ffdt.common import auth
+from ffdt.common.config import CONNECT_DEADLINE
+from ffdt.common.errors import ConnectionClosed, PeerUnreachable, ProtocolError
+from ffdt.common.net import connect
+from ffdt.common.protocol import Msg, Role, client_hello, field, request
+from ffdt.common.settings import Settings
+from ffdt.common.tls import KnownTrackers, peer_fingerprint
 
 log = logging.getLogger(__name__)
 

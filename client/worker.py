@@ -20,19 +20,19 @@ from typing import Any
 
 if __package__ in (None, ""):      # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from common import environment
+    from ffdt.common import environment
     environment.ensure("ffdt-worker")      # any python3: the checkout's .venv, or one line on what to run
 
-from client.progress import bars_wanted
-from client.session import Worker
-from common import ffmpeg
-from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
+from ffdt.client.progress import bars_wanted
+from ffdt.client.session import Worker
+from ffdt.common import ffmpeg
+from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
                         add_password_option, add_tls_client_options, client_tls, read_password, run_main,
                         setup_logging)
-from common.config import DEFAULT_PREFETCH, MAX_SLOTS, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST
-from common.errors import ConnectionClosed, PeerUnreachable, UsageError
-from common.net import Backoff, parse_host_port
-from common.tls import ClientTls, server_identity
+from ffdt.common.config import DEFAULT_PREFETCH, MAX_SLOTS, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST
+from ffdt.common.errors import ConnectionClosed, PeerUnreachable, UsageError
+from ffdt.common.net import Backoff, parse_host_port
+from ffdt.common.tls import ClientTls, server_identity
 
 log = logging.getLogger("worker")
 

@@ -17,9 +17,9 @@ from typing import Any
 import scramp
 from scramp.utils import saslprep
 
-from common.config import SCRAM_MECHANISM, TICKET_CLOCK_SKEW
-from common.errors import AuthError, ProtocolError, RequestRejected
-from common.protocol import Msg, field, request
+from ffdt.common.config import SCRAM_MECHANISM, TICKET_CLOCK_SKEW
+from ffdt.common.errors import AuthError, ProtocolError, RequestRejected
+from ffdt.common.protocol import Msg, field, request
 
 
 MIN_ITERATIONS, MAX_ITERATIONS = 4096, 10_000_000

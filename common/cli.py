@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from common import __version__, config_file, tls
-from common.protocol import PROTOCOL_VERSION
-from common.errors import TranscoderError, UsageError
+from ffdt.common import __version__, config_file, tls
+from ffdt.common.protocol import PROTOCOL_VERSION
+from ffdt.common.errors import TranscoderError, UsageError
 
 PASSWORD_HELP = ("password: the FFDT_PASSWORD environment variable, else --password-file, else a prompt "
                  "(never on the command line)")

@@ -21,8 +21,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from common import tls
-from common.errors import UsageError
+from ffdt.common import tls
+from ffdt.common.errors import UsageError
 
 SECTIONS = ("boss", "worker", "tracker")
 # the options more than one program has: the top level may set these

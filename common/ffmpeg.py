@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from common.config import ENCODER_TEST_TIMEOUT, FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
-from common.encoders import ENCODERS
-from common.errors import FFmpegError, UsageError
-from common.settings import Settings
+from ffdt.common.config import ENCODER_TEST_TIMEOUT, FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
+from ffdt.common.encoders import ENCODERS
+from ffdt.common.errors import FFmpegError, UsageError
+from ffdt.common.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from common.errors import TranscoderError
+from ffdt.common.errors import TranscoderError
 
 # element IDs (Matroska spec), as read with their length marker
 EBML = 0x1A45DFA3

@@ -10,9 +10,9 @@ import ssl
 import threading
 import time
 
-from common.config import (CONNECT_BACKOFF_CAP, CONNECT_BACKOFF_FIRST, CONNECT_DEADLINE, CONNECT_TIMEOUT,
+from ffdt.common.config import (CONNECT_BACKOFF_CAP, CONNECT_BACKOFF_FIRST, CONNECT_DEADLINE, CONNECT_TIMEOUT,
                            IO_TIMEOUT)
-from common.errors import PeerUnreachable, UsageError
+from ffdt.common.errors import PeerUnreachable, UsageError
 
 
 def parse_host_port(text: str, default_port: int | None = None, *, any_port: bool = False) -> tuple[str, int]:
@@ -127,6 +127,6 @@ def connect(addr: tuple[str, int], *, deadline: float = CONNECT_DEADLINE,
         sock.settimeout(io_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
-            from common.tls import wrap_client
+            from ffdt.common.tls import wrap_client
             return wrap_client(sock, tls, addr[0], pin)
         return sock

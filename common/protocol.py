@@ -13,8 +13,8 @@ import socket
 import struct
 from typing import Any, Callable, TypeVar
 
-from common.config import MAX_FRAME
-from common.errors import ConnectionClosed, ProtocolError, RequestRejected
+from ffdt.common.config import MAX_FRAME
+from ffdt.common.errors import ConnectionClosed, ProtocolError, RequestRejected
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!I")

@@ -11,8 +11,8 @@ from decimal import Decimal
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.encoders import ENCODERS
-from common.errors import ProtocolError, UsageError
+from ffdt.common.encoders import ENCODERS
+from ffdt.common.errors import ProtocolError, UsageError
 
 PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le", "nv12")
 COLOR_PRIMARIES = ("bt709", "bt470m", "bt470bg", "smpte170m", "smpte240m", "film", "bt2020", "smpte428",

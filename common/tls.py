@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import PeerUnreachable, UsageError
+from ffdt.common.errors import PeerUnreachable, UsageError
 
 log = logging.getLogger(__name__)
 

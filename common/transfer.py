@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 from typing import Callable
 
-from common.errors import TransferError
+from ffdt.common.errors import TransferError
 
 BLOCK = 256 * 1024
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from common.audit_events import Event
-from tracker.store import Store
+from ffdt.common.audit_events import Event
+from ffdt.tracker.store import Store
 
 
 class Recorder(Protocol):

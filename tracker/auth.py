@@ -14,10 +14,10 @@ from pathlib import Path
 
 import scramp
 
-from common.config import SCRAM_ITERATIONS, SCRAM_MECHANISM
-from common.errors import AuthError, ProtocolError
-from common.tls import write_private
-from tracker.store import Store, UserRecord
+from ffdt.common.config import SCRAM_ITERATIONS, SCRAM_MECHANISM
+from ffdt.common.errors import AuthError, ProtocolError
+from ffdt.common.tls import write_private
+from ffdt.tracker.store import Store, UserRecord
 
 MECHANISM = scramp.ScramMechanism(SCRAM_MECHANISM)
 

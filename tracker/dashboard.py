@@ -17,12 +17,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from common.config import IO_TIMEOUT
-from common.errors import UsageError
-from tracker import farm as view
-from tracker.audit import format_event
-from tracker.state import TrackerState
-from tracker.store import Store
+from ffdt.common.config import IO_TIMEOUT
+from ffdt.common.errors import UsageError
+from ffdt.tracker import farm as view
+from ffdt.tracker.audit import format_event
+from ffdt.tracker.state import TrackerState
+from ffdt.tracker.store import Store
 
 log = logging.getLogger("tracker")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from common.encoders import ENCODERS
-from tracker.state import TrackerState
+from ffdt.common.encoders import ENCODERS
+from ffdt.tracker.state import TrackerState
 
 
 def snapshot(state: TrackerState, budget: int) -> dict[str, Any]:

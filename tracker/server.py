@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from common import auth as ticket_auth
-from common.audit_events import PEER_EVENTS, Event
-from common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_CHUNK_INDEX, MAX_FRAME, MAX_FRAMES,
+from ffdt.common import auth as ticket_auth
+from ffdt.common.audit_events import PEER_EVENTS, Event
+from ffdt.common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_CHUNK_INDEX, MAX_FRAME, MAX_FRAMES,
                            MAX_REASON, MAX_SLOTS, MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
-from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
-from common.net import Deadline
-from common.tls import FINGERPRINT, wrap_server
-from common.protocol import (Msg, Role, field as get, int_field, optional_number, recv_msg_or_reject, send_msg,
+from ffdt.common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
+from ffdt.common.net import Deadline
+from ffdt.common.tls import FINGERPRINT, wrap_server
+from ffdt.common.protocol import (Msg, Role, field as get, int_field, optional_number, recv_msg_or_reject, send_msg,
                              server_hello)
-from tracker import farm
-from tracker.audit import Recorder
-from tracker.auth import ScramLogin
-from tracker.state import TrackerState, WorkerInfo
-from tracker.throttle import LoginThrottle
-from tracker.store import Store
+from ffdt.tracker import farm
+from ffdt.tracker.audit import Recorder
+from ffdt.tracker.auth import ScramLogin
+from ffdt.tracker.state import TrackerState, WorkerInfo
+from ffdt.tracker.throttle import LoginThrottle
+from ffdt.tracker.store import Store
 
 log = logging.getLogger(__name__)
 

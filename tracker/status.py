@@ -6,10 +6,10 @@ import json
 import time
 from typing import Any
 
-from client.tracker_client import TrackerClient
-from common.protocol import Role
-from common.tls import ClientTls
-from tracker import farm as view
+from ffdt.client.tracker_client import TrackerClient
+from ffdt.common.protocol import Role
+from ffdt.common.tls import ClientTls
+from ffdt.tracker import farm as view
 
 
 def fetch(addr: tuple[str, int], user: str, password: str, tls: ClientTls) -> dict[str, Any]:

@@ -14,22 +14,22 @@ from pathlib import Path
 
 if __package__ in (None, ""):      # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from common import environment
+    from ffdt.common import environment
     environment.ensure("ffdt-tracker")      # any python3: the checkout's .venv, or one line on what to run
 
-from common.audit_events import Event
-from common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_password_option,
+from ffdt.common.audit_events import Event
+from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_password_option,
                        add_tls_client_options, client_tls, read_password, run_main, setup_logging)
-from common.config import DEFAULT_TRACKER_PORT, PEER_TTL
-from common.errors import UsageError
-from common.net import parse_host_port
-from common.tls import server_identity
-from tracker import dashboard
-from tracker.audit import AuditLog, format_event
-from tracker.auth import create_user, load_secret
-from tracker.server import MAX_CONNECTIONS, TrackerContext, TrackerServer
-from tracker.state import TrackerState
-from tracker.store import Store
+from ffdt.common.config import DEFAULT_TRACKER_PORT, PEER_TTL
+from ffdt.common.errors import UsageError
+from ffdt.common.net import parse_host_port
+from ffdt.common.tls import server_identity
+from ffdt.tracker import dashboard
+from ffdt.tracker.audit import AuditLog, format_event
+from ffdt.tracker.auth import create_user, load_secret
+from ffdt.tracker.server import MAX_CONNECTIONS, TrackerContext, TrackerServer
+from ffdt.tracker.state import TrackerState
+from ffdt.tracker.store import Store
 
 log = logging.getLogger("tracker")
 
@@ -189,7 +189,7 @@ def show_logs(args: argparse.Namespace) -> int:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    from tracker import status
+    from ffdt.tracker import status
     addr = parse_host_port(args.tracker, DEFAULT_TRACKER_PORT)
     farm = status.fetch(addr, args.user, read_password(args.password_file), client_tls(args))
     print(status.show(farm, f"{addr[0]}:{addr[1]}", as_json=args.json))

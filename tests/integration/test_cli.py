@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_boss_help_names_the_encoders_defaults():
 
 def test_a_closed_pipe_ends_quietly():
     """`tracker.py logs | head`: the reader leaving early is not an error."""
-    code = ("import sys; sys.path.insert(0, %r); from common.cli import run_main; "
+    code = ("import sys; sys.path.insert(0, %r); from ffdt.common.cli import run_main; "
             "sys.exit(run_main('t', lambda: [print('x' * 100) for _ in range(100000)] and 0))" % str(ROOT))
     done = subprocess.run(f"{sys.executable} -c \"{code}\" | head -c 10 >/dev/null; exit ${{PIPESTATUS[0]}}",
                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
@@ -101,8 +102,9 @@ def test_any_python3_finds_the_environment_or_says_what_to_run(program, tmp_path
                               timeout=60, env=env())
         assert done.returncode == 0 and "0." in done.stdout, done.stderr
     bare = tmp_path / "checkout"            # a checkout without one: one line, no traceback
-    for part in ("client", "common", "tracker"):
+    for part in ("client", "common", "tracker", "ffdt"):
         shutil.copytree(ROOT / part, bare / part, ignore=shutil.ignore_patterns("ffmpeg", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", bare)
     done = subprocess.run([python, str(bare / program), "--help"], capture_output=True, text=True, timeout=60,
                           env=env())
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -209,3 +211,22 @@ def test_a_second_boss_on_the_same_output_is_refused_at_once(cluster, clips, tmp
     _, err = first.communicate(timeout=240)
     assert first.returncode == 0, err                 # the first one was not disturbed
     assert out.exists() and not list(tmp_path.glob(".out.mp4.ffdt-*"))   # no lock or work left behind
+
+
+def test_pip_install_puts_everything_under_one_package_of_our_name(tmp_path):
+    """Installed, the code is ffdt.client, ffdt.common and ffdt.tracker (no top-level `client`
+    to clash with other projects), the three programs run, and the build leaves nothing behind."""
+    before = sorted(p.name for p in ROOT.iterdir())
+    target = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                           "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "ffdt"]
+    assert sorted(p.name for p in (target / "ffdt").iterdir() if p.name != "__pycache__") == \
+        ["__init__.py", "client", "common", "tracker"]
+    assert (target / "ffdt" / "common" / "PROTOCOL.md").is_file()
+    for prog in ("ffdt-boss", "ffdt-worker", "ffdt-tracker"):
+        ran = subprocess.run([str(target / "bin" / prog), "--version"], capture_output=True, text=True, timeout=60,
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
+        assert ran.returncode == 0 and ran.stdout.startswith(f"{prog} "), ran.stderr
+    assert sorted(p.name for p in ROOT.iterdir()) == before      # no build/, no *.egg-info

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from client.tracker_client import TrackerClient
-from common.errors import ConnectionClosed
-from common.net import connect
-from common.protocol import Msg, Role, client_hello, recv_msg, send_msg
-from common.settings import Settings
-from common.tls import pinning_context
+from ffdt.client.tracker_client import TrackerClient
+from ffdt.common.errors import ConnectionClosed
+from ffdt.common.net import connect
+from ffdt.common.protocol import Msg, Role, client_hello, recv_msg, send_msg
+from ffdt.common.settings import Settings
+from ffdt.common.tls import pinning_context
 from tests.conftest import PASSWORD, Cluster, audit_events, ffmpeg, poll_for, start_boss
 from tests.integration.test_faults import assert_bad_worker_dropped, ffmpeg_of, held_worker
 

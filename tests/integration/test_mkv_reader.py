@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from client.checks import result_packets
-from common import ffmpeg, mkv
+from ffdt.client.checks import result_packets
+from ffdt.common import ffmpeg, mkv
 
 pytestmark = pytest.mark.integration
 

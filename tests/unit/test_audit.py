@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracker.audit import AuditLog, MemoryAudit, format_event
-from tracker.store import Store
+from ffdt.tracker.audit import AuditLog, MemoryAudit, format_event
+from ffdt.tracker.store import Store
 
 T0 = 1_700_000_000.0
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import scramp
 
-from common.auth import Login, login
-from common.config import SCRAM_ITERATIONS, SCRAM_MECHANISM
-from common.errors import AuthError, ProtocolError, TranscoderError
-from common.protocol import Msg, field, recv_msg, send_msg
-from tracker.auth import ScramLogin, create_user, load_secret
-from tracker.store import Store
+from ffdt.common.auth import Login, login
+from ffdt.common.config import SCRAM_ITERATIONS, SCRAM_MECHANISM
+from ffdt.common.errors import AuthError, ProtocolError, TranscoderError
+from ffdt.common.protocol import Msg, field, recv_msg, send_msg
+from ffdt.tracker.auth import ScramLogin, create_user, load_secret
+from ffdt.tracker.store import Store
 
 PASSWORD = "correct horse battery staple"
 ITERATIONS = 4096            # the least scramp allows; keeps the tests fast

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from common.ffmpeg import (MuxPlan, Tools, audio_cmd, concat_list, encode_cmd, mux_cmd, segment_cmd,
+from ffdt.common.ffmpeg import (MuxPlan, Tools, audio_cmd, concat_list, encode_cmd, mux_cmd, segment_cmd,
                            warmup_frames, warmup_parts)
-from common.errors import UsageError
-from common.settings import Settings
+from ffdt.common.errors import UsageError
+from ffdt.common.settings import Settings
 
 TOOLS = Tools("ffmpeg", "ffprobe")
 BASE = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
@@ -377,8 +377,8 @@ def test_concat_list_duration_keeps_microseconds():
 def test_encode_cmd_frame_range_turn_and_pad_filters_in_order():
     from pathlib import Path as _P
 
-    from common.ffmpeg import Tools as _T, encode_cmd as _enc
-    from common.settings import Settings as _S
+    from ffdt.common.ffmpeg import Tools as _T, encode_cmd as _enc
+    from ffdt.common.settings import Settings as _S
     cmd = _enc(_T("ffmpeg", "ffprobe"), _P("/w/in.mkv"), _P("/w/out.mkv"),
                _S(rotate=90, pad_even=True, scale_w=320, scale_h=-2), frame_range=(50, 25))
     chain = cmd[cmd.index("-vf") + 1].split(",")

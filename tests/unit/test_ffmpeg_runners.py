@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common import ffmpeg
-from common.errors import FFmpegError
-from common.settings import Settings
+from ffdt.common import ffmpeg
+from ffdt.common.errors import FFmpegError
+from ffdt.common.settings import Settings
 
 
 def test_children_get_none_of_our_secrets(monkeypatch):

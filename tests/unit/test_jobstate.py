@@ -5,8 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from client.jobstate import Identity, JobState
-from client.scheduler import Chunk, ChunkState, Manifest
+from ffdt.client.jobstate import Identity, JobState
+from ffdt.client.scheduler import Chunk, ChunkState, Manifest
 
 
 def make_job(tmp_path: Path, n: int = 3) -> tuple[Path, Identity, list[Chunk]]:

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from client.link import MAX_REFUSALS, REFUSAL_BACKOFF, JobContext, WorkerLink, WorkerOffer
-from client.scheduler import Chunk, ChunkState, Manifest, Scheduler
-from common.audit_events import Event
-from common.errors import ConnectionClosed
-from common.protocol import Msg, Role, expect, recv_msg, send_msg, server_hello
-from common.settings import Settings
-from common.transfer import recv_file
+from ffdt.client.link import MAX_REFUSALS, REFUSAL_BACKOFF, JobContext, WorkerLink, WorkerOffer
+from ffdt.client.scheduler import Chunk, ChunkState, Manifest, Scheduler
+from ffdt.common.audit_events import Event
+from ffdt.common.errors import ConnectionClosed
+from ffdt.common.protocol import Msg, Role, expect, recv_msg, send_msg, server_hello
+from ffdt.common.settings import Settings
+from ffdt.common.transfer import recv_file
 
 IO_WAIT = 5.0            # every blocking call here gives up after this long
 WORKER = "farm@127.0.0.1:1"

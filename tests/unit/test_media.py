@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from client.media import Stream, carried_tags, check_combination, clean_cuts, container_for
-from client.split import Span, auto_chunk_seconds, gop_spans, plan_cuts
-from common.ffmpeg import Packet
-from common.errors import UsageError
+from ffdt.client.media import Stream, carried_tags, check_combination, clean_cuts, container_for
+from ffdt.client.split import Span, auto_chunk_seconds, gop_spans, plan_cuts
+from ffdt.common.ffmpeg import Packet
+from ffdt.common.errors import UsageError
 
 
 def every(step: float, until: float, start: float = 0.0) -> list[float]:
@@ -156,7 +156,7 @@ def test_audio_codec_does_not_matter_without_audio():
 
 
 def test_split_piece_cuts_a_long_gop_into_frame_ranges():
-    from client.split import split_piece
+    from ffdt.client.split import split_piece
     ranges = split_piece(frames=1140, seconds=45.6, target=8.0)
     assert len(ranges) == 6
     assert ranges[0][0] == 0 and sum(n for _, n in ranges) == 1140
@@ -164,7 +164,7 @@ def test_split_piece_cuts_a_long_gop_into_frame_ranges():
 
 
 def test_split_piece_keeps_a_short_piece_whole():
-    from client.split import split_piece
+    from ffdt.client.split import split_piece
     assert split_piece(frames=60, seconds=2.0, target=2.0) == [(0, 60)]
     assert split_piece(frames=3, seconds=100.0, target=1.0) == [(0, 1), (1, 1), (2, 1)]   # never empty ranges
 
@@ -212,7 +212,7 @@ def test_tags_are_not_rewritten_where_they_already_travel():
 
 
 def test_mov_gets_quicktime_language_codes_and_handler_names():
-    from client.join import mp4_stream_tags
+    from ffdt.client.join import mp4_stream_tags
     video = Stream(0, "video", "h264", 0.0)
     audio = [Stream(1, "audio", "aac", 0.0, {"language": "fra", "title": "Commentaire"}),
              Stream(2, "audio", "aac", 0.0, {"language": "eng"})]

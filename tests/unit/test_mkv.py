@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from common import mkv
+from ffdt.common import mkv
 
 
 def vint_size(n: int) -> bytes:

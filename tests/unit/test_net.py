@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from common.net import Deadline
+from ffdt.common.net import Deadline
 
 
 def quiet_pair() -> tuple[socket.socket, socket.socket]:

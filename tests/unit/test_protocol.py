@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from common.config import MAX_FRAME
-from common.errors import ConnectionClosed, ProtocolError, RequestRejected
-from common.protocol import (PROTOCOL_VERSION, Msg, Role, client_hello, encode_frame, expect, field,
+from ffdt.common.config import MAX_FRAME
+from ffdt.common.errors import ConnectionClosed, ProtocolError, RequestRejected
+from ffdt.common.protocol import (PROTOCOL_VERSION, Msg, Role, client_hello, encode_frame, expect, field,
                              int_field, recv_msg, send_msg, server_hello)
 
 try:

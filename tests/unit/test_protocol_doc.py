@@ -8,8 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 if str(ROOT) not in sys.path:       # tests/unit/conftest.py does this too; be safe when run alone
     sys.path.insert(0, str(ROOT))
 
-from common.protocol import PROTOCOL_VERSION, Msg  # noqa: E402
-from common.audit_events import PEER_EVENTS, Event  # noqa: E402
+from ffdt.common.protocol import PROTOCOL_VERSION, Msg  # noqa: E402
+from ffdt.common.audit_events import PEER_EVENTS, Event  # noqa: E402
 
 SPEC = ROOT / "common" / "PROTOCOL.md"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.scheduler import Chunk, ChunkState, Manifest, Scheduler
+from ffdt.client.scheduler import Chunk, ChunkState, Manifest, Scheduler
 
 NO_WAIT = 0.05
 

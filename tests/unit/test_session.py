@@ -21,14 +21,14 @@ import pytest
 
 from tests.conftest import poll_for
 
-import client.session as session_mod
-from client.session import (MAX_WAIT_RETRY, MIN_WAIT_RETRY, BossSession, FileHandler, Worker, end_session,
+import ffdt.client.session as session_mod
+from ffdt.client.session import (MAX_WAIT_RETRY, MIN_WAIT_RETRY, BossSession, FileHandler, Worker, end_session,
                             run_session)
-from common.audit_events import Event
-from common.config import WAIT_RETRY
-from common.errors import ConnectionClosed, FFmpegError, ProtocolError
-from common.protocol import Msg, Role, client_hello, expect, recv_msg, send_msg
-from common.settings import Settings
+from ffdt.common.audit_events import Event
+from ffdt.common.config import WAIT_RETRY
+from ffdt.common.errors import ConnectionClosed, FFmpegError, ProtocolError
+from ffdt.common.protocol import Msg, Role, client_hello, expect, recv_msg, send_msg
+from ffdt.common.settings import Settings
 
 IO_WAIT = 5.0            # every blocking call here gives up after this long
 DATA = bytes(range(256)) * 64          # a chunk's bytes (16 KiB)

@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from common.errors import ProtocolError, UsageError
-from common.settings import Settings, parse_rate, parse_scale
+from ffdt.common.errors import ProtocolError, UsageError
+from ffdt.common.settings import Settings, parse_rate, parse_scale
 
 
 def test_defaults_are_valid_h264():
@@ -223,7 +223,7 @@ def test_colour_and_hdr_values_are_whitelisted():
 # ---------------------------------------------------------------- tuning (--tune, --profile, --level, params)
 
 def test_tuning_goes_over_the_wire_and_back_as_checked_values():
-    from common.settings import parse_codec_params
+    from ffdt.common.settings import parse_codec_params
     s = Settings(tune="grain", profile="high", level="4.1", codec_params=parse_codec_params("ref=2:deblock=-1,-1"))
     wire = s.to_wire()
     assert wire["codec_params"] == {"deblock": "-1,-1", "ref": "2"}

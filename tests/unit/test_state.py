@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import PEER_TTL
-from tracker.state import TrackerState, WorkerInfo
+from ffdt.common.config import PEER_TTL
+from ffdt.tracker.state import TrackerState, WorkerInfo
 
 TTL = PEER_TTL
 
@@ -181,7 +181,7 @@ def test_an_ended_job_is_refused_from_then_on(state):
 
 
 def test_an_unknown_job_is_adopted_only_with_a_well_formed_id_and_within_the_bosss_limit(state):
-    from tracker.state import MAX_JOBS_PER_BOSS
+    from ffdt.tracker.state import MAX_JOBS_PER_BOSS
     assert state.job("0123456789ab", "alice").input == "?"      # as after a tracker restart
     assert state.job("not-a-job-id", "alice") is None
     for i in range(MAX_JOBS_PER_BOSS - 1):

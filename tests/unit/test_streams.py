@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from client.streams import Choice, StreamOptions, choose, describe, is_default, uncarried
-from common.errors import UsageError
+from ffdt.client.streams import Choice, StreamOptions, choose, describe, is_default, uncarried
+from ffdt.common.errors import UsageError
 
 
 def video(index: int, width: int = 320, height: int = 240, **extra: Any) -> dict[str, Any]:

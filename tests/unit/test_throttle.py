@@ -2,7 +2,7 @@
 from everywhere."""
 from __future__ import annotations
 
-from tracker.throttle import FIRST_WAIT, FREE_FAILURES, MAX_USER_DELAY, MAX_WAIT, USER_DELAY_STEP, WINDOW, LoginThrottle
+from ffdt.tracker.throttle import FIRST_WAIT, FREE_FAILURES, MAX_USER_DELAY, MAX_WAIT, USER_DELAY_STEP, WINDOW, LoginThrottle
 
 
 class Clock:

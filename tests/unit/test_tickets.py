@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from common.auth import check_ticket, make_ticket, ticket_key
-from common.config import TICKET_CLOCK_SKEW
-from common.errors import AuthError
+from ffdt.common.auth import check_ticket, make_ticket, ticket_key
+from ffdt.common.config import TICKET_CLOCK_SKEW
+from ffdt.common.errors import AuthError
 
 SERVER_KEY = hashlib.sha256(b"walt's ServerKey").digest()
 SALT = "0f" * 16

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from common import tls
+from ffdt.common import tls
 
 trustme = pytest.importorskip("trustme")
 

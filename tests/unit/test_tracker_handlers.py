@@ -17,14 +17,14 @@ import pytest
 
 from tests.conftest import poll_for
 
-from common.auth import login
-from common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
-from common.protocol import Msg, Role, client_hello, expect, recv_msg, send_msg
-from tracker.audit import MemoryAudit
-from tracker.auth import create_user
-from tracker.server import TrackerContext, TrackerServer
-from tracker.state import TrackerState
-from tracker.store import Store
+from ffdt.common.auth import login
+from ffdt.common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
+from ffdt.common.protocol import Msg, Role, client_hello, expect, recv_msg, send_msg
+from ffdt.tracker.audit import MemoryAudit
+from ffdt.tracker.auth import create_user
+from ffdt.tracker.server import TrackerContext, TrackerServer
+from ffdt.tracker.state import TrackerState
+from ffdt.tracker.store import Store
 
 IO_WAIT = 5.0              # every blocking call here gives up after this long
 ITERATIONS = 4096          # the least scramp allows; keeps logins fast
@@ -346,7 +346,7 @@ def test_a_malformed_request_gets_error_then_the_connection_is_closed_and_audite
 
 def test_password_guessing_from_one_address_is_slowed_to_a_crawl(tracker, connect):
     """Before: 127-156 guesses a second, with no slow-down."""
-    from tracker.throttle import FREE_FAILURES
+    from ffdt.tracker.throttle import FREE_FAILURES
     started, refusals = time.monotonic(), 0
     for i in range(FREE_FAILURES + 5):
         sock = connect(Role.BOSS)
@@ -362,7 +362,7 @@ def test_password_guessing_from_one_address_is_slowed_to_a_crawl(tracker, connec
 
 def test_idle_connections_from_one_address_cannot_lock_out_the_others(tracker, connect):
     """Before: 1,022 logged-in idle connections filled the tracker for everyone."""
-    from tracker.server import MAX_OTHERS_PER_ADDRESS
+    from ffdt.tracker.server import MAX_OTHERS_PER_ADDRESS
     worker = connect(Role.WORKER, "walt")
     expect_reply(worker, Msg.REGISTER, Msg.REGISTERED, **REGISTER)     # a registered worker does not count
     crowd = [connect(Role.BOSS, "alice") for _ in range(MAX_OTHERS_PER_ADDRESS)]
@@ -435,7 +435,7 @@ def test_status_is_for_admins_only(connect, role, user):
 
 
 def test_a_farm_too_big_for_one_frame_is_cut_and_says_how_much_more(tracker, connect):
-    from tracker.state import WorkerInfo
+    from ffdt.tracker.state import WorkerInfo
     create_user(tracker.server.ctx.store, "ada", "admin", PASSWORD, iterations=ITERATIONS)
     for i in range(3000):
         tracker.state.register(WorkerInfo(name=f"walt@10.0.{i // 250}.{i % 250}:9100", user="walt",

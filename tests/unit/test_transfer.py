@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import TransferError
-from common.transfer import recv_file, send_file, sha256_file
+from ffdt.common.errors import TransferError
+from ffdt.common.transfer import recv_file, send_file, sha256_file
 
 SIZE = 300_000 + 17          # several BLOCKs and not a multiple of one
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from client.checks import HEAD_FRAMES, VerifyPolicy
-from client.scheduler import Chunk, Manifest
+from ffdt.client.checks import HEAD_FRAMES, VerifyPolicy
+from ffdt.client.scheduler import Chunk, Manifest
 
 
 def chunk(i: int, errors: list[str] | None = None) -> Chunk:
@@ -57,12 +57,12 @@ def test_the_last_round_is_not_drawn_and_the_earlier_rounds_make_up_for_it():
 
 
 def output_info(frame_rate: float = 25.0, start: float = 0.0):
-    from client.media import MediaInfo
+    from ffdt.client.media import MediaInfo
     return MediaInfo(Path("out.mp4"), "mp4", start, 60.0, [], 0, 1500, start, 60.0, [0], [True], [start], frame_rate)
 
 
 def test_the_output_is_decoded_at_the_last_and_one_other_chunk_not_the_first():
-    from client.checks import BORDER_FRAMES_AFTER, decode_spans_for
+    from ffdt.client.checks import BORDER_FRAMES_AFTER, decode_spans_for
     borders = [6.0 * i for i in range(1, 10)]                 # ten chunks
     drawn = set()
     for _ in range(200):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common import __version__
-from common.protocol import PROTOCOL_VERSION
+from ffdt.common import __version__
+from ffdt.common.protocol import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 
