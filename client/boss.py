@@ -61,6 +61,7 @@ class BossConfig:
     bars: bool
     report: Path | None
     verify_fraction: float = DEFAULT_VERIFY_FRACTION
+    progress: str = "bar"                   # bar (on a terminal), json (lines on stdout), none
     overwrite: bool = False                 # -y: replace an existing OUTPUT
     streams: StreamOptions = StreamOptions()    # which of the input's streams (ffmpeg's defaults)
     tls: ClientTls = ClientTls(None)        # to the tracker; workers are pinned to the keys they registered
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-mixed-encoders", action="store_true",
                    help="also use workers whose ffmpeg build differs from the others' (chunks may differ)")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the job summary as JSON")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="bar: a progress bar on a terminal; json: one JSON object a line on stdout (phases, "
+                   "frames, chunks, fps, ETA, per worker), for scripts; none (default: %(default)s)")
     p.add_argument("--verify-fraction", type=float, default=DEFAULT_VERIFY_FRACTION, metavar="F",
                    help="decode this random fraction of results in full (every result gets the packet-level "
                    "checks, each ffmpeg build's first result a decode of its start; 1 decodes all)")
@@ -208,8 +212,8 @@ def config_from_args(args: argparse.Namespace) -> BossConfig:
         wait_workers=max(0.0, args.wait_workers), silence_timeout=max(1.0, args.worker_timeout),
         tls=ClientTls(None) if args.local else client_tls(args),
         work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
-        allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet), report=args.report,
-        verify_fraction=args.verify_fraction,
+        allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet) and args.progress == "bar", report=args.report,
+        verify_fraction=args.verify_fraction, progress=args.progress,
         streams=StreamOptions(video=args.video_stream, program=args.program,
                               audio=StreamOptions.parse_audio(args.audio_streams)))
 

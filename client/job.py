@@ -27,7 +27,7 @@ from ffdt.client import checks, media
 from ffdt.client.join import AudioJob, join
 from ffdt.client.jobstate import Identity, JobState
 from ffdt.client.link import JobContext, WorkerLink, WorkerOffer
-from ffdt.client.progress import BossBar
+from ffdt.client.progress import BossBar, JsonProgress
 from ffdt.client.reporter import EventReporter
 from ffdt.client.scheduler import Chunk, ChunkState, Scheduler
 from ffdt.client.split import Splitter
@@ -48,6 +48,7 @@ log = logging.getLogger("boss")
 WORKER_REFRESH = 5.0       # ask the tracker for more workers this often while we have fewer than wanted
 WAIT_WORKERS_POLL = 2.0    # ... and this often while we have none
 BAR_REFRESH = 0.5          # the progress bar's refresh period (the main thread's wait)
+JSON_PROGRESS_EVERY = 1.0  # seconds between --progress json lines
 VERIFIER_THREADS = 2       # results checked at once
 REPORTER_FLUSH = 5.0       # seconds to deliver queued audit events at the end of a job
 LINK_JOIN = 2.0            # seconds to wait for each link thread at the end
@@ -61,9 +62,12 @@ class Phases:
     started: float = field(default_factory=time.monotonic)
     first_assigned: float | None = None
     last_result: float | None = None
+    json: JsonProgress | None = None        # --progress json: each phase said as it begins
 
     @contextlib.contextmanager
     def timed(self, name: str):
+        if self.json is not None:
+            self.json.emit("phase", phase=name)
         start = time.monotonic()
         try:
             yield
@@ -107,9 +111,22 @@ def run_boss(cfg: BossConfig) -> int:
 def transcode(cfg: BossConfig, handle: JobHandle | None = None) -> dict[str, Any]:
     """Check the output path, probe the input, run the job; the work directory is removed on
     success and kept (to resume) on failure once the split is done. Returns the job's summary."""
-    container = media.container_for(cfg.output)
-    check_output_path(cfg)
-    phases = Phases()
+    phases = Phases(json=JsonProgress(str(cfg.input)) if cfg.progress == "json" else None)
+    try:
+        container = media.container_for(cfg.output)
+        check_output_path(cfg)
+        summary = _transcode(cfg, container, phases, handle)
+    except TranscoderError as exc:
+        if phases.json is not None:
+            phases.json.emit("failed", error=str(exc))
+        raise
+    if phases.json is not None:
+        phases.json.emit("done", output=str(cfg.output), frames=summary["frames"], seconds=summary["seconds"])
+    return summary
+
+
+def _transcode(cfg: BossConfig, container: media.Container, phases: Phases,
+               handle: JobHandle | None) -> dict[str, Any]:
     with phases.timed("probe"):
         info = media.inspect(cfg.tools, cfg.input, options=cfg.streams)
     media.check_combination(container, cfg.settings.codec, cfg.acodec, info.of_kind("audio"))
@@ -373,6 +390,13 @@ class Job:
                                      seconds=self.phases.since_start())
             self.tracker.close()
 
+    def worker_states(self, scheduler: Scheduler) -> list[dict[str, Any]]:
+        """Per worker, for --progress json: chunks and frames done, and the chunk it is on."""
+        on = {w: c.index for c in scheduler.chunks if c.state is ChunkState.ASSIGNED and c.started for w in c.workers}
+        return [{"worker": link.offer.name, "chunks_done": link.stats.chunks_done,
+                 "frames_done": link.stats.frames_done, "chunk": on.get(link.offer.name)}
+                for link in self.links if link.is_alive()]
+
     def abort(self, reason: str) -> None:
         """Stop from another thread (a queue interrupted): the job fails with `reason`, its work
         kept to resume, its ffmpeg children ended."""
@@ -424,7 +448,8 @@ class Job:
     def wait(self, scheduler: Scheduler) -> None:
         """Until every chunk is done or the job fails. Refreshes the bar; asks the tracker for more
         workers now and then (new ones may have registered), and at once when all are lost."""
-        bar = BossBar(self.info.shown_frames) if self.cfg.bars else None
+        bar = BossBar(self.info.shown_frames) if self.cfg.bars and self.cfg.progress == "bar" else None
+        said = 0.0
         alone_since: float | None = None
         next_ask = time.monotonic() + WORKER_REFRESH
         try:
@@ -432,6 +457,10 @@ class Job:
                 done, frames = scheduler.counts()
                 if bar:
                     bar.update(frames, done, len(scheduler.chunks))
+                if self.phases.json is not None and time.monotonic() - said >= JSON_PROGRESS_EVERY:
+                    said = time.monotonic()
+                    self.phases.json.progress(frames, self.info.shown_frames, done, len(scheduler.chunks),
+                                              self.worker_states(scheduler))
                 alive = sum(link.is_alive() for link in self.links)
                 now = time.monotonic()
                 if alive:

@@ -555,6 +555,8 @@ def run_encode(worker: Worker, s: BossSession, a: Assignment) -> None:
             return                         # cancelled
         seconds = round(time.monotonic() - started, 3)
         s.send(Msg.DONE, chunk=a.chunk, size=a.result[0], sha256=a.result[1], frames=a.frames, seconds=seconds)
+        log.info("chunk %d of %s encoded: %d frames in %.1fs (%.1f fps)", a.chunk, s.boss, a.frames, seconds,
+                 a.frames / seconds if seconds else 0.0)
         worker.report(s, Event.CHUNK_ENCODED, chunk=a.chunk, seconds=seconds)
     except FFmpegError as exc:
         with s.lock:

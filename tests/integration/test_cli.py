@@ -230,3 +230,31 @@ def test_pip_install_puts_everything_under_one_package_of_our_name(tmp_path):
                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
         assert ran.returncode == 0 and ran.stdout.startswith(f"{prog} "), ran.stderr
     assert sorted(p.name for p in ROOT.iterdir()) == before      # no build/, no *.egg-info
+
+
+def test_progress_json_lines_for_scripts(cluster, clips, tmp_path):
+    """--progress json: stdout is one JSON object a line: the phases in order, progress while
+    chunks are encoded (frames never going back, per worker), and the file's end."""
+    for _ in range(2):
+        cluster.start_worker()
+    out = tmp_path / "out.mp4"
+    done = run_cli("client/boss.py", str(clips["mid20.mp4"]), "-o", str(out), "--tracker", cluster.addr, "--user", "b",
+                   "--preset", "medium", "--chunk-seconds", "4", "--progress", "json", "--quiet", *cluster.pin(()))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]       # every line is JSON
+    assert all(e["file"] == str(clips["mid20.mp4"]) for e in lines)
+    phases = [e["phase"] for e in lines if e["event"] == "phase"]
+    assert phases[0] == "probe" and phases[-1] == "join" and phases.index("split") < phases.index("join")
+    progress = [e for e in lines if e["event"] == "progress"]
+    assert progress, "no progress line in a job of several seconds"
+    done_frames = [e["frames_done"] for e in progress]
+    assert done_frames == sorted(done_frames) and all(0 <= f <= 600 for f in done_frames)
+    assert all(e["frames"] == 600 and e["chunks"] <= 5 for e in progress)
+    assert {w["worker"] for e in progress for w in e["workers"]} and all(
+        set(w) == {"worker", "chunks_done", "frames_done", "chunk"} for e in progress for w in e["workers"])
+    assert lines[-1]["event"] == "done" and lines[-1]["frames"] == 600 and lines[-1]["output"] == str(out)
+    failed = run_cli("client/boss.py", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.mp4"), "--tracker",
+                     cluster.addr, "--user", "b", "--progress", "json", *cluster.pin(()))
+    assert failed.returncode == 1
+    [last] = [json.loads(line) for line in failed.stdout.splitlines()][-1:]
+    assert last["event"] == "failed" and "no such file" in last["error"]
