@@ -26,8 +26,8 @@ from ffdt.client.progress import bars_wanted
 from ffdt.common import ffmpeg
 from ffdt.common.tls import ClientTls
 from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
-                        add_password_option, add_tls_client_options, client_tls, read_password, run_main,
-                        setup_logging)
+                             add_password_option, add_tls_client_options, client_tls, read_password, run_main,
+                             setup_logging)
 from ffdt.common.config import DEFAULT_VERIFY_FRACTION, WORKER_SILENCE_TIMEOUT
 from ffdt.common.errors import UsageError
 from ffdt.common.net import parse_host_port

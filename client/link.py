@@ -20,12 +20,12 @@ from ffdt.client import faults
 from ffdt.client.scheduler import Chunk, ChunkState, Scheduler
 from ffdt.common.audit_events import Event
 from ffdt.common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON,
-                           TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
+                                TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
 from ffdt.common.errors import (ChunkError, ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected, TransferError,
-                           TranscoderError)
+                                TranscoderError)
 from ffdt.common.net import connect
 from ffdt.common.protocol import (Msg, Role, client_hello, expect, field, int_field, recv_msg_or_reject,
-                             send_msg)
+                                  send_msg)
 from ffdt.common.settings import Settings
 from ffdt.common.tls import FINGERPRINT, pinning_context
 from ffdt.common.transfer import recv_file, send_file, sha256_file

@@ -28,13 +28,13 @@ from ffdt.client.tracker_client import TrackerClient
 from ffdt.common import auth, ffmpeg
 from ffdt.common.audit_events import Event
 from ffdt.common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
-                           MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON, PROGRESS_INTERVAL, RECONNECT_BACKOFF_CAP,
-                           RECONNECT_BACKOFF_FIRST, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
+                                MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON, PROGRESS_INTERVAL, RECONNECT_BACKOFF_CAP,
+                                RECONNECT_BACKOFF_FIRST, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
 from ffdt.common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
-                           RequestRejected, TranscoderError, TransferError, UsageError)
+                                RequestRejected, TranscoderError, TransferError, UsageError)
 from ffdt.common.net import Backoff, Deadline, enable_keepalive
 from ffdt.common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
-                             server_hello)
+                                  server_hello)
 from ffdt.common.encoders import ENCODERS
 from ffdt.common.settings import Settings
 from ffdt.common.tls import wrap_server

@@ -27,8 +27,8 @@ from ffdt.client.progress import bars_wanted
 from ffdt.client.session import Worker
 from ffdt.common import ffmpeg
 from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_ffmpeg_options,
-                        add_password_option, add_tls_client_options, client_tls, read_password, run_main,
-                        setup_logging)
+                             add_password_option, add_tls_client_options, client_tls, read_password, run_main,
+                             setup_logging)
 from ffdt.common.config import DEFAULT_PREFETCH, MAX_SLOTS, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST
 from ffdt.common.errors import ConnectionClosed, PeerUnreachable, UsageError
 from ffdt.common.net import Backoff, parse_host_port

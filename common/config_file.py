@@ -2,8 +2,9 @@
 address, the user, the password file, the tracker's fingerprint... (never a password itself).
 
 The file is FFDT_CONFIG_DIR/config.toml (default ~/.config/ffdt/config.toml), or --config FILE.
-Top-level keys apply to every program that has the option; a [boss], [worker] or [tracker]
-table to that program only. Keys are the long option names, with '-' or '_'. The command line
+Top-level keys apply to every program that has the option; a [boss], [worker] or [serve] table
+to that program only ([serve]: `ffdt-tracker serve`; not [tracker], which TOML cannot hold beside
+the top-level `tracker` address). Keys are the long option names, with '-' or '_'. The command line
 wins over the file. An unknown key, a wrong type or a password is a one-line error.
 
     tracker = "tracker.example:9000"
@@ -24,7 +25,7 @@ from typing import Any
 from ffdt.common import tls
 from ffdt.common.errors import UsageError
 
-SECTIONS = ("boss", "worker", "tracker")
+SECTIONS = ("boss", "worker", "serve")
 # the options more than one program has: the top level may set these
 SHARED = {"tracker", "user", "password_file", "tracker_fingerprint", "tls_ca", "tls", "plain", "ffmpeg",
           "use_global", "verbose", "quiet"}

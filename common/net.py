@@ -11,7 +11,7 @@ import threading
 import time
 
 from ffdt.common.config import (CONNECT_BACKOFF_CAP, CONNECT_BACKOFF_FIRST, CONNECT_DEADLINE, CONNECT_TIMEOUT,
-                           IO_TIMEOUT)
+                                IO_TIMEOUT)
 from ffdt.common.errors import PeerUnreachable, UsageError
 
 

@@ -23,12 +23,12 @@ from typing import Any, Callable
 from ffdt.common import auth as ticket_auth
 from ffdt.common.audit_events import PEER_EVENTS, Event
 from ffdt.common.config import (HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, IO_TIMEOUT, MAX_CHUNK_INDEX, MAX_FRAME, MAX_FRAMES,
-                           MAX_REASON, MAX_SLOTS, MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
+                                MAX_REASON, MAX_SLOTS, MAX_WORKERS_PER_REQUEST, PEER_TTL, TICKET_TTL)
 from ffdt.common.errors import AuthError, ConnectionClosed, ProtocolError, RequestRejected
 from ffdt.common.net import Deadline
 from ffdt.common.tls import FINGERPRINT, wrap_server
 from ffdt.common.protocol import (Msg, Role, field as get, int_field, optional_number, recv_msg_or_reject, send_msg,
-                             server_hello)
+                                  server_hello)
 from ffdt.tracker import farm
 from ffdt.tracker.audit import Recorder
 from ffdt.tracker.auth import ScramLogin

@@ -17,9 +17,10 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
     from ffdt.common import environment
     environment.ensure("ffdt-tracker")      # any python3: the checkout's .venv, or one line on what to run
 
+from ffdt.common import config_file
 from ffdt.common.audit_events import Event
-from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_password_option,
-                       add_tls_client_options, client_tls, read_password, run_main, setup_logging)
+from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_password_option,
+                             add_tls_client_options, client_tls, read_password, run_main, setup_logging)
 from ffdt.common.config import DEFAULT_TRACKER_PORT, PEER_TTL
 from ffdt.common.errors import UsageError
 from ffdt.common.net import parse_host_port
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve a read-only web dashboard of the farm here (off by default; loopback "
                             "only, e.g. 127.0.0.1:8080)")
     add_common_options(serve)
+    add_config_option(serve)
     user = sub.add_parser("add-user", help="create or update a user", epilog=PASSWORD_HELP)
     user.add_argument("name")
     user.add_argument("--role", choices=["boss", "worker", "admin"], required=True)
@@ -69,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     add_password_option(status)
     add_tls_client_options(status)
+    add_config_option(status)
     logs = sub.add_parser("logs", help="print the audit log")
     logs.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     logs.add_argument("--job", help="only this job's events")
     logs.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    p.commands = {"serve": serve, "status": status}       # those that read the config file
     return p
 
 
@@ -196,10 +200,24 @@ def show_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line over the config file: its [serve] table for `serve` (port, data-dir,
+    http, ...), its top-level keys (tracker, user, password-file, tracker-fingerprint) for `status`."""
+    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in parser.commands:
+        try:
+            config_file.apply(parser.commands[command], command, argv)
+        except UsageError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command is None:     # bare `tracker.py`: serve with defaults
-        args = build_parser().parse_args(["serve", *(["-v"] if args.verbose else [])])
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    if args.command is None:     # bare `tracker.py`: serve with defaults (and the config file's)
+        args = parse(["serve", *(["-v"] if args.verbose else [])])
     setup_logging("tracker", verbose=args.verbose)
     os.umask(0o077)      # whatever the tracker writes (database, audit log, secret) is its user's only
     command = {"serve": serve, "add-user": add_user, "logs": show_logs, "status": show_status}[args.command]

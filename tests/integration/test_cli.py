@@ -170,6 +170,27 @@ def test_a_worker_takes_its_tracker_user_and_slots_from_the_config_file(cluster,
     assert registered[0]["user"] == "w" and registered[0]["slots"] == 2
 
 
+def test_the_tracker_serves_and_the_admin_looks_with_the_config_file(cluster, tmp_path):
+    """[serve] sets `ffdt-tracker serve`'s options (port, data dir); the top-level keys, `status`'s."""
+    cluster.add_user("ada", "admin")
+    cluster.start_worker()
+    data = tmp_path / "second-tracker"
+    directory = write_config(tmp_path, f'tracker = "{cluster.addr}"\ntracker-fingerprint = "{cluster.fingerprint}"\n'
+                                       f'user = "ada"\n[serve]\nport = 0\nhost = "127.0.0.1"\n'
+                                       f'data-dir = "{data}"\n')
+    looked = run_cli("tracker/tracker.py", "status", "--json", timeout=60, extra_env={"FFDT_CONFIG_DIR": str(directory)})
+    assert looked.returncode == 0, looked.stderr
+    assert len(json.loads(looked.stdout)["workers"]) == 1
+    tracker = subprocess.Popen([sys.executable, str(ROOT / "tracker/tracker.py"), "serve"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env(FFDT_CONFIG_DIR=str(directory)))
+    cluster.procs.append(tracker)
+    poll_for(lambda: (data / "tracker.db").exists(), 30, "the tracker making its data dir from the config file")
+    (tmp_path / "bad").mkdir()
+    bad = write_config(tmp_path / "bad", '[serve]\nprot = 9000\n')
+    refused = run_cli("tracker/tracker.py", "serve", timeout=60, extra_env={"FFDT_CONFIG_DIR": str(bad)})
+    assert refused.returncode == 2 and "unknown setting 'prot'" in refused.stderr
+
+
 @pytest.mark.parametrize("text, says", [
     ('[worker]\nsltos = 2\n', "unknown setting 'sltos'"),
     ('[worker]\npassword = "hunter2"\n', "no passwords in the config file"),

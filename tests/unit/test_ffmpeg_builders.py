@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ffdt.common.ffmpeg import (MuxPlan, Tools, audio_cmd, concat_list, encode_cmd, mux_cmd, segment_cmd,
-                           warmup_frames, warmup_parts)
+                                warmup_frames, warmup_parts)
 from ffdt.common.errors import UsageError
 from ffdt.common.settings import Settings
 

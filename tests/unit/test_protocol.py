@@ -12,7 +12,7 @@ import pytest
 from ffdt.common.config import MAX_FRAME
 from ffdt.common.errors import ConnectionClosed, ProtocolError, RequestRejected
 from ffdt.common.protocol import (PROTOCOL_VERSION, Msg, Role, client_hello, encode_frame, expect, field,
-                             int_field, recv_msg, send_msg, server_hello)
+                                  int_field, recv_msg, send_msg, server_hello)
 
 try:
     import fcntl

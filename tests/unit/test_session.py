@@ -23,7 +23,7 @@ from tests.conftest import poll_for
 
 import ffdt.client.session as session_mod
 from ffdt.client.session import (MAX_WAIT_RETRY, MIN_WAIT_RETRY, BossSession, FileHandler, Worker, end_session,
-                            run_session)
+                                 run_session)
 from ffdt.common.audit_events import Event
 from ffdt.common.config import WAIT_RETRY
 from ffdt.common.errors import ConnectionClosed, FFmpegError, ProtocolError
