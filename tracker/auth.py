@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import scramp
+from scramp.utils import saslprep
 
 from ffdt.common.config import SCRAM_ITERATIONS, SCRAM_MECHANISM
 from ffdt.common.errors import AuthError, ProtocolError
@@ -25,6 +26,15 @@ MECHANISM = scramp.ScramMechanism(SCRAM_MECHANISM)
 def create_user(store: Store, name: str, role: str, password: str, iterations: int = SCRAM_ITERATIONS) -> None:
     salt, stored_key, server_key, iterations = MECHANISM.make_auth_info(password, iteration_count=iterations)
     store.put_user(UserRecord(name, role, salt, stored_key, server_key, iterations), created=time.time())
+
+
+def password_matches(rec: UserRecord, password: str) -> bool:
+    """A password checked against the stored SCRAM keys (StoredKey = H(HMAC(SaltedPassword,
+    "Client Key"))), for a login that carries the password itself: the dashboard's HTTP Basic
+    login, over TLS only."""
+    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(), rec.salt, rec.iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return hmac.compare_digest(hashlib.sha256(client_key).digest(), rec.stored_key)
 
 
 def load_secret(data_dir: Path) -> bytes:

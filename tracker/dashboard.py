@@ -2,16 +2,23 @@
 workers, running jobs with their progress) and the latest audit events, as one HTML page that
 reloads itself every few seconds; /farm.json gives the same as data. No JavaScript at all.
 
-Loopback only: the page has no login of its own, so it is served where only this machine's users
-reach it (others use `ssh -L`). Requests naming another Host are refused, so a web page in the
-admin's browser cannot read it through a DNS name rebound to 127.0.0.1.
+On loopback it has no login: only this machine's users reach it, and requests naming another
+Host are refused, so a web page in the admin's browser cannot read it through a DNS name rebound
+to 127.0.0.1. Anywhere else it is HTTPS (the tracker's own TLS key or --tls-cert) with an HTTP
+Basic login of an admin user, checked against the user's stored SCRAM keys; a client address
+with MAX_FAILURES wrong logins in FAILURE_WINDOW seconds is refused for that long.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import collections
+import hashlib
 import html
 import ipaddress
 import json
 import logging
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +28,7 @@ from ffdt.common.config import IO_TIMEOUT
 from ffdt.common.errors import UsageError
 from ffdt.tracker import farm as view
 from ffdt.tracker.audit import format_event
+from ffdt.tracker.auth import password_matches
 from ffdt.tracker.state import TrackerState
 from ffdt.tracker.store import Store
 
@@ -42,26 +50,87 @@ text-align:left;border-bottom:1px solid #ddd;white-space:nowrap}th{background:#f
 progress{width:9em;vertical-align:middle}td.events{white-space:pre-wrap;font-family:monospace}"""
 
 
-def check_address(host: str) -> None:
-    """The dashboard listens on loopback only (see the module's doc)."""
+MAX_FAILURES = 5              # wrong logins from one address ...
+FAILURE_WINDOW = 60.0         # ... in this many seconds: refused for as long
+LOGIN_CACHE = 60.0            # a login checked is trusted this long (a PBKDF2 per 2 s reload is not)
+MAX_REMEMBERED = 4096         # addresses and logins kept for the two rules above
+
+
+def is_loopback(host: str) -> bool:
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback:
-        raise UsageError(f"--http {host}: the dashboard has no login, so it listens on loopback only "
-                         "(127.0.0.1); from elsewhere use ssh -L PORT:127.0.0.1:PORT to the tracker host")
+        return False
+
+
+def check_address(host: str, tls: bool) -> None:
+    """Off loopback the dashboard needs TLS for its login (see the module's doc)."""
+    if not is_loopback(host) and not tls:
+        raise UsageError(f"--http {host}: off loopback the dashboard asks for an admin login, which needs TLS: "
+                         "drop --plain, or listen on 127.0.0.1 and use ssh -L")
+
+
+class AdminLogin:
+    """HTTP Basic credentials of an admin user, checked against the tracker's user store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._good: dict[bytes, float] = {}                         # digest of the header -> until
+        self._failures: dict[str, collections.deque[float]] = {}    # client address -> times
+
+    def check(self, header: str | None, peer: str) -> int:
+        """200, 401 (no or wrong login), 403 (not an admin) or 429 (too many wrong logins)."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._failures) > MAX_REMEMBERED:      # many addresses: forget the quiet ones
+                self._failures = {p: d for p, d in self._failures.items() if d and now - d[-1] <= FAILURE_WINDOW}
+            if len(self._good) > MAX_REMEMBERED:
+                self._good = {k: t for k, t in self._good.items() if t > now}
+            failures = self._failures.setdefault(peer, collections.deque())
+            while failures and now - failures[0] > FAILURE_WINDOW:
+                failures.popleft()
+            if len(failures) >= MAX_FAILURES:
+                return 429
+            digest = hashlib.sha256((header or "").encode()).digest()
+            if self._good.get(digest, 0.0) > now:
+                return 200
+        code = self._verify(header)
+        with self._lock:
+            if code == 200:
+                self._good[digest] = now + LOGIN_CACHE
+            elif code == 401 and header:       # a wrong password (a right one of a non-admin is no guess)
+                self._failures[peer].append(now)
+        return code
+
+    def _verify(self, header: str | None) -> int:
+        if not header or not header.startswith("Basic ") or len(header) > 1024:
+            return 401
+        try:
+            user, sep, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return 401
+        rec = self.store.get_user(user) if sep else None
+        if rec is None or not password_matches(rec, password):
+            return 401
+        return 200 if rec.role == "admin" else 403
 
 
 class Dashboard(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], state: TrackerState, store: Store, tracker: str) -> None:
-        check_address(addr[0])
+    def __init__(self, addr: tuple[str, int], state: TrackerState, store: Store, tracker: str,
+                 tls: ssl.SSLContext | None = None) -> None:
+        check_address(addr[0], tls is not None)
         self.state, self.store, self.tracker = state, store, tracker
+        self.login = None if is_loopback(addr[0]) else AdminLogin(store)
         super().__init__(addr, _Handler)
+        if self.login is not None:
+            assert tls is not None
+            # the handshake runs in the request's thread, under its timeout (_Handler.setup)
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         host, port = self.server_address[:2]
-        self.url = f"http://{host}:{port}/"
+        self.url = f"{'http' if self.login is None else 'https'}://{host}:{port}/"
         self.hosts = {f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
         self._thread = threading.Thread(target=self.serve_forever, name="dashboard", daemon=True)
 
@@ -119,9 +188,27 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ffdt-dashboard"
     sys_version = ""
 
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()        # an OSError here ends this request only
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ssl.SSLError, OSError) as exc:     # a client that speaks no TLS, or goes away
+            log.debug("dashboard: %s: %s", self.client_address[0], exc)
+
     def do_GET(self) -> None:      # noqa: N802 - http.server's name
-        if self.headers.get("Host", "") not in self.server.hosts:
+        login = self.server.login
+        if login is None and self.headers.get("Host", "") not in self.server.hosts:
             return self._send(421, "text/plain", "this dashboard answers to its own address only\n")
+        if login is not None:
+            code = login.check(self.headers.get("Authorization"), self.client_address[0])
+            if code != 200:
+                why = {401: "an admin user's login, please\n", 403: "for admin users only\n",
+                       429: "too many wrong logins from here; wait a minute\n"}[code]
+                return self._send(code, "text/plain", why)
         path = self.path.split("?", 1)[0]
         if path == "/":
             return self._send(200, "text/html; charset=utf-8", self.server.page())
@@ -135,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, code: int, kind: str, body: str) -> None:
         data = body.encode("utf-8")
         self.send_response(code)
-        for key, value in {**HEADERS, "Content-Type": kind, "Content-Length": str(len(data))}.items():
+        extra = {"WWW-Authenticate": 'Basic realm="ffdt farm", charset="UTF-8"'} if code == 401 else {}
+        for key, value in {**HEADERS, **extra, "Content-Type": kind, "Content-Length": str(len(data))}.items():
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     serve.add_argument("--plain", action="store_true", help="no TLS: plain TCP (only on a network you trust)")
     serve.add_argument("--http", metavar="HOST:PORT",
-                       help="also serve a read-only web dashboard of the farm here (off by default; loopback "
-                            "only, e.g. 127.0.0.1:8080)")
+                       help="also serve a read-only web dashboard of the farm here (off by default), e.g. "
+                            "127.0.0.1:8080; on any other address it is HTTPS with an admin user's login")
     add_common_options(serve)
     add_config_option(serve)
     user = sub.add_parser("add-user", help="create or update a user", epilog=PASSWORD_HELP)
@@ -123,7 +123,7 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"port {args.port} out of range (0-65535)")
     http_addr = parse_host_port(args.http, any_port=True) if args.http else None
     if http_addr is not None:
-        dashboard.check_address(http_addr[0])        # before anything is made
+        dashboard.check_address(http_addr[0], tls=not args.plain)      # before anything is made
     raise_open_files_limit(MAX_CONNECTIONS + 256)
     created = not args.data_dir.exists()
     store = open_store(args.data_dir, create=True)
@@ -137,7 +137,7 @@ def serve(args: argparse.Namespace) -> int:
         server = TrackerServer((args.host, args.port), ctx)
         if http_addr is not None:
             where = f"{http_addr[0]}:{http_addr[1]}"
-            web = dashboard.Dashboard(http_addr, ctx.state, store, "%s:%d" % server.server_address[:2])
+            web = dashboard.Dashboard(http_addr, ctx.state, store, "%s:%d" % server.server_address[:2], tls=tls)
     except OSError as exc:
         if server is not None:
             server.server_close()

@@ -2,26 +2,30 @@
 tracker, real workers and a running boss: the workers and the job appear, the page renders."""
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import re
 import shutil
+import ssl
 import subprocess
 
 import pytest
 
-from tests.conftest import _read_line, poll_for, run_cli, start_boss
+from ffdt.common.tls import CERT_FILE
+from tests.conftest import PASSWORD, _read_line, poll_for, run_cli, start_boss
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium here (scripts/test installs it)")
 
 
-def dashboard(cluster) -> str:
+def dashboard(cluster, where: str = "127.0.0.1:0") -> str:
     """Restart the cluster's tracker with the dashboard on; its URL."""
     cluster.tracker.terminate()
     cluster.tracker.wait(30)
-    cluster.start_tracker("--http", "127.0.0.1:0")
+    cluster.start_tracker("--http", where)
     line = _read_line(cluster.tracker, 30)
-    m = re.match(r"dashboard on (http://127\.0\.0\.1:\d+/)$", line.strip())
+    m = re.match(r"dashboard on (https?://[0-9.]+:\d+/)$", line.strip())
     assert m, line
     return m[1]
 
@@ -78,8 +82,46 @@ def test_the_dashboard_answers_only_to_its_own_address(cluster):
     assert b'"workers"' in ok.read()
 
 
-def test_the_dashboard_refuses_a_non_loopback_address_in_one_line(tmp_path):
-    done = run_cli("tracker/tracker.py", "serve", "--port", "0", "--data-dir", str(tmp_path / "d"),
+def test_off_loopback_without_tls_is_refused_in_one_line(tmp_path):
+    done = run_cli("tracker/tracker.py", "serve", "--port", "0", "--data-dir", str(tmp_path / "d"), "--plain",
                    "--http", "0.0.0.0:8080", timeout=60)
-    assert done.returncode != 0 and "loopback only" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode != 0 and "needs TLS" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
+def test_off_loopback_the_dashboard_is_https_with_an_admin_login(cluster, tmp_path):
+    """--http on every address: HTTPS with the tracker's own key, and an admin user's login (the
+    requests here reach it over loopback: test traffic stays on this machine)."""
+    cluster.add_user("ada", "admin")
+    url = dashboard(cluster, "0.0.0.0:0")
+    assert url.startswith("https://0.0.0.0:")
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    cluster.start_worker()
+    tls = ssl.create_default_context(cafile=str(cluster.data / CERT_FILE))
+    tls.check_hostname = False           # a key of the tracker's own, pinned here by its certificate
+
+    def get(path: str, user: str | None = None, password: str = PASSWORD) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=tls)
+        headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()} if user else {}
+        conn.request("GET", path, headers=headers)
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+
+    status, body = get("/farm.json")
+    assert status == 401 and b"workers" not in body
+    assert get("/farm.json", "b")[0] == 403                       # a boss is not an admin
+    status, body = get("/farm.json", "ada")
+    assert status == 200 and len(json.loads(body)["workers"]) == 1
+    status, body = get("/", "ada")
+    assert status == 200 and b"<table id=workers>" in body
+    # plain HTTP on the HTTPS port gets nothing
+    plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+        plain.request("GET", "/farm.json")
+        plain.getresponse().read()
+    # in a real browser, with the login in the address (the certificate is the tracker's own)
+    dom = browser("--ignore-certificate-errors", "--dump-dom", f"https://ada:{PASSWORD}@127.0.0.1:{port}/").stdout
+    assert "1 live worker" in dom and '<table id="workers">' in dom, dom[:2000]
+    # guessing is cut short: after five wrong passwords, even the right one waits
+    assert [get("/farm.json", "ada", "wrong")[0] for _ in range(5)] == [401] * 5
+    assert get("/farm.json", "ada")[0] == 429
