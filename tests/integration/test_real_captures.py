@@ -178,6 +178,16 @@ def colour(path: Path) -> dict:
     return {k: v.get(k) for k in ("pix_fmt", "color_transfer", "color_primaries", "color_space")}
 
 
+def interlacing(path: Path) -> tuple[str | None, int, int]:
+    """The video stream's field order, and how many frames a decoder marks interlaced, and top
+    field first."""
+    probed = _probe(path, "-select_streams", "v:0", "-show_entries",
+                    "stream=field_order:frame=interlaced_frame,top_field_first")
+    frames = probed.get("frames", [])
+    return (probed["streams"][0].get("field_order"), sum(int(f.get("interlaced_frame", 0)) for f in frames),
+            sum(int(f.get("top_field_first", 0)) for f in frames))
+
+
 @pytest.mark.parametrize("case", CAPTURES)
 def test_real_capture(case: Capture, capture_clips: dict[str, Path], tmp_path: Path) -> None:
     if case.src.startswith("shared:"):
@@ -227,6 +237,8 @@ def test_real_capture(case: Capture, capture_clips: dict[str, Path], tmp_path: P
 
     if colour(out) != colour(single):
         problems.append(f"colour {colour(out)}, the single run's {colour(single)}")
+    if interlacing(out) != interlacing(single):        # DV's bottom field first, broadcast's top
+        problems.append(f"field order and interlaced frames {interlacing(out)}, the single run's {interlacing(single)}")
     err, _ = clean_decode(out)
     if err and all(NULL_MUXER.match(ln.strip()) for ln in err.splitlines()) and clean_decode(single)[0]:
         err = ""        # the input's repeated audio timestamps, as the single run keeps them too
