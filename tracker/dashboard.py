@@ -54,6 +54,7 @@ MAX_FAILURES = 5              # wrong logins from one address ...
 FAILURE_WINDOW = 60.0         # ... in this many seconds: refused for as long
 LOGIN_CACHE = 60.0            # a login checked is trusted this long (a PBKDF2 per 2 s reload is not)
 MAX_REMEMBERED = 4096         # addresses and logins kept for the two rules above
+MAX_CLIENTS = 32              # requests served at once
 
 
 def is_loopback(host: str) -> bool:
@@ -124,6 +125,7 @@ class Dashboard(ThreadingHTTPServer):
         check_address(addr[0], tls is not None)
         self.state, self.store, self.tracker = state, store, tracker
         self.login = None if is_loopback(addr[0]) else AdminLogin(store)
+        self._clients = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__(addr, _Handler)
         if self.login is not None:
             assert tls is not None
@@ -140,6 +142,28 @@ class Dashboard(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """At most MAX_CLIENTS requests at once, each in a thread of its own (no thread per idle
+        connection beyond that: a browser keeps one or two)."""
+        if not self._clients.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._clients.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._clients.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that speaks no TLS or breaks off: one debug line, not socketserver's traceback."""
+        log.debug("dashboard: %s: request failed", client_address[0])
 
     def page(self) -> str:
         farm = view.snapshot(self.state, PAGE_BUDGET)
@@ -192,12 +216,6 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()        # an OSError here ends this request only
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except (ssl.SSLError, OSError) as exc:     # a client that speaks no TLS, or goes away
-            log.debug("dashboard: %s: %s", self.client_address[0], exc)
 
     def do_GET(self) -> None:      # noqa: N802 - http.server's name
         login = self.server.login

@@ -7,8 +7,10 @@ import http.client
 import json
 import re
 import shutil
+import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -119,6 +121,23 @@ def test_off_loopback_the_dashboard_is_https_with_an_admin_login(cluster, tmp_pa
     with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
         plain.request("GET", "/farm.json")
         plain.getresponse().read()
+    # idle connections cannot pile up threads: past 32 at once, the next is closed at once
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(32)]
+    try:
+        time.sleep(0.5)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert extra.recv(1) == b""
+        extra.close()
+    finally:
+        for conn in idle:
+            conn.close()
+
+    def serving() -> bool:
+        try:
+            return get("/farm.json", "ada")[0] == 200
+        except (OSError, http.client.HTTPException):     # a place still held by a closing connection
+            return False
+    poll_for(serving, 30, "the dashboard serving again")
     # in a real browser, with the login in the address (the certificate is the tracker's own)
     dom = browser("--ignore-certificate-errors", "--dump-dom", f"https://ada:{PASSWORD}@127.0.0.1:{port}/").stdout
     assert "1 live worker" in dom and '<table id="workers">' in dom, dom[:2000]
