@@ -105,6 +105,23 @@ class LinkStats:
                 "decoded_by_boss": self.full_checks}
 
 
+# settings keys a worker of protocol 1 before them ignores (unknown keys are ignored): a job using
+# one needs a worker that says it read them (`settings` in session_ok)
+ECHO_REQUIRED = ("tune", "profile", "level", "codec_params")
+
+
+def check_settings_echo(ours: Settings, echoed: object) -> None:
+    """ProtocolError unless the worker read the job's settings as sent: an older worker (or
+    another client) that ignores a key would encode every chunk without it."""
+    wire = ours.to_wire()
+    if echoed is None:
+        missing = [k for k in ECHO_REQUIRED if k in wire]
+        if missing:
+            raise ProtocolError(f"it does not say it understood {', '.join(missing)} (an older worker?)")
+    elif echoed != wire:
+        raise ProtocolError(f"it read the settings as {str(echoed)[:200]}, not as sent")
+
+
 class WorkerLink(threading.Thread):
     def __init__(self, job: JobContext, offer: WorkerOffer) -> None:
         super().__init__(name=f"link-{offer.name}", daemon=True)
@@ -164,6 +181,7 @@ class WorkerLink(threading.Thread):
         send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire())
         reply = expect(sock, Msg.SESSION_OK)
         self.session, self.key = field(reply, "session", str), field(reply, "key", str)
+        check_settings_echo(self.job.settings, reply.get("settings"))
         log.info("worker %s joined (%d slot%s)", o.name, o.slots, "" if o.slots == 1 else "s")
         self.job.report(Event.WORKER_JOINED, worker=o.name)
 

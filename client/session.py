@@ -345,7 +345,9 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
         shutil.rmtree(session.dir, ignore_errors=True)
         send_msg(sock, Msg.ERROR, reason=refused, in_reply_to="session")
         raise RequestRejected(refused)
-    session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name)
+    # the settings as read here: a boss sees that this worker understood every key it sent
+    session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name,
+                 settings=session.settings.to_wire())
     return session
 
 

@@ -353,3 +353,17 @@ def test_a_silent_worker_is_given_up_and_its_chunk_requeued(worker, chunks, make
     assert [f["worker"] for f in rec.named(Event.WORKER_LOST)] == [WORKER]
     with pytest.raises(ConnectionClosed):                       # the boss hung up
         recv_msg(msg)
+
+
+def test_a_worker_must_have_read_the_settings_as_sent():
+    from ffdt.client.link import check_settings_echo
+    from ffdt.common.errors import ProtocolError
+    from ffdt.common.settings import Settings
+    plain, tuned = Settings(crf=22.5, preset="slow"), Settings(tune="film", codec_params=(("ref", "2"),))
+    check_settings_echo(plain, plain.to_wire())
+    check_settings_echo(tuned, tuned.to_wire())
+    check_settings_echo(plain, None)                   # an older worker: fine without tuning
+    with pytest.raises(ProtocolError, match="understood tune, codec_params"):
+        check_settings_echo(tuned, None)               # ... but it would drop the tuning
+    with pytest.raises(ProtocolError, match="not as sent"):
+        check_settings_echo(tuned, {**tuned.to_wire(), "codec_params": {}})
