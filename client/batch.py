@@ -2,10 +2,11 @@
 script's own folder comes first on sys.path, before the standard library.
 
 `ffdt-boss IN1 IN2 DIR ... -o OUTDIR/` transcodes each input into OUTDIR, a folder's files with
-their sub-folders mirrored; the next file starts while the last one's tail is still encoding. A file that fails is reported and the queue goes on; an output that
-exists is a finished file (the boss renames an output into place only once it passed its
-checks), so running the same command again resumes the queue: finished files are skipped, and
-an interrupted one resumes from its work directory.
+their sub-folders mirrored; the next file starts while the last one's tail is still encoding. A
+file that fails is reported and the queue goes on; an output that exists is a finished file (the
+boss renames an output into place only once it passed its checks), so running the same command
+again resumes the queue: finished files are skipped, and an interrupted one resumes from its
+work directory.
 """
 from __future__ import annotations
 
@@ -52,10 +53,10 @@ class Outcome:
     ended: float | None = None
 
 
-def is_queue(inputs: list[Path], output: Path | None) -> bool:
-    """Queue mode: several inputs, a folder among them, or an output that is a folder."""
-    return len(inputs) > 1 or any(p.is_dir() for p in inputs) or (
-        output is not None and (output.is_dir() or str(output).endswith("/")))
+def is_queue(inputs: list[Path], output: Path, as_folder: bool = False) -> bool:
+    """Queue mode: several inputs, a folder among them, or an output that is a folder (one that
+    exists, or written as OUTDIR/)."""
+    return len(inputs) > 1 or any(p.is_dir() for p in inputs) or as_folder or output.is_dir()
 
 
 def parse_extensions(text: str) -> tuple[str, ...]:

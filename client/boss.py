@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
 from ffdt.client import batch, media
 from ffdt.client.batch import VIDEO_EXTENSIONS
 from ffdt.client.streams import StreamOptions
-from ffdt.client.job import run_boss
+from ffdt.client.job import check_report_path, run_boss
 from ffdt.client.progress import bars_wanted
 from ffdt.common import ffmpeg
 from ffdt.common.tls import ClientTls
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the video to transcode (with -i INPUT, this place is the OUTPUT, as in ffmpeg); "
                    "several, or folders, make a queue written to -o OUTDIR/")
     p.add_argument("-i", dest="input_option", type=Path, metavar="INPUT", help="the input, as ffmpeg takes it")
-    p.add_argument("-o", "--output", type=Path, metavar="OUTPUT",
+    # a str, not a Path: Path("out/") drops the slash that says "a folder" (a queue's OUTDIR)
+    p.add_argument("-o", "--output", metavar="OUTPUT",
                    help="the file to write; for a queue, the folder (made if missing) its outputs go to")
     clobber = p.add_mutually_exclusive_group()
     clobber.add_argument("-y", "--overwrite", action="store_true", help="replace OUTPUT if it exists")
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "choice)")
     enc.add_argument("--level", "-level", help="H.264/HEVC level, e.g. 4.1 (default: the encoder's choice)")
     enc.add_argument("--x264-params", "-x264-params", metavar="K=V:K=V", help="x264 parameters from a safe list "
-                     "(keyint, bframes, ref, aq-mode, psy, deblock, me, subme, ...: --help-params lists them)")
+                     "(keyint, bframes, ref, aq-mode, psy, deblock, me, subme, ...; a key outside it is refused "
+                     "with the list)")
     enc.add_argument("--x265-params", "-x265-params", metavar="K=V:K=V", help="x265 parameters from a safe list "
                      "(bframes, ref, aq-mode, psy-rd, rd, sao, ctu, ...)")
     enc.add_argument("--acodec", "-c:a", "-acodec", help="audio encoder, or copy (default: aac; libopus for .webm)")
@@ -162,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def inputs_and_output(args: argparse.Namespace) -> tuple[list[Path], Path]:
-    sources, output = list(args.input), args.output
+def inputs_and_output(args: argparse.Namespace) -> tuple[list[Path], Path, bool]:
+    """The inputs, the output, and whether the output was written as a folder (OUTDIR/)."""
+    sources, output = list(args.input), None if args.output is None else Path(args.output)
     if args.input_option is not None:            # ffmpeg's order: -i INPUT ... OUTPUT
         if len(sources) > 1 or (sources and output is not None):
             raise UsageError("give the input once: as INPUT or with -i")
@@ -172,13 +176,12 @@ def inputs_and_output(args: argparse.Namespace) -> tuple[list[Path], Path]:
         raise UsageError("no INPUT: give the video to transcode")
     if output is None:
         raise UsageError("no OUTPUT: give it with -o OUTPUT (or as ffmpeg takes it: -i INPUT OUTPUT)")
-    return sources, output
+    return sources, output, bool(args.output and args.output.endswith(("/", os.sep)))
 
 
-def config_from_args(args: argparse.Namespace) -> BossConfig:
-    sources, output = inputs_and_output(args)
+def config_from_args(args: argparse.Namespace, sources: list[Path], output: Path, queue: bool) -> BossConfig:
     # a queue's outputs take --container; the settings' defaults (VP9 for .webm) follow it
-    container = media.container_for(Path(f"queue.{args.container}") if batch.is_queue(sources, output) else output)
+    container = media.container_for(Path(f"queue.{args.container}") if queue else output)
     if args.local < 0 or args.local > 64:
         raise UsageError("--local takes 1..64 workers")
     if not args.local and not (args.tracker and args.user):
@@ -238,14 +241,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    sources, output = inputs_and_output(args)
-    if not batch.is_queue(sources, output):
+    sources, output, as_folder = inputs_and_output(args)
+    queue = batch.is_queue(sources, output, as_folder)
+    cfg = config_from_args(args, sources, output, queue)
+    if not queue:
         return run_boss(cfg)
     if (output.exists() and not output.is_dir()) or (not output.exists() and output.suffix.lower() in media.CONTAINERS):
         raise UsageError(f"{output} is not a folder: a queue of several inputs writes to -o OUTDIR/")
-    if cfg.report is not None and not cfg.report.parent.is_dir():
-        raise UsageError(f"{cfg.report.parent}: no such directory for --report")
+    check_report_path(cfg.report)
     entries = batch.plan(sources, output, f".{args.container}", recursive=args.recursive,
                          extensions=batch.parse_extensions(args.extensions), work_dir=cfg.work_dir)
     return batch.run_queue(cfg, entries)

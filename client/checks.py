@@ -216,9 +216,9 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
     if out.of_kind("audio") and info.of_kind("audio"):
         # where the first audio track ends against where the video ends, in both files
         audio_packets = probed[1].get(out.of_kind("audio")[0].index, [])
-        av_offset = (packets_end(audio_packets) - (out.video_start + out.video_duration)) * 1000
-        source_end = info.audio_end if info.audio_end is not None else media_end(tools, info.path, "a:0")
-        src_offset = (source_end - (info.video_start + info.video_duration)) * 1000
+        av_offset = (ffmpeg.packets_end(audio_packets) - (out.video_start + out.video_duration)) * 1000
+        assert info.audio_end is not None       # inspect() sets it for every input with audio
+        src_offset = (info.audio_end - (info.video_start + info.video_duration)) * 1000
         # an audio encoder ends on a whole frame of its own (AAC: 1024 samples, 64 ms at 16 kHz)
         if abs(av_offset - src_offset) > AV_SYNC_TOLERANCE_MS + 1000 * audio_frame(audio_packets):
             problems.append(f"audio ends {av_offset:+.0f} ms from the video's end, the input's {src_offset:+.0f} ms")
@@ -267,15 +267,6 @@ def check_across(tools: ffmpeg.Tools, first: Chunk, second: Chunk, work: Path, f
                             nice=BACKGROUND_NICENESS)
     finally:
         listing.unlink(missing_ok=True)
-
-
-def media_end(tools: ffmpeg.Tools, path: Path, stream: str) -> float:
-    """Where a stream's last packet ends."""
-    return packets_end(ffmpeg.stream_packets(tools, path, stream))
-
-
-def packets_end(packets: list[ffmpeg.Packet]) -> float:
-    return max((p.pts + p.duration for p in packets), default=0.0)
 
 
 def audio_frame(packets: list[ffmpeg.Packet]) -> float:

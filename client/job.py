@@ -209,8 +209,12 @@ def check_output_path(cfg: BossConfig) -> None:
         raise UsageError(f"{cfg.output} exists: pass -y to replace it")
     if not os.access(cfg.output.parent, os.W_OK):
         raise UsageError(f"{cfg.output.parent}: cannot write there")
-    if cfg.report is not None and not cfg.report.parent.is_dir():
-        raise UsageError(f"{cfg.report.parent}: no such directory for --report")
+    check_report_path(cfg.report)
+
+
+def check_report_path(report: Path | None) -> None:
+    if report is not None and not report.parent.is_dir():
+        raise UsageError(f"{report.parent}: no such directory for --report")
 
 
 def settings_for_input(cfg: BossConfig, info: media.MediaInfo) -> Settings:

@@ -128,8 +128,7 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     wanted = [choice.video] + ([first_audio] if first_audio is not None else [])
     found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted)
     packets = found.get(choice.video, [])
-    audio_end = None if first_audio is None else max(
-        (p.pts + p.duration for p in found.get(first_audio, [])), default=0.0)
+    audio_end = None if first_audio is None else ffmpeg.packets_end(found.get(first_audio, []))
     own_copy = "" if choice_of.is_default(info, choice) else "streams chosen"
     if any(name in DISCONTINUOUS_FORMATS for name in fmt.get("format_name", "").split(",")) and _jumps(packets):
         own_copy = "timestamps jump"

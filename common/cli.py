@@ -52,11 +52,13 @@ class ArgumentParser(argparse.ArgumentParser):
                     return f" (did you mean {close[0]}?)"
         return ""
 
-    def parse_with_config(self, argv: list[str] | None, section: str) -> argparse.Namespace:
-        """parse_args() with the config file's defaults (common/config_file.py) under it."""
+    def parse_with_config(self, argv: list[str] | None, section: str,
+                          command: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+        """parse_args() with the config file's defaults (common/config_file.py) under it; those
+        of `command`'s options, if given (a subcommand's parser), else this parser's."""
         argv = sys.argv[1:] if argv is None else argv
         try:
-            config_file.apply(self, section, argv)
+            config_file.apply(command or self, section, argv)
         except UsageError as exc:
             self.exit(2, f"{self.prog}: error: {exc}\n")
         return self.parse_args(argv)

@@ -342,6 +342,11 @@ class Packet:
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
 
 
+def packets_end(packets: Sequence[Packet]) -> float:
+    """Where the last of these packets ends (0 when there are none)."""
+    return max((p.pts + p.duration for p in packets), default=0.0)
+
+
 def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: bool = False,
                    peer: bool = False, timeout: float = FFMPEG_TOOL_TIMEOUT) -> list[Packet]:
     """The packets of one stream (the first video one by default) in file (decode) order,

@@ -17,7 +17,6 @@ if __package__ in (None, ""):      # run as a script: make the checkout importab
     from ffdt.common import environment
     environment.ensure("ffdt-tracker")      # any python3: the checkout's .venv, or one line on what to run
 
-from ffdt.common import config_file
 from ffdt.common.audit_events import Event
 from ffdt.common.cli import (PASSWORD_HELP, ArgumentParser, add_common_options, add_config_option, add_password_option,
                              add_tls_client_options, client_tls, read_password, run_main, setup_logging)
@@ -206,10 +205,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in parser.commands:
-        try:
-            config_file.apply(parser.commands[command], command, argv)
-        except UsageError as exc:
-            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        return parser.parse_with_config(argv, command, parser.commands[command])
     return parser.parse_args(argv)
 
 

@@ -49,6 +49,11 @@ def test_a_folder_is_mirrored_a_bad_file_reported_and_the_queue_resumes(cluster,
     assert "queue: 0 done, 2 skipped (already there), 1 failed" in again.stderr
     assert (out / "ep0.mp4").stat().st_mtime_ns == stamp
 
+    # one file into a folder that does not exist yet: written as OUTDIR/, it is a queue of one
+    single = queue(cluster, str(shows / "season 1" / "ep1.mp4"), "-o", f"{tmp_path / 'new'}/")
+    assert single.returncode == 0, single.stderr
+    assert_same_media(shows / "season 1" / "ep1.mp4", tmp_path / "new" / "ep1.mp4")
+
     # without --recursive a folder's own files only; files and folders mix, in the order given
     flat = tmp_path / "flat"
     only = queue(cluster, str(shows / "season 1" / "ep1.mp4"), str(shows), "--extensions", "mkv",
