@@ -340,7 +340,7 @@ class Job:
                     ffmpeg.children_killed_on_error(self.work):
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, report=self.report,
-                                      on_result=lambda *a: verifier.submit(self.guarded_accept, *a),
+                                      on_result=lambda *a: self.hand_in(verifier, *a),
                                       on_assigned=self.phases.assigned,
                                       cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,
@@ -488,6 +488,15 @@ class Job:
                 bar.finish()
 
     # ------------------------------------------------------------ results
+
+    def hand_in(self, verifier: ThreadPoolExecutor, link: WorkerLink, chunk: Chunk, tmp: Path, *rest: Any) -> None:
+        """A result for the checks; one that comes in after the job has all of them (a late
+        straggler copy, while the output is written) is not needed."""
+        try:
+            verifier.submit(self.guarded_accept, link, chunk, tmp, *rest)
+        except RuntimeError:          # the checks' pool is closed: the job has every result
+            log.debug("%s: a copy from %s after the job had all its results; dropped", chunk.name, link.offer.name)
+            tmp.unlink(missing_ok=True)
 
     def guarded_accept(self, *args: Any) -> None:
         """Runs in the verifier pool, where an exception would vanish: fail the job loudly instead."""

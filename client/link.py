@@ -329,7 +329,7 @@ class WorkerLink(threading.Thread):
         sched = self.job.scheduler
         index = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
         chunk = sched.assigned_to(index, self.offer.name)
-        if chunk is None:                 # done elsewhere meanwhile: let the worker drop its copy
+        if chunk is None or chunk.state is ChunkState.DONE:   # done elsewhere meanwhile: the worker drops its copy
             self._send(Msg.CANCEL, chunk=index)
             return
         tmp = self.job.work_dir / f"{chunk.name}.{self.offer.name.replace('/', '_')}.recv.mkv"
