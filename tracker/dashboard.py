@@ -11,7 +11,6 @@ with MAX_FAILURES wrong logins in FAILURE_WINDOW seconds is refused for that lon
 from __future__ import annotations
 
 import base64
-import binascii
 import collections
 import hashlib
 import html
@@ -109,7 +108,7 @@ class AdminLogin:
             return 401
         try:
             user, sep, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:            # not base64 (binascii.Error), not ASCII, not UTF-8
             return 401
         rec = self.store.get_user(user) if sep else None
         if rec is None or not password_matches(rec, password):
