@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ffdt.client import checks, media
-from ffdt.client.join import AudioJob, join
+from ffdt.client.join import AudioJob, Join
 from ffdt.client.jobstate import Identity, JobState
 from ffdt.client.link import JobContext, WorkerLink, WorkerOffer
 from ffdt.client.progress import BossBar, JsonProgress
@@ -327,6 +327,7 @@ class Job:
         log.info("job %s: %s, %d frames, %.2fs, %s -> %s", self.id, cfg.input.name, info.shown_frames,
                  info.video_duration, info.video.codec, cfg.settings.vcodec)
         status, detail = "failed", ""
+        output: Join | None = None
         try:
             offers = self.ask_workers(cfg.workers)
             if not offers:
@@ -334,6 +335,8 @@ class Job:
             audio = AudioJob(cfg.tools, info.path, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
             scheduler, splitting = self.plan(len(offers), then=audio.start)
             self.scheduler = scheduler
+            output = Join(cfg.tools, info, cfg.settings, self.container, cfg.output, self.work, audio)
+            output.start_early(scheduler, ready=lambda: scheduler.complete and audio.done())
             if self.stopped:
                 scheduler.abort(self.stopped)
             with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier, \
@@ -362,8 +365,7 @@ class Job:
             with self.phases.timed("audio_wait"):
                 audio.join()
             with self.phases.timed("join"):
-                summary = join(cfg.tools, info, cfg.settings, self.container, cfg.output, self.work, chunks, audio,
-                               self.expected_frames)
+                summary = output.finish(chunks, self.expected_frames)
             summary["phases"] = self.phases.times
             # from the boss's start (the probe included), as the timeline's other times are
             summary["seconds"] = self.phases.since_start()
@@ -383,6 +385,8 @@ class Job:
             status, detail = "interrupted", "interrupted by the user"
             raise
         finally:
+            if output is not None:
+                output.close()              # an early join still running: the job failed
             # not before the join: each link says goodbye to its worker while the output is written
             for link in self.links:
                 if status == "done":

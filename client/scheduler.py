@@ -100,7 +100,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self.finished = threading.Event()
         self.fatal: str | None = None
-        self._settling = 0                # results being moved into place outside the lock
+        self._moving: set[int] = set()    # chunks done whose result is being moved into place outside the lock
         self._known: set[str] = set()     # workers that have asked for chunks and are still there
         self._finish_if_done()
 
@@ -215,7 +215,7 @@ class Scheduler:
             others, chunk.workers = set(chunk.workers), set()
             chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, sha256
             chunk.progress = chunk.frames
-            self._settling += 1
+            self._moving.add(chunk.index)
         try:
             if received is not None:
                 received.replace(result)
@@ -223,15 +223,25 @@ class Scheduler:
                 self.on_done(chunk)
         finally:
             with self._cond:
-                self._settling -= 1
+                self._moving.discard(chunk.index)
                 self._finish_if_done()
                 self._cond.notify_all()
         return others
 
     def _finish_if_done(self) -> None:
         """Set `finished` once every chunk is known, done, and its result file in place. Lock held."""
-        if self.complete and not self._settling and all(c.state is ChunkState.DONE for c in self.chunks):
+        if self.complete and not self._moving and all(c.state is ChunkState.DONE for c in self.chunks):
             self.finished.set()
+
+    def wait_done(self, chunk: Chunk, timeout: float) -> bool | None:
+        """Wait up to `timeout` seconds for `chunk` to be done with its result file in place:
+        True once it is, False if the job failed, None on timeout."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.fatal or (chunk.state is ChunkState.DONE
+                                                       and chunk.index not in self._moving), timeout=timeout)
+            if self.fatal:
+                return False
+            return True if chunk.state is ChunkState.DONE and chunk.index not in self._moving else None
 
     def fail(self, chunk: Chunk, worker: str, reason: str) -> None:
         """A failed attempt: back to the queue, or the job fails after max_attempts."""

@@ -302,6 +302,52 @@ def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[in
     return child.stderr
 
 
+class Background:
+    """A child that runs while its caller does other things (the join, fed chunk by chunk while
+    workers encode): no timeout until wait(), stderr kept in a temp file, killed by kill() and by
+    kill_children() like any other child."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        log.debug("running %s in the background", shlex.join(cmd))
+        self.cmd = cmd
+        self._err = tempfile.TemporaryFile("w+", errors="replace")
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
+                                         env=child_env(), preexec_fn=die_with_parent)
+        except OSError as exc:
+            self._err.close()
+            raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
+        with _live_lock:
+            _live.add(self.proc)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float) -> None:
+        """Until it ends (killed after `timeout` seconds); FFmpegError with stderr's tail if it failed."""
+        try:
+            returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise FFmpegError(self.cmd, None, f"no result after {timeout:g}s") from None
+        self._err.seek(0)
+        stderr = self._err.read()
+        self._forget()
+        if returncode != 0:
+            raise FFmpegError(self.cmd, returncode, tail(stderr) or "killed")
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.proc.wait()
+        self._forget()
+
+    def _forget(self) -> None:
+        with _live_lock:
+            _live.discard(self.proc)
+        self._err.close()
+
+
 @contextlib.contextmanager
 def run_lines(cmd: list[str], *, timeout: float) -> Iterator[Iterator[str]]:
     """Run a child and hand its stdout lines to the caller as they come. Leaving the block

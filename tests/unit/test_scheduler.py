@@ -329,3 +329,21 @@ def test_asking_ahead_yields_to_a_worker_that_has_nothing():
     assert finish(gone, gone.take("w2", wait=NO_WAIT), "w2")
     gone.release("w2", "session ended")             # w2 left the job: w1 may ask ahead again
     assert gone.take("w1", wait=NO_WAIT) is gone.chunks[2]
+
+
+def test_wait_done_waits_for_the_result_file_to_be_in_place(tmp_path):
+    """The early join copies a result as soon as wait_done says so: not before its file is moved."""
+    s = Scheduler(make_chunks(2))
+    chunk = s.take("w1", wait=NO_WAIT)
+    assert s.wait_done(chunk, 0.05) is None
+    received, result = tmp_path / "recv.mkv", tmp_path / "out.mkv"
+    received.write_bytes(b"result")
+    seen = []
+    waiter = threading.Thread(target=lambda: seen.append((s.wait_done(chunk, 5), result.exists())))
+    waiter.start()
+    s.done(chunk, "w1", result, "f" * 64, received=received)
+    waiter.join()
+    assert seen == [(True, True)]
+    other = s.take("w1", wait=NO_WAIT)
+    s.abort("stopped")
+    assert s.wait_done(other, 5) is False
