@@ -127,6 +127,40 @@ def test_client_refuses_a_tracker_that_does_not_know_its_server_key(background, 
     server.join()
 
 
+def test_the_client_side_follows_rfc_7677s_example(background, sock_pair, monkeypatch):
+    """The worked SCRAM-SHA-256 exchange of RFC 7677 section 3 (user "user", password "pencil"),
+    byte for byte: the client's proof, and its check of the server's signature."""
+    monkeypatch.setattr("ffdt.common.auth.secrets.token_urlsafe", lambda n: "rOprNGfwEbeRWgbNEkqO")
+    nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+
+    def rfc_server(sock: socket.socket) -> str:
+        start = recv_msg(sock)
+        assert field(start, "data", str) == "n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+        send_msg(sock, Msg.AUTH_CHALLENGE, data=f"r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+        final = field(recv_msg(sock), "data", str)
+        send_msg(sock, Msg.AUTH_OK, data="v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=", role="worker")
+        return final
+
+    a, b = sock_pair
+    server = background(rfc_server, b)
+    assert login(a, "user", "pencil").role == "worker"
+    assert server.join() == f"c=biws,r={nonce},p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+
+
+def test_a_login_derives_the_salted_password_once(background, sock_pair, store, monkeypatch):
+    """PBKDF2 is the whole cost of a login (200,000 iterations: 65 ms here); the proof and the
+    ServerKey for tickets come from one derivation."""
+    import hashlib
+    calls = []
+    real = hashlib.pbkdf2_hmac
+    monkeypatch.setattr("ffdt.common.auth.hashlib.pbkdf2_hmac", lambda *a: calls.append(a) or real(*a))
+    a, b = sock_pair
+    server = background(serve_one_login, b, store)
+    login(a, "alice", PASSWORD)
+    server.join()
+    assert len(calls) == 1
+
+
 # ---------------------------------------------------------------- ScramLogin driven directly
 
 def test_direct_scram_exchange_verifies_the_server_signature(store):
