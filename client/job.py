@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -347,7 +348,7 @@ class Job:
                                       on_assigned=self.phases.assigned,
                                       cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,
-                                      tls=ca_context(cfg.tls),
+                                      tls=functools.cache(lambda: ca_context(cfg.tls)),
                                       frame_bytes=raw_frame_bytes(info, cfg.settings))
                 with self.phases.timed("encode"):
                     if not scheduler.finished.is_set():

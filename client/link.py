@@ -81,7 +81,9 @@ class JobContext:
     on_assigned: Callable[[], None] = lambda: None
     cancel: Callable[[int, set[str]], None] = lambda index, workers: None   # tell these workers to drop a chunk
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
-    tls: ssl.SSLContext | None = None       # verifies workers that speak TLS
+    # verifies workers that speak TLS without a registered key: made when first needed (loading
+    # the system's CAs took 20-40 ms of CPU, on a quarter-core boss's critical path at every job)
+    tls: Callable[[], ssl.SSLContext] | None = None
     frame_bytes: int = 0                    # the most one output frame can take, uncompressed (0: no bound)
 
 
@@ -295,7 +297,7 @@ class WorkerLink(threading.Thread):
         o = self.offer
         if o.fingerprint is not None:
             return {"tls": _PINNING, "pin": o.fingerprint}
-        return {"tls": self.job.tls if o.tls else None}
+        return {"tls": self.job.tls() if o.tls and self.job.tls else None}
 
     def _file_conn(self) -> socket.socket:
         o = self.offer
