@@ -400,11 +400,18 @@ class Job:
             self.tracker.close()
 
     def worker_states(self, scheduler: Scheduler) -> list[dict[str, Any]]:
-        """Per worker, for --progress json: chunks and frames done, and the chunk it is on."""
-        on = {w: c.index for c in scheduler.chunks if c.state is ChunkState.ASSIGNED and c.started for w in c.workers}
-        return [{"worker": link.offer.name, "chunks_done": link.stats.chunks_done,
-                 "frames_done": link.stats.frames_done, "chunk": on.get(link.offer.name)}
-                for link in self.links if link.is_alive()]
+        """Per worker, for the bar's worker lines and --progress json: chunks and frames done, the
+        chunk it is encoding and that chunk's frames encoded so far and in all."""
+        on = {w: c for c in scheduler.chunks if c.state is ChunkState.ASSIGNED and c.started for w in c.workers}
+        states = []
+        for link in self.links:
+            if link.is_alive():
+                chunk = on.get(link.offer.name)
+                states.append({"worker": link.offer.name, "chunks_done": link.stats.chunks_done,
+                               "frames_done": link.stats.frames_done, "chunk": chunk.index if chunk else None,
+                               "chunk_progress": chunk.progress if chunk else 0,
+                               "chunk_frames": chunk.frames if chunk else 0})
+        return states
 
     def abort(self, reason: str) -> None:
         """Stop from another thread (a queue interrupted): the job fails with `reason`, its work
@@ -465,7 +472,7 @@ class Job:
             while not scheduler.finished.wait(BAR_REFRESH):
                 done, frames = scheduler.counts()
                 if bar:
-                    bar.update(frames, done, len(scheduler.chunks))
+                    bar.update(frames, done, len(scheduler.chunks), self.worker_states(scheduler))
                 if self.phases.json is not None and time.monotonic() - said >= JSON_PROGRESS_EVERY:
                     said = time.monotonic()
                     self.phases.json.progress(frames, self.info.shown_frames, done, len(scheduler.chunks),

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import progressbar
 
@@ -21,10 +22,10 @@ def bars_wanted(quiet: bool) -> bool:
 
 
 class _Bar:
-    def __init__(self, total: int, widgets: list, **variables: object) -> None:
+    def __init__(self, total: int, widgets: list, fd: Any = None, **variables: object) -> None:
         progressbar.streams.wrap_stderr()
         self._lock = threading.Lock()
-        self._bar = progressbar.ProgressBar(max_value=max(total, 1), widgets=widgets, fd=sys.stderr,
+        self._bar = progressbar.ProgressBar(max_value=max(total, 1), widgets=widgets, fd=fd or sys.stderr,
                                             redirect_stderr=False, variables=variables)
         self._bar.start()
 
@@ -44,6 +45,51 @@ class _Bar:
         progressbar.streams.unwrap_stderr()
 
 
+class Rate:
+    """Frames a second over the last `window` seconds, and the ETA at that rate: the cluster's
+    real pace (progressbar's adaptive ETA jumped each time a chunk's frames came in at once)."""
+
+    def __init__(self, window: float = 20.0) -> None:
+        self.window = window
+        self._seen: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, done: int, total: int, now: float | None = None) -> tuple[float, float | None]:
+        """(fps, seconds left or None while the rate is unknown) after `done` of `total` frames."""
+        now = time.monotonic() if now is None else now
+        self._seen.append((now, done))
+        while len(self._seen) > 2 and now - self._seen[0][0] > self.window:
+            self._seen.popleft()
+        (t0, f0), (t1, f1) = self._seen[0], self._seen[-1]
+        fps = max(0.0, (f1 - f0) / (t1 - t0)) if t1 > t0 else 0.0
+        return fps, ((total - done) / fps if fps > 0 else None)
+
+
+class _Below:
+    """The stream the boss's bar draws on: after each redraw of the bar's line, the lines under
+    it (one per worker); a wipe of the bar's line (a log line is about to land there and scroll
+    up) clears them too. The cursor always ends back on the bar's line, where progressbar
+    expects it."""
+
+    def __init__(self, target: Any, lines: Callable[[], list[str]]) -> None:
+        self.target, self.lines = target, lines
+
+    def write(self, text: str) -> int:
+        if not text.startswith("\r"):
+            return self.target.write(text)
+        self.target.write("\r\033[J")            # the bar's line and everything under it
+        body = text.strip("\r")
+        if body.strip():
+            self.target.write(body)
+            width = max(20, shutil.get_terminal_size().columns - 1)    # a wrapped line would break the count
+            lines = [line[:width] for line in self.lines()]
+            if lines:
+                self.target.write("\n" + "\n".join(lines) + f"\033[{len(lines)}A\r")
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:      # flush, isatty, fileno, encoding: the terminal's
+        return getattr(self.target, name)
+
+
 class WorkerBar(_Bar):
     """The chunk a worker is encoding: wiped when it ends, no frozen 100 % line per chunk."""
 
@@ -61,33 +107,73 @@ class WorkerBar(_Bar):
 
 
 class BossBar(_Bar):
-    """The whole job: frames encoded (done chunks plus progress), chunks done, fps, ETA."""
+    """The whole job: chunks done, frames encoded (done chunks plus progress), the cluster's fps
+    and the ETA at it; under it a line per worker (the chunk it is on, how far, its fps)."""
+
+    MAX_WORKER_LINES = 8
 
     def __init__(self, frames: int) -> None:
+        self._lines: list[str] = []
+        self._rate = Rate()
+        self._worker_rates: dict[str, Rate] = {}
+        below = _Below(progressbar.streams.original_stderr, lambda: self._lines)
         super().__init__(frames, [progressbar.Variable("chunks", format="chunks {formatted_value}", width=11),
                                   " ", progressbar.Percentage(), " ", progressbar.Bar(), " ",
                                   progressbar.SimpleProgress(), " frames ",
-                                  progressbar.AdaptiveTransferSpeed(format="%(scaled)5.1f fps", prefixes=("",)),
-                                  " ", progressbar.AdaptiveETA()], chunks="0/?")
+                                  # width/precision 0: the text as given (else cut to 3 characters)
+                                  progressbar.Variable("rate", format="{formatted_value}", width=0, precision=0)],
+                         fd=below, chunks="0/?", rate="  0.0 fps ETA --:--")
 
-    def update(self, frames: int, chunks_done: int, chunks: int) -> None:
-        """chunks: how many there are so far (the split may still be adding)."""
-        self._set(frames, chunks=f"{chunks_done}/{chunks}")
+    def update(self, frames: int, chunks_done: int, chunks: int, workers: Sequence[dict[str, Any]] = ()) -> None:
+        """chunks: how many there are so far (the split may still be adding); workers: the job's
+        worker_states()."""
+        fps, left = self._rate.add(frames, self._bar.max_value)
+        with self._lock:
+            self._lines = self._worker_lines(workers)
+        self._set(frames, chunks=f"{chunks_done}/{chunks}", rate=f"{fps:5.1f} fps ETA {clock(left)}")
+
+    def _worker_lines(self, workers: Sequence[dict[str, Any]]) -> list[str]:
+        lines = []
+        for w in workers:
+            rate = self._worker_rates.setdefault(w["worker"], Rate(window=10.0))
+            fps, _ = rate.add(w["frames_done"] + w["chunk_progress"], 0)
+            if w["chunk"] is None:
+                doing = "waiting for a chunk"
+            else:
+                share = 100 * w["chunk_progress"] // max(1, w["chunk_frames"])
+                doing = f"chunk {w['chunk']:05d} {share:3d}% {fps:5.1f} fps"
+            lines.append(f"  {w['worker']:<32.32} {doing}   {w['chunks_done']} done")
+        if len(lines) > self.MAX_WORKER_LINES:
+            lines = lines[:self.MAX_WORKER_LINES - 1] + [f"  ... and {len(lines) - self.MAX_WORKER_LINES + 1} more"]
+        return lines
+
+    def finish(self, keep: bool = True) -> None:
+        with self._lock:
+            self._lines = []              # the last redraw clears the worker lines
+        super().finish(keep)
+
+
+def clock(seconds: float | None) -> str:
+    """H:MM:SS (or M:SS) for an ETA; --:-- while it is not known."""
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class JsonProgress:
     """`--progress json`: one JSON object a line on stdout, for scripts. Events: `phase` (probe,
     split, encode, audio_wait, join, with `file`), `progress` (about once a second while chunks
-    are encoded: frames and chunks done of the total, the cluster's fps over the last RATE_WINDOW
-    seconds, the ETA at that rate, and per worker its chunks and frames done and the chunk it is
-    on), `done` and `failed` (one per file)."""
+    are encoded: frames and chunks done of the total, the cluster's fps over the last 20
+    seconds, the ETA at that rate, and per worker its chunks and frames done, the chunk it is on
+    and that chunk's frames encoded and in all), `done` and `failed` (one per file)."""
 
-    RATE_WINDOW = 20.0
     _lock = threading.Lock()             # one stdout for every job of a queue
 
     def __init__(self, file: str) -> None:
         self.file = file
-        self._seen: collections.deque[tuple[float, int]] = collections.deque()
+        self._rate = Rate()
 
     def emit(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, "file": self.file, **fields}, separators=(",", ":"))
@@ -97,12 +183,7 @@ class JsonProgress:
 
     def progress(self, frames_done: int, frames: int, chunks_done: int, chunks: int,
                  workers: list[dict[str, Any]]) -> None:
-        now = time.monotonic()
-        self._seen.append((now, frames_done))
-        while len(self._seen) > 2 and now - self._seen[0][0] > self.RATE_WINDOW:
-            self._seen.popleft()
-        (t0, f0), (t1, f1) = self._seen[0], self._seen[-1]
-        fps = (f1 - f0) / (t1 - t0) if t1 > t0 else 0.0
-        eta = round((frames - frames_done) / fps, 1) if fps > 0 else None
+        fps, left = self._rate.add(frames_done, frames)
+        eta = round(left, 1) if left is not None else None
         self.emit("progress", frames_done=frames_done, frames=frames, chunks_done=chunks_done, chunks=chunks,
                   fps=round(fps, 1), eta=eta, workers=workers)

@@ -272,7 +272,8 @@ def test_progress_json_lines_for_scripts(cluster, clips, tmp_path):
     assert done_frames == sorted(done_frames) and all(0 <= f <= 600 for f in done_frames)
     assert all(e["frames"] == 600 and e["chunks"] <= 5 for e in progress)
     assert {w["worker"] for e in progress for w in e["workers"]} and all(
-        set(w) == {"worker", "chunks_done", "frames_done", "chunk"} for e in progress for w in e["workers"])
+        set(w) == {"worker", "chunks_done", "frames_done", "chunk", "chunk_progress", "chunk_frames"}
+        and 0 <= w["chunk_progress"] <= w["chunk_frames"] for e in progress for w in e["workers"])
     assert lines[-1]["event"] == "done" and lines[-1]["frames"] == 600 and lines[-1]["output"] == str(out)
     failed = run_cli("client/boss.py", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "x.mp4"), "--tracker",
                      cluster.addr, "--user", "b", "--progress", "json", *cluster.pin(()))
