@@ -62,6 +62,7 @@ class BossConfig:
     bars: bool
     report: Path | None
     verify_fraction: float = DEFAULT_VERIFY_FRACTION
+    recheck_fraction: float = 0.0
     progress: str = "bar"                   # bar (on a terminal), json (lines on stdout), none
     overwrite: bool = False                 # -y: replace an existing OUTPUT
     streams: StreamOptions = StreamOptions()    # which of the input's streams (ffmpeg's defaults)
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-fraction", type=float, default=DEFAULT_VERIFY_FRACTION, metavar="F",
                    help="decode this random fraction of results in full (every result gets the packet-level "
                    "checks, each ffmpeg build's first result a decode of its start; 1 decodes all)")
+    p.add_argument("--recheck-fraction", type=float, default=0.0, metavar="F",
+                   help="have this random fraction of chunks encoded again by a second worker with the same "
+                   "ffmpeg build, settings and threads, and the two results compared bit for bit (a third "
+                   "settles a mismatch; the one that differs is dropped); costs that fraction of the encode "
+                   "again (default: %(default)s, off)")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)
@@ -190,6 +196,8 @@ def config_from_args(args: argparse.Namespace, sources: list[Path], output: Path
         raise UsageError("--workers must be at least 1")
     if not 0.0 <= args.verify_fraction <= 1.0:
         raise UsageError("--verify-fraction must be between 0 and 1")
+    if not 0.0 <= args.recheck_fraction <= 1.0:
+        raise UsageError("--recheck-fraction must be between 0 and 1")
     if args.chunk_seconds is not None and not 0.5 <= args.chunk_seconds <= 3600:
         raise UsageError("--chunk-seconds must be between 0.5 and 3600")
     scale = parse_scale(args.scale) if args.scale else (None, None)
@@ -216,7 +224,7 @@ def config_from_args(args: argparse.Namespace, sources: list[Path], output: Path
         tls=ClientTls(None) if args.local else client_tls(args),
         work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
         allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet) and args.progress == "bar", report=args.report,
-        verify_fraction=args.verify_fraction, progress=args.progress,
+        verify_fraction=args.verify_fraction, recheck_fraction=args.recheck_fraction, progress=args.progress,
         streams=StreamOptions(video=args.video_stream, program=args.program,
                               audio=StreamOptions.parse_audio(args.audio_streams)))
 

@@ -7,7 +7,8 @@ They live here, apart from the worker's code paths, which only ask `faults.on(na
 - bloated-results: each result padded with 4 MiB of zeros (a worker out to fill the boss's disk);
 - red-box: a result whose every frame has a red box over a quarter of the picture, otherwise
   well-formed (frames, timestamps, keyframes as an honest encode's); late-red-box: the same
-  from the 10th frame of each result on;
+  from the 10th frame of each result on; subtle-results: each result re-encoded at a much lower
+  quality (CRF 38), a lie the comparison with the source lets through;
 - disk-full: the worker refuses every upload as if its disk were full;
 - playlist-results (a hostile worker) / playlist-chunks (a hostile boss): each result / chunk
   sent is an HLS playlist naming the file FFDT_TEST_SECRET (a file of the receiving host's that
@@ -92,6 +93,12 @@ def tamper(tools: ffmpeg.Tools, path: Path) -> None:
                     "-enc_time_base", "-1", "-c:v", "libx264", "-preset", "ultrafast", "-f", "matroska",
                     ffmpeg.input_path(boxed)])
         boxed.replace(path)
+    if on("subtle-results"):
+        worse = path.with_name(path.name + ".worse")
+        ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-i", ffmpeg.input_path(path), "-fps_mode", "passthrough",
+                    "-enc_time_base", "-1", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "38",
+                    "-fflags", "+bitexact", "-f", "matroska", ffmpeg.input_path(worse)])
+        worse.replace(path)
     if on("slow-results"):
         slow = path.with_name(path.name + ".slow")
         ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-itsscale", "2", "-i", ffmpeg.input_path(path), "-c", "copy",

@@ -29,6 +29,7 @@ from ffdt.client.join import AudioJob, Join
 from ffdt.client.jobstate import Identity, JobState
 from ffdt.client.link import JobContext, WorkerLink, WorkerOffer
 from ffdt.client.progress import BossBar, JsonProgress
+from ffdt.client.recheck import Rechecks
 from ffdt.client.reporter import EventReporter
 from ffdt.client.scheduler import Chunk, ChunkState, Scheduler
 from ffdt.client.split import Splitter
@@ -319,6 +320,7 @@ class Job:
         self.border_checked = False      # two adjacent chunks decoded across their border
         self.summary: dict[str, Any] = {}    # what print_summary prints, once the output is written
         self.scheduler: Scheduler | None = None
+        self.rechecks: Rechecks | None = None
         self.stopped: str | None = None        # abort()'s reason
 
     def run(self) -> int:
@@ -336,6 +338,8 @@ class Job:
             audio = AudioJob(cfg.tools, info.path, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
             scheduler, splitting = self.plan(len(offers), then=audio.start)
             self.scheduler = scheduler
+            self.rechecks = Rechecks(cfg.recheck_fraction, scheduler, lambda: list(self.links), self.work,
+                                     self.report, self.cancel_copies)
             output = Join(cfg.tools, info, cfg.settings, self.container, cfg.output, self.work, audio)
             output.start_early(scheduler, ready=lambda: scheduler.complete and audio.done())
             if self.stopped:
@@ -373,6 +377,7 @@ class Job:
             summary["timeline"] = {"first_assigned": self.phases.first_assigned,
                                    "last_result": self.phases.last_result, "finished": summary["seconds"]}
             summary["chunks"] = len(chunks)
+            summary["rechecked"] = self.rechecks.agreed      # chunks two workers' encodes agreed on
             summary["cpu_seconds"] = cpu_seconds()
             summary["workers"] = {link.offer.name: link.stats.summary() for link in self.links}
             self.print_summary(summary)
@@ -470,6 +475,9 @@ class Job:
         next_ask = time.monotonic() + WORKER_REFRESH
         try:
             while not scheduler.finished.wait(BAR_REFRESH):
+                assert self.rechecks is not None
+                for chunk, link, path, sha in self.rechecks.settle_stalled():
+                    self.record(chunk, link, path, sha, frames=chunk.frames, seconds=0.0)
                 done, frames = scheduler.counts()
                 if bar:
                     bar.update(frames, done, len(scheduler.chunks), self.worker_states(scheduler))
@@ -535,13 +543,24 @@ class Job:
             self.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=worker, detail=str(exc)[:MAX_REASON])
             sched.fail(chunk, worker, str(exc))
             return
-        others = sched.done(chunk, worker, self.work / f"{chunk.name}.out.mkv", sha, received=tmp)
+        link.stats.full_checks += full
+        assert self.rechecks is not None
+        verdict = self.rechecks.accept(link, chunk, tmp, sha, left=progress[0], workers=progress[2])
+        if verdict is None:
+            return                            # kept until another worker's encode matches it
+        self.record(chunk, link, *verdict[1:], frames=frames, seconds=seconds)
+
+    def record(self, chunk: Chunk, link: WorkerLink, path: Path, sha: str, frames: int, seconds: float) -> None:
+        """The result that counts for the chunk (`link`'s, or one kept for the re-encode check):
+        moved into place, journalled, counted, reported."""
+        assert self.ctx is not None
+        worker = link.offer.name
+        others = self.ctx.scheduler.done(chunk, worker, self.work / f"{chunk.name}.out.mkv", sha, received=path)
         if others is None:
-            tmp.unlink(missing_ok=True)       # a straggler copy finished second
+            path.unlink(missing_ok=True)      # a straggler copy finished second
             return
         self.phases.result_in()
         link.stats.chunks_done += 1
-        link.stats.full_checks += full
         link.stats.frames_done += frames
         link.stats.encode_seconds += seconds
         self.report(Event.CHUNK_DONE, chunk=chunk.index, worker=worker, frames=frames, seconds=round(seconds, 3))

@@ -136,6 +136,10 @@ class WorkerLink(threading.Thread):
         self.failure: str | None = None
         self.closed_by_us = False       # close() was called: the job is over or the boss is stopping
         self.dropped = False
+        # (ffmpeg build, threads, CPUs when threads is 0): workers alike in these encode a chunk to
+        # the same bytes; None: it did not say (an older worker), so it is never compared
+        self.encoder: tuple[str, int, int] | None = None
+        self.lied: str | None = None    # its result differed from two others' of the same chunk
         self._handlers: dict[Msg, Callable[[dict], bool]] = {
             Msg.ERROR: self.handle_error,
             Msg.REQUEST: self.handle_request,
@@ -166,6 +170,16 @@ class WorkerLink(threading.Thread):
                     self.job.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=self.offer.name,
                                     detail="worker lost")
 
+    def drop(self, why: str) -> None:
+        """Stop using this worker at once (its result was a lie): reported to the tracker, its
+        session closed, the chunks it holds back in the queue; the tracker does not offer it to
+        this job again."""
+        self.lied = why
+        log.warning("worker %s %s; not using it for this job", self.offer.name, why)
+        self.job.report(Event.WORKER_DROPPED, worker=self.offer.name, detail=why[:MAX_REASON])
+        self.dropped = True
+        self.close()
+
     def close(self) -> None:
         """End the session from outside (the job is over): the worker sees the connection close."""
         self.closed_by_us = True
@@ -184,6 +198,10 @@ class WorkerLink(threading.Thread):
         reply = expect(sock, Msg.SESSION_OK)
         self.session, self.key = field(reply, "session", str), field(reply, "key", str)
         check_settings_echo(self.job.settings, reply.get("settings"))
+        threads, cpus = reply.get("threads"), reply.get("cpus")
+        if isinstance(threads, int) and isinstance(cpus, int) and 0 <= threads <= 1024 and 1 <= cpus <= 65536:
+            # threads=0 (ffmpeg decides) follows the CPU count
+            self.encoder = (o.ffmpeg, threads, cpus if threads == 0 else 0)
         log.info("worker %s joined (%d slot%s)", o.name, o.slots, "" if o.slots == 1 else "s")
         self.job.report(Event.WORKER_JOINED, worker=o.name)
 
@@ -256,6 +274,8 @@ class WorkerLink(threading.Thread):
         """Why this worker should get no more chunks of this job, if it should not."""
         if self.stats.refusals >= MAX_REFUSALS:
             return f"refused {self.stats.refusals} chunks"
+        if self.lied:
+            return self.lied
         if self.stats.bad_results >= MAX_BAD_RESULTS:
             return f"returned {self.stats.bad_results} bad results"
         return None

@@ -72,6 +72,7 @@ class Chunk:
     result_sha256: str | None = None
     progress: int = 0           # frames encoded so far, as the worker reports
     started: bool = False       # a worker reported its encode began (else it may be held, prefetched)
+    only: set[str] | None = None    # the workers that may take it (a re-encode check's); None: any
 
     # the manifest's fields, read-only, for the code that schedules and checks chunks
     index = property(lambda self: self.manifest.index)
@@ -127,23 +128,24 @@ class Scheduler:
             self._known.add(worker)
             self._cond.wait_for(lambda: self._pending or self.finished.is_set(), timeout=wait)
             # a chunk requeued by a lost worker may have been verified done since: skip it
-            while self._pending and self._pending[0].state is not ChunkState.PENDING:
-                self._pending.popleft()
+            if any(c.state is not ChunkState.PENDING for c in self._pending):
+                self._pending = deque(c for c in self._pending if c.state is ChunkState.PENDING)
             if self.finished.is_set():
                 return None
             holding = self._holding()
             if self._pending and worker in holding and \
                     len(self._pending) <= len(self._known - holding - {worker}):
                 return None               # a worker with nothing to do gets these first
-            if not self._pending:
-                if not self.complete or worker in holding:
-                    return None           # more chunks are coming; or busy: copies are for idle workers only
-                chunk = self._straggler(worker)
+            chunk = next((c for c in self._pending if c.only is None or worker in c.only), None)
+            if chunk is None:
+                if self._pending or not self.complete or worker in holding:
+                    return None           # more chunks are coming (or kept for others); or busy: copies
+                chunk = self._straggler(worker)   # are for idle workers only
                 if chunk is not None:
                     chunk.workers.add(worker)
                     chunk.tried_on.append(worker)
                 return chunk
-            chunk = self._pending.popleft()
+            self._pending.remove(chunk)
             chunk.state = ChunkState.ASSIGNED
             chunk.workers.add(worker)
             chunk.tried_on.append(worker)
@@ -151,6 +153,19 @@ class Scheduler:
             chunk.progress = 0
             chunk.started = False
             return chunk
+
+    def hold(self, chunk: Chunk, worker: str, only: set[str]) -> set[str]:
+        """A checked result of `chunk` from `worker` is kept aside until another worker's encode
+        matches it (the re-encode check): the chunk goes back to the queue first, for `only` these
+        workers, the attempt not counted. Returns the others still encoding a copy (to cancel)."""
+        with self._cond:
+            others = chunk.workers - {worker}
+            chunk.workers = set()
+            chunk.state, chunk.only = ChunkState.PENDING, set(only)
+            chunk.attempts = max(0, chunk.attempts - 1)
+            self._pending.appendleft(chunk)
+            self._cond.notify_all()
+            return others
 
     def _holding(self) -> set[str]:
         """Workers that hold at least one chunk being encoded or waiting to be. Lock held."""
@@ -264,6 +279,9 @@ class Scheduler:
         """A worker is gone: its chunks go back to the queue (not counted as the chunk's fault)."""
         with self._cond:
             self._known.discard(worker)
+            for chunk in self.chunks:
+                if chunk.only is not None:
+                    chunk.only.discard(worker)     # (the job settles a check left with nobody: Rechecks)
             lost = [c for c in self.chunks if worker in c.workers]
             for chunk in lost:
                 chunk.losses.append(f"{worker}: {reason}")

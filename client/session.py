@@ -346,8 +346,10 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
         send_msg(sock, Msg.ERROR, reason=refused, in_reply_to="session")
         raise RequestRejected(refused)
     # the settings as read here: a boss sees that this worker understood every key it sent
+    # threads and CPUs: what else decides an encode's bytes, so the boss can pair workers whose
+    # encodes of one chunk must match bit for bit (its re-encode check)
     session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name,
-                 settings=session.settings.to_wire())
+                 settings=session.settings.to_wire(), threads=worker.cfg.threads, cpus=os.cpu_count() or 1)
     return session
 
 

@@ -676,6 +676,9 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     cmd += encoder_args(s, closed_gop=bool(warmup))
     if threads:
         cmd += ["-threads", str(threads)]
+    # no random segment UID or date in the container: one build with the same settings and threads
+    # writes the same bytes for a chunk (the boss's re-encode check compares results' SHA-256)
+    cmd += ["-fflags", "+bitexact"]
     if warmup:
         # the chunk's first frame becomes an IDR (nothing after it refers back), which is also the
         # first keyframe at or after packet `warmup`: where the segment muxer cuts

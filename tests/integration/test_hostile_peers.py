@@ -2,6 +2,7 @@
 turned hostile is played by a fault switch (client/faults.py) in an otherwise real process."""
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import stat
@@ -15,8 +16,8 @@ from ffdt.common.net import connect
 from ffdt.common.protocol import Msg, Role, client_hello, recv_msg, send_msg
 from ffdt.common.settings import Settings
 from ffdt.common.tls import pinning_context
-from tests.conftest import PASSWORD, Cluster, audit_events, ffmpeg, poll_for, start_boss
-from tests.integration.test_faults import assert_bad_worker_dropped, ffmpeg_of, held_worker
+from tests.conftest import PASSWORD, Cluster, assert_same_media, audit_events, ffmpeg, poll_for, start_boss
+from tests.integration.test_faults import assert_bad_worker_dropped, ffmpeg_of, held_worker, worker_name
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +179,35 @@ def test_a_result_bigger_than_its_frames_uncompressed_is_refused_before_its_byte
     failed = events(cluster, "chunk_failed", worker=f"w@127.0.0.1:{bad_port}", by="boss")
     assert failed and all("more than its frames uncompressed" in e["detail"] for e in failed), (failed, done.stderr)
     assert not list(tmp_path.glob(".out.mp4.ffdt-work/*.recv.mkv"))
+
+
+def test_a_worker_whose_encodes_differ_is_caught_by_a_second_encode(cluster, clips, tmp_path):
+    """A worker that returns each chunk at a much lower quality passes the comparison with the
+    source; with --recheck-fraction 1 a second worker alike re-encodes its chunks, the bytes
+    differ, a third worker's match the second's, and the first is dropped and reported."""
+    _, bad_port, _ = cluster.start_worker(extra_env={"FFDT_TEST_FAULTS": "subtle-results"})
+    cluster.start_worker()
+    cluster.start_worker()
+    out, report = tmp_path / "out.mp4", tmp_path / "report.json"
+    done = cluster.boss(clips["mid20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2",
+                        "--recheck-fraction", "1", "--verify-fraction", "0", "--report", str(report))
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["mid20.mp4"], out)
+    bad = worker_name(bad_port)
+    dropped = events(cluster, "worker_dropped", worker=bad)
+    assert dropped and "differs from 2 other workers'" in dropped[0]["detail"], dropped
+    assert json.loads(report.read_text())["rechecked"] >= 1
+    assert not any(e.get("worker") != bad for e in events(cluster, "worker_dropped"))
+
+
+def test_honest_workers_second_encodes_match(cluster, clips, tmp_path):
+    """Two honest workers of one build: every chunk drawn is encoded twice, to the same bytes."""
+    cluster.start_worker()
+    cluster.start_worker()
+    out, report = tmp_path / "out.mp4", tmp_path / "report.json"
+    done = cluster.boss(clips["mid20.mp4"], out, "--preset", "ultrafast", "--chunk-seconds", "2",
+                        "--recheck-fraction", "1", "--report", str(report))
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["mid20.mp4"], out)
+    assert json.loads(report.read_text())["rechecked"] >= 1
+    assert not events(cluster, "worker_dropped")

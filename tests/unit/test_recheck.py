@@ -1,0 +1,98 @@
+"""The re-encode check's bookkeeping (client/recheck.py), without processes: who gets the second
+encode, what a match, a mismatch and a third encode decide, and a check nobody can finish."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ffdt.client.recheck import Rechecks
+from ffdt.client.scheduler import Chunk, ChunkState, Manifest, Scheduler
+
+ALIKE = ("ffmpeg 5.1.9", 1, 0)
+
+
+class FakeLink:
+    def __init__(self, name: str, encoder=ALIKE) -> None:
+        self.offer = type("Offer", (), {"name": name})()
+        self.encoder, self.lied, self.alive, self.dropped_for = encoder, None, True, None
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def drop(self, why: str) -> None:
+        self.lied = self.dropped_for = why
+        self.alive = False
+
+
+def setup(tmp_path: Path, fraction: float = 1.0, links=None):
+    links = links or [FakeLink("a"), FakeLink("b"), FakeLink("c")]
+    chunks = [Chunk(Manifest(index=i, source=tmp_path / f"p{i}.mkv", size=1, sha256="0" * 64, frames=25,
+                             start=float(i))) for i in range(6)]
+    sched = Scheduler(chunks)
+    reports, cancels = [], []
+    checks = Rechecks(fraction, sched, lambda: links, tmp_path, lambda *a, **k: reports.append((a, k)),
+                      lambda index, workers: cancels.append((index, workers)))
+    return checks, sched, links, reports
+
+
+def result(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(name.encode())
+    return path
+
+
+def test_a_chunk_not_drawn_counts_at_once(tmp_path):
+    checks, sched, links, _ = setup(tmp_path, fraction=0.0)
+    chunk = sched.take("a", 0)
+    r = result(tmp_path, "r1")
+    assert checks.accept(links[0], chunk, r, "s1", left=5, workers=3) == (links[0], r, "s1")
+
+
+def test_no_draw_in_the_last_round_nor_without_a_worker_alike(tmp_path):
+    checks, sched, links, _ = setup(tmp_path)
+    chunk = sched.take("a", 0)
+    r = result(tmp_path, "r1")
+    assert checks.accept(links[0], chunk, r, "s1", left=2, workers=3) is not None        # the last round
+    links[1].encoder = links[2].encoder = ("ffmpeg 6.0", 1, 0)
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, r, "s1", left=5, workers=3) is not None        # nobody alike
+
+
+def test_a_match_settles_the_chunk_with_one_result(tmp_path):
+    checks, sched, links, _ = setup(tmp_path)
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "s1", left=5, workers=3) is None
+    # back in the queue first, for the others alike only
+    assert chunk.state is ChunkState.PENDING and chunk.only == {"b", "c"}
+    assert sched.take("a", 0) is not chunk
+    assert sched.take("b", 0) is chunk
+    second = result(tmp_path, "r2")
+    assert checks.accept(links[1], chunk, second, "s1", left=5, workers=3) == (links[1], second, "s1")
+    assert checks.agreed == 1 and chunk.only is None
+    assert not list(tmp_path.glob("*.kept-*"))         # the first copy is gone
+    assert not any(link.lied for link in links)
+
+
+def test_a_mismatch_goes_to_a_third_and_the_odd_one_is_dropped(tmp_path):
+    checks, sched, links, reports = setup(tmp_path)
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "lie", left=5, workers=3) is None
+    assert sched.take("b", 0) is chunk
+    assert checks.accept(links[1], chunk, result(tmp_path, "r2"), "true", left=5, workers=3) is None
+    assert chunk.only == {"c"}
+    assert sched.take("c", 0) is chunk
+    third = result(tmp_path, "r3")
+    assert checks.accept(links[2], chunk, third, "true", left=5, workers=3) == (links[2], third, "true")
+    assert "differs from 2 other workers'" in links[0].dropped_for
+    assert links[1].lied is None and links[2].lied is None
+    assert any(k.get("worker") == "a" for _, k in reports)
+
+
+def test_a_check_nobody_alike_can_finish_keeps_the_first_result(tmp_path):
+    checks, sched, links, _ = setup(tmp_path, links=[FakeLink("a"), FakeLink("b")])
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "s1", left=5, workers=2) is None
+    assert checks.settle_stalled() == []
+    links[1].alive = False
+    sched.release("b", "lost")
+    [(settled, link, path, sha)] = checks.settle_stalled()
+    assert settled is chunk and link is links[0] and sha == "s1" and path.read_bytes() == b"r1"
