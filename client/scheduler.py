@@ -177,6 +177,7 @@ class Scheduler:
         # (never to a worker that was lost while it held the chunk: a frozen one that woke up)
         running = [c for c in self.chunks if c.state is ChunkState.ASSIGNED and c.progress < c.frames / 2
                    and len(c.workers) < self.max_copies and worker not in c.workers
+                   and (c.only is None or worker in c.only)      # a second encode: not by the first's worker
                    and not any(loss.startswith(worker + ": ") for loss in c.losses)]
         return min(running, key=lambda c: (not self._prefetched(c), c.progress / max(1, c.frames), -c.frames),
                    default=None)
@@ -265,7 +266,8 @@ class Scheduler:
             if chunk.state is not ChunkState.ASSIGNED or chunk.workers:
                 return                      # done elsewhere, or still being encoded elsewhere
             chunk.errors.append(f"{worker}: {reason}")
-            if chunk.attempts >= self.max_attempts:
+            # (a failed second encode does not fail the job: a checked result is kept for it)
+            if chunk.attempts >= self.max_attempts and chunk.only is None:
                 chunk.state = ChunkState.FAILED
                 self.fatal = (f"{chunk.name} failed {chunk.attempts} times (on {', '.join(chunk.tried_on)}); "
                               f"last error: {reason}")

@@ -96,3 +96,18 @@ def test_a_check_nobody_alike_can_finish_keeps_the_first_result(tmp_path):
     sched.release("b", "lost")
     [(settled, link, path, sha)] = checks.settle_stalled()
     assert settled is chunk and link is links[0] and sha == "s1" and path.read_bytes() == b"r1"
+
+
+def test_a_second_encode_is_never_copied_to_the_first_worker_nor_fails_the_job(tmp_path):
+    checks, sched, links, _ = setup(tmp_path)
+    for chunk in sched.chunks[1:]:
+        chunk.state = ChunkState.DONE          # only chunk 0 is left: the queue is empty after it
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "s1", left=5, workers=3) is None
+    assert sched.take("b", 0) is chunk
+    # idle, "a" would take a straggler copy of chunk 0: not of its own result's second encode
+    assert sched.take("a", 0) is None
+    for _ in range(5):                         # "b" and "c" fail it again and again
+        sched.fail(chunk, "b", "bad result")
+        assert not sched.finished.is_set() and sched.fatal is None
+        assert sched.take("b", 0) is chunk
