@@ -367,6 +367,9 @@ class Job:
             chunks = scheduler.chunks
             if scheduler.fatal:
                 raise TranscoderError(scheduler.fatal)
+            # the bar has ended: say what the last seconds (a long output's packet check) are for
+            log.info("all %d chunks in; %s", len(chunks), "checking the output (muxed while they came in)"
+                     if output.started_early else "muxing and checking the output")
             with self.phases.timed("audio_wait"):
                 audio.join()
             with self.phases.timed("join"):

@@ -189,6 +189,11 @@ class Join:
         return True
 
     @property
+    def started_early(self) -> bool:
+        """The early concat is running (or ran): the mux goes on while chunks come in."""
+        return self._early is not None
+
+    @property
     def joined_early(self) -> bool:
         """The early concat wrote the output (finish() did not concat the files again)."""
         return self._joined

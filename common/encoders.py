@@ -89,6 +89,8 @@ class Encoder:
     check_joins: bool = False
     hardware: str = ""                 # the device it needs (NVIDIA, Intel): a worker offers it only if
     #                                    a one-frame test encode opens it (ffmpeg.working_encoders)
+    # VAAPI: frames go up to a render device (/dev/dri/renderD*) in one of these formats, by bit depth
+    upload: dict[str, str] = field(default_factory=dict)
     # tuning a user may ask for (--tune, --profile, --level, --x264-params/--x265-params)
     tunes: tuple[str, ...] = ()
     profiles: tuple[str, ...] = ()
@@ -126,4 +128,10 @@ ENCODERS: dict[str, Encoder] = {e.name: e for e in (
             preset_option="-preset", hardware="Intel Quick Sync", profiles=("baseline", "main", "high")),
     Encoder("hevc_qsv", "hevc", (1, 51), 28, quality_option="-global_quality", presets=QSV_PRESETS,
             preset_option="-preset", hardware="Intel Quick Sync", profiles=("main", "main10")),
+    # VAAPI (Intel, AMD on Linux): constant QP; the picture is uploaded to the GPU as NV12 (P010
+    # for 10-bit), so --pix-fmt picks only the depth
+    Encoder("h264_vaapi", "h264", (1, 51), 23, quality_option="-qp", constant_quality_extra=("-rc_mode", "CQP"),
+            hardware="VAAPI", profiles=("main", "high"), upload={"8": "nv12"}),
+    Encoder("hevc_vaapi", "hevc", (1, 51), 28, quality_option="-qp", constant_quality_extra=("-rc_mode", "CQP"),
+            hardware="VAAPI", profiles=("main", "main10"), upload={"8": "nv12", "10": "p010"}),
 )}

@@ -592,10 +592,12 @@ def working_encoders(tools: Tools, listed: Sequence[str]) -> tuple[list[str], di
     software = [n for n in wanted if not ENCODERS[n].hardware]
 
     def opens(names: Sequence[str]) -> str:
-        cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
-               "color=c=gray:s=256x144:r=25"]
-        for name in names:
-            cmd += ["-map", "0:v", "-frames:v", "1", "-c:v", name, *ENCODERS[name].always, "-f", "null", "-"]
+        cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", *device_args(names[0]), "-f", "lavfi",
+               "-i", "color=c=gray:s=256x144:r=25"]
+        for name in names:         # (a device encoder is tried on its own: names is [it])
+            upload = upload_filters(Settings(vcodec=name))
+            cmd += ["-map", "0:v", *(["-vf", ",".join(upload)] if upload else []), "-frames:v", "1", "-c:v", name,
+                    *ENCODERS[name].always, "-f", "null", "-"]
         try:
             run(cmd, timeout=ENCODER_TEST_TIMEOUT)
             return ""
@@ -664,9 +666,9 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     frame_range=(skip, count): decode from the start, drop `skip` frames, encode the next `count`
     (a chunk cut inside a long GOP). warmup=N (up to skip): encode N frames before those, then
     split them off into warmup_parts(dst) (see WARMUP_FRAMES)."""
-    cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", *input_args(src, peer=True),
-           "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
-    filters = picture_filters(s, frame_range, warmup)
+    cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", *device_args(s.vcodec),
+           *input_args(src, peer=True), "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
+    filters = [*picture_filters(s, frame_range, warmup), *upload_filters(s)]
     if filters:
         cmd += ["-vf", ",".join(filters)]
     # Keep every frame with its own timestamp (VFR included): by default ffmpeg would drop frames
@@ -689,10 +691,32 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     return cmd + ["-f", "matroska", input_path(dst)]
 
 
+def render_device() -> str | None:
+    """The first GPU render node (/dev/dri/renderD128 ...) for VAAPI, None on a machine without."""
+    nodes = sorted(Path("/dev/dri").glob("renderD*")) if Path("/dev/dri").is_dir() else []
+    return str(nodes[0]) if nodes else None
+
+
+def device_args(vcodec: str) -> list[str]:
+    """Global options before the input for an encoder that needs a device opened (VAAPI)."""
+    if not ENCODERS[vcodec].upload:
+        return []
+    device = render_device()
+    return ["-vaapi_device", device] if device else []     # (without one, the encoder fails to open)
+
+
+def upload_filters(s: Settings) -> list[str]:
+    """The filters that hand the picture to the GPU, last in the chain (VAAPI); else none."""
+    upload = ENCODERS[s.vcodec].upload
+    if not upload:
+        return []
+    return [f"format={upload['10' if s.pix_fmt == 'yuv420p10le' else '8']}", "hwupload"]
+
+
 def encoder_args(s: Settings, closed_gop: bool = False) -> list[str]:
     """-c:v and everything the encoder itself is given, from checked settings only."""
     cmd = ["-c:v", s.vcodec, *_rate_control(s)]
-    if s.pix_fmt:
+    if s.pix_fmt and not ENCODERS[s.vcodec].upload:      # (uploaded: the format filter sets it)
         cmd += ["-pix_fmt", s.pix_fmt]
     for option, value in (("-color_primaries", s.color_primaries), ("-color_trc", s.color_trc),
                           ("-colorspace", s.colorspace), ("-color_range", s.color_range)):

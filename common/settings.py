@@ -85,6 +85,10 @@ class Settings:
             raise UsageError(f"--preset {self.preset!r} is not valid for {self.vcodec} (choose from {choices})")
         if self.pix_fmt is not None and self.pix_fmt not in PIX_FMTS:
             raise UsageError(f"--pix-fmt must be one of {', '.join(PIX_FMTS)}")
+        if spec.upload and self.pix_fmt is not None and self.pix_fmt not in ("yuv420p", "nv12", "yuv420p10le"):
+            raise UsageError(f"{self.vcodec} encodes 4:2:0 only (--pix-fmt yuv420p, nv12 or yuv420p10le)")
+        if spec.upload and self.pix_fmt == "yuv420p10le" and "10" not in spec.upload:
+            raise UsageError(f"{self.vcodec} encodes 8-bit only")
         for value in (self.scale_w, self.scale_h):
             if value is not None and not (value in (-1, -2) or 2 <= value <= 16384):
                 raise UsageError("--scale takes W:H with sizes 2..16384, or -1/-2 to keep the aspect ratio")

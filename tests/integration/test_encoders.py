@@ -32,7 +32,8 @@ def test_a_listed_hardware_encoder_without_its_device_is_not_offered(cluster, cl
     cluster.start_worker()
     [encoders] = poll_for(lambda: offered(cluster) or None, 30, "the worker registered")
     assert "libx264" in encoders and "libx265" in encoders
-    assert not {"h264_nvenc", "hevc_nvenc", "h264_qsv", "hevc_qsv"} & set(encoders), encoders
+    assert not {"h264_nvenc", "hevc_nvenc", "h264_qsv", "hevc_qsv", "h264_vaapi", "hevc_vaapi"} & set(encoders), \
+        encoders
     done = cluster.boss(clips["small.mp4"], tmp_path / "out.mp4", "--vcodec", "h264_nvenc", timeout=120)
     assert done.returncode == 1
     assert f"no live workers with h264_nvenc on tracker {cluster.addr}" in done.stderr

@@ -425,3 +425,22 @@ def test_hardware_encoders_get_their_own_constant_quality_and_presets():
         Settings(vcodec="h264_nvenc", preset="slow")       # x264's names are not NVENC's
     with pytest.raises(UsageError, match="whole numbers"):
         Settings(vcodec="h264_qsv", crf=22.5)
+
+
+def test_vaapi_encodes_open_the_render_device_and_upload_the_picture(monkeypatch):
+    monkeypatch.setattr("ffdt.common.ffmpeg.render_device", lambda: "/dev/dri/renderD128")
+    cmd = encode_cmd(TOOLS, Path("a.mkv"), Path("b.mkv"), Settings(vcodec="h264_vaapi", crf=25, scale_w=640,
+                                                                   scale_h=-2, pix_fmt="yuv420p"))
+    assert cmd.index("-vaapi_device") < cmd.index("-i") and value_of(cmd, "-vaapi_device") == "/dev/dri/renderD128"
+    # the picture filters as in software (the boss's comparison runs them too), then the upload
+    assert value_of(cmd, "-vf") == "scale=640:-2,format=nv12,hwupload"
+    assert (value_of(cmd, "-qp"), value_of(cmd, "-rc_mode")) == ("25", "CQP")
+    assert "-pix_fmt" not in cmd and "-crf" not in cmd
+    ten = encode_cmd(TOOLS, Path("a.mkv"), Path("b.mkv"), Settings(vcodec="hevc_vaapi", pix_fmt="yuv420p10le"))
+    assert value_of(ten, "-vf") == "format=p010,hwupload"
+    with pytest.raises(UsageError, match="4:2:0 only"):
+        Settings(vcodec="h264_vaapi", pix_fmt="yuv444p")
+    with pytest.raises(UsageError, match="8-bit only"):
+        Settings(vcodec="h264_vaapi", pix_fmt="yuv420p10le")
+    monkeypatch.setattr("ffdt.common.ffmpeg.render_device", lambda: None)
+    assert "-vaapi_device" not in encode_cmd(TOOLS, Path("a.mkv"), Path("b.mkv"), Settings(vcodec="h264_vaapi"))
