@@ -209,6 +209,9 @@ def config_from_args(args: argparse.Namespace, sources: list[Path], output: Path
                         preset=args.preset, pix_fmt=args.pix_fmt, scale_w=scale[0], scale_h=scale[1], fps=args.fps,
                         tune=args.tune, profile=args.profile, level=args.level,
                         codec_params=codec_params(args, args.vcodec or container.default_vcodec))
+    if args.recheck_fraction and not ENCODERS[settings.vcodec].deterministic:
+        raise UsageError(f"--recheck-fraction needs libx264 or libx265: {settings.vcodec}'s bytes are not the same "
+                         "on every machine alike")
     acodec = args.acodec or container.default_acodec
     if acodec != "copy" and acodec not in media.AUDIO_ENCODER_CODEC:
         raise UsageError(f"unsupported --acodec {acodec!r}; choose from copy, {', '.join(media.AUDIO_ENCODER_CODEC)}")

@@ -338,10 +338,12 @@ class Job:
             audio = AudioJob(cfg.tools, info.path, self.work, cfg.acodec, cfg.abitrate, bool(info.of_kind("audio")))
             scheduler, splitting = self.plan(len(offers), then=audio.start)
             self.scheduler = scheduler
-            self.rechecks = Rechecks(cfg.recheck_fraction, scheduler, lambda: list(self.links), self.work,
-                                     self.report, self.cancel_copies)
             output = Join(cfg.tools, info, cfg.settings, self.container, cfg.output, self.work, audio)
             output.start_early(scheduler, ready=lambda: scheduler.complete and audio.done())
+            # a liar's counted chunks, encoded again: the early concat may have read their results
+            self.rechecks = Rechecks(cfg.recheck_fraction if ENCODERS[cfg.settings.vcodec].deterministic else 0.0,
+                                     scheduler, lambda: list(self.links), self.work, self.report, self.cancel_copies,
+                                     redone=lambda chunks: output.abandon_early())
             if self.stopped:
                 scheduler.abort(self.stopped)
             with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier, \
@@ -368,8 +370,7 @@ class Job:
             if scheduler.fatal:
                 raise TranscoderError(scheduler.fatal)
             # the bar has ended: say what the last seconds (a long output's packet check) are for
-            log.info("all %d chunks in; %s", len(chunks), "checking the output (muxed while they came in)"
-                     if output.started_early else "muxing and checking the output")
+            log.info("all %d chunks in; finishing the output (mux and checks)", len(chunks))
             with self.phases.timed("audio_wait"):
                 audio.join()
             with self.phases.timed("join"):

@@ -145,7 +145,8 @@ class Join:
             self._early.wait(FFMPEG_TOOL_TIMEOUT)
             self._joined = True
         except (OSError, FFmpegError) as exc:       # the join at the end will do it all
-            log.debug("the early join failed (%s); joining the result files", exc)
+            if not self._closing.is_set():
+                log.warning("the early join failed (%s); joining the result files at the end", exc)
         except Exception:                  # noqa: BLE001 - a bug here must not hang the job: join at the end
             log.exception("early join failed")
 
@@ -188,10 +189,12 @@ class Join:
             os.close(fd)
         return True
 
-    @property
-    def started_early(self) -> bool:
-        """The early concat is running (or ran): the mux goes on while chunks come in."""
-        return self._early is not None
+    def abandon_early(self) -> None:
+        """Stop the early concat for good (results it may have read no longer count): finish()
+        joins the result files instead."""
+        self._closing.set()
+        if self._early is not None:
+            self._early.kill()
 
     @property
     def joined_early(self) -> bool:
@@ -226,8 +229,8 @@ class Join:
     def close(self) -> None:
         """Stop the early concat if it still runs; remove its pipes and any partial output."""
         self._closing.set()
-        if self._early is not None and self._early.running():
-            self._early.kill()
+        if self._early is not None:
+            self._early.kill()           # (also reaps one that ended by itself)
         if self._feeder is not None:
             self._feeder.join()
         shutil.rmtree(self.pipes, ignore_errors=True)

@@ -7,8 +7,9 @@ log lines scroll above it instead of breaking it. JSON lines go to stdout, one o
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
-import shutil
+import os
 import sys
 import threading
 import time
@@ -72,19 +73,30 @@ class _Below:
 
     def __init__(self, target: Any, lines: Callable[[], list[str]]) -> None:
         self.target, self.lines = target, lines
+        self._lock = threading.Lock()      # a log line from another thread redraws the bar too
 
     def write(self, text: str) -> int:
         if not text.startswith("\r"):
             return self.target.write(text)
-        self.target.write("\r\033[J")            # the bar's line and everything under it
+        out = "\r\033[J"                   # the bar's line and everything under it
         body = text.strip("\r")
         if body.strip():
-            self.target.write(body)
-            width = max(20, shutil.get_terminal_size().columns - 1)    # a wrapped line would break the count
-            lines = [line[:width] for line in self.lines()]
+            out += body
+            lines = [line[:self._width()] for line in self.lines()]     # a wrapped line would break the count
             if lines:
-                self.target.write("\n" + "\n".join(lines) + f"\033[{len(lines)}A\r")
+                out += "\n" + "\n".join(lines) + f"\033[{len(lines)}A\r"
+        with self._lock:                    # one write: two redraws cannot interleave
+            self.target.write(out)
         return len(text)
+
+    def _width(self) -> int:
+        """The terminal's width, from $COLUMNS or the terminal stderr is on (not stdout's, which
+        may be a file); 80 when neither says."""
+        columns = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 0
+        if not columns:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                columns = os.get_terminal_size(self.target.fileno()).columns
+        return max(20, (columns or 80) - 1)
 
     def __getattr__(self, name: str) -> Any:      # flush, isatty, fileno, encoding: the terminal's
         return getattr(self.target, name)
@@ -151,6 +163,9 @@ class BossBar(_Bar):
         with self._lock:
             self._lines = []              # the last redraw clears the worker lines
         super().finish(keep)
+        # a bar finished without a last redraw (the job failed) leaves them below: clear them
+        progressbar.streams.original_stderr.write("\033[J")
+        progressbar.streams.original_stderr.flush()
 
 
 def clock(seconds: float | None) -> str:

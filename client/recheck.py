@@ -9,7 +9,10 @@ dropped from the job and reported to the tracker.
 This catches what the comparison with the source cannot: a result that is well-formed and close
 to the source's picture but not what the job's settings make (worse quality, a watermark kept
 faint, frames subtly changed past the ones compared). It costs the share drawn of the encode
-again, and a chunk drawn is done only once two results agree.
+again. A chunk drawn is done once two results agree, or, when no worker alike is left to make
+another (lost, dropped, three failed tries, or three results that all differ), with its first
+result that is not a liar's. The chunks a liar's results were counted for are encoded again.
+Only for encoders marked deterministic (x264, x265): the boss refuses it for the others.
 """
 from __future__ import annotations
 
@@ -42,9 +45,11 @@ class Rechecks:
     each result that passed the checks (checks.py), from the checks' pool threads."""
 
     def __init__(self, fraction: float, scheduler: Scheduler, links: Callable[[], list[WorkerLink]], work: Path,
-                 report: Callable[..., None], cancel: Callable[[int, set[str]], None]) -> None:
+                 report: Callable[..., None], cancel: Callable[[int, set[str]], None],
+                 redone: Callable[[list[Chunk]], None] = lambda chunks: None) -> None:
         self.fraction = fraction
         self.scheduler, self.links, self.work, self.report, self.cancel = scheduler, links, work, report, cancel
+        self.redone = redone              # chunks counted before a liar was found out: encoded again
         self.agreed = 0                   # chunks two workers' encodes agreed on
         self._held: dict[int, list[_Held]] = {}
         self._lock = threading.Lock()
@@ -53,10 +58,14 @@ class Rechecks:
     def accept(self, link: WorkerLink, chunk: Chunk, tmp: Path, sha256: str, left: int, workers: int
                ) -> tuple[WorkerLink, Path, str] | None:
         """A checked result: the result to count for the chunk (whose worker, its file, its
-        SHA-256), or None while the chunk waits for another worker's encode. `left`: chunks not
-        done besides this one; `workers`: the job's live workers (no draw in the last round,
-        where the second encode would sit between the last result and the output)."""
+        SHA-256), or None while the chunk waits for another worker's encode (or the result is
+        a dropped liar's). `left`: chunks not done besides this one; `workers`: the job's live
+        workers (no draw in the last round, where the second encode would sit between the last
+        result and the output)."""
         with self._lock:
+            if link.lied:                             # fetched before it was found out
+                tmp.unlink(missing_ok=True)
+                return None
             held = self._held.get(chunk.index)
             if chunk.state is ChunkState.DONE:        # a straggler copy, second: dropped as ever
                 return link, tmp, sha256
@@ -64,12 +73,13 @@ class Rechecks:
                 alike = self._alike(link, set())
                 if not (alike and left >= workers and self._random.random() < self.fraction):
                     return link, tmp, sha256
-                self._hold(chunk, link, tmp, sha256, alike, [])
+                if not self._hold(chunk, link, tmp, sha256, alike, []):
+                    return link, tmp, sha256          # counted meanwhile: a duplicate
                 log.debug("%s from %s: kept until another worker's encode matches it", chunk.name, link.offer.name)
                 return None
             if link.encoder != held[0].link.encoder:     # not comparable (a worker not alike took it)
                 tmp.unlink(missing_ok=True)
-                return self._settle(chunk, held, held[0])
+                return self._settle_first(chunk, held)
             same = [h for h in held if h.sha256 == sha256]
             if same:
                 self.agreed += 1
@@ -83,24 +93,28 @@ class Rechecks:
                 log.warning("%s: %d workers' encodes differ and no other worker alike is left to settle it; "
                             "keeping the first", chunk.name, len(held) + 1)
                 tmp.unlink(missing_ok=True)
-                return self._settle(chunk, held, held[0])
+                return self._settle_first(chunk, held)
             log.debug("%s from %s differs from %s's: a third encode settles it", chunk.name, link.offer.name,
                       held[0].link.offer.name)
-            self._hold(chunk, link, tmp, sha256, alike, held)
+            if not self._hold(chunk, link, tmp, sha256, alike, held):
+                return link, tmp, sha256
             return None
 
     def settle_stalled(self) -> list[tuple[Chunk, WorkerLink, Path, str]]:
         """Chunks kept for a second encode that no live worker alike can make any more (lost,
-        dropped): their first result counts. Returns (chunk, worker, file, SHA-256) to record."""
+        dropped, out of tries): their first result counts. Returns (chunk, worker, file, SHA-256)
+        to record."""
         stalled = []
         with self._lock:
+            alive = {l.offer.name for l in self.links() if l.is_alive() and not l.lied}
             for index, held in list(self._held.items()):
                 chunk = self.scheduler.chunks[index]
-                alive = {l.offer.name for l in self.links() if l.is_alive() and not l.lied}
                 if chunk.state is ChunkState.PENDING and not (chunk.only or set()) & alive:
                     log.debug("%s: no other worker alike left for its second encode; its first result counts",
                               chunk.name)
-                    stalled.append((chunk, *self._settle(chunk, held, held[0])))
+                    settled = self._settle_first(chunk, held)
+                    if settled is not None:
+                        stalled.append((chunk, *settled))
         return stalled
 
     def _alike(self, link: WorkerLink, tried: set[str]) -> set[str]:
@@ -111,22 +125,59 @@ class Rechecks:
                 and l.encoder == link.encoder and l.offer.name not in tried}
 
     def _hold(self, chunk: Chunk, link: WorkerLink, tmp: Path, sha256: str, alike: set[str],
-              held: list[_Held]) -> None:
+              held: list[_Held]) -> bool:
+        """Keep this result aside and queue the chunk for `alike`; False if it is done already."""
+        others = self.scheduler.hold(chunk, link.offer.name, alike)
+        if others is None:
+            return False
         kept = self.work / f"{chunk.name}.kept-{len(held)}.mkv"
         tmp.replace(kept)
         self._held[chunk.index] = [*held, _Held(link, kept, sha256)]
-        self.cancel(chunk.index, self.scheduler.hold(chunk, link.offer.name, alike))
+        self.cancel(chunk.index, others)
+        return True
+
+    def _settle_first(self, chunk: Chunk, held: list[_Held]) -> tuple[WorkerLink, Path, str] | None:
+        """Count the first kept result that is not a liar's; None (the chunk encoded afresh) if
+        all of them are."""
+        honest = [h for h in held if not h.link.lied]
+        if honest:
+            return self._settle(chunk, held, honest[0])
+        self._forget(chunk, held)
+        return None
 
     def _settle(self, chunk: Chunk, held: list[_Held], chosen: _Held) -> tuple[WorkerLink, Path, str]:
-        del self._held[chunk.index]
-        chunk.only = None
-        for h in held:
-            if h is not chosen:
-                h.path.unlink(missing_ok=True)
+        self._forget(chunk, held, keep=chosen)
         return chosen.link, chosen.path, chosen.sha256
 
+    def _forget(self, chunk: Chunk, held: list[_Held], keep: _Held | None = None) -> None:
+        del self._held[chunk.index]
+        chunk.only = None          # (a chunk no result is kept for goes to anyone, from scratch)
+        for h in held:
+            if h is not keep:
+                h.path.unlink(missing_ok=True)
+
     def _liar(self, chunk: Chunk, h: _Held, matching: int) -> None:
-        why = (f"its encode of {chunk.name} differs from {matching} other workers' with the same ffmpeg build, "
-               f"settings and threads")
-        self.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=h.link.offer.name, detail=why[:MAX_REASON])
+        """`h`'s worker lied: dropped and reported; every chunk its result counts for is encoded
+        again, and what it has kept aside for other chunks no longer counts."""
+        name = h.link.offer.name
+        why = f"its encode of {chunk.name} differs from {matching} other workers' with the same ffmpeg build, " \
+              f"settings and threads"
+        self.report(Event.CHUNK_FAILED, chunk=chunk.index, worker=name, detail=why[:MAX_REASON])
         h.link.drop(why)
+        for index, kept in list(self._held.items()):
+            if index != chunk.index and any(k.link is h.link for k in kept):
+                rest = [k for k in kept if k.link is not h.link]
+                for k in kept:
+                    if k.link is h.link:
+                        k.path.unlink(missing_ok=True)
+                if rest:
+                    self._held[index] = rest
+                else:
+                    del self._held[index]
+                    self.scheduler.chunks[index].only = None
+        redone = self.scheduler.redo(name)
+        for c in redone:
+            (self.work / f"{c.name}.out.mkv").unlink(missing_ok=True)
+        if redone:
+            log.warning("%d chunk(s) %s encoded go back to the queue", len(redone), name)
+            self.redone(redone)

@@ -73,6 +73,7 @@ class Chunk:
     progress: int = 0           # frames encoded so far, as the worker reports
     started: bool = False       # a worker reported its encode began (else it may be held, prefetched)
     only: set[str] | None = None    # the workers that may take it (a re-encode check's); None: any
+    made_by: str | None = None      # the worker whose result counts, once done
 
     # the manifest's fields, read-only, for the code that schedules and checks chunks
     index = property(lambda self: self.manifest.index)
@@ -137,10 +138,10 @@ class Scheduler:
                     len(self._pending) <= len(self._known - holding - {worker}):
                 return None               # a worker with nothing to do gets these first
             chunk = next((c for c in self._pending if c.only is None or worker in c.only), None)
-            if chunk is None:
-                if self._pending or not self.complete or worker in holding:
-                    return None           # more chunks are coming (or kept for others); or busy: copies
-                chunk = self._straggler(worker)   # are for idle workers only
+            if chunk is None:            # (what is pending is kept for other workers: a second encode)
+                if not self.complete or worker in holding:
+                    return None           # more chunks are coming; or busy: copies are for idle workers only
+                chunk = self._straggler(worker)
                 if chunk is not None:
                     chunk.workers.add(worker)
                     chunk.tried_on.append(worker)
@@ -154,11 +155,14 @@ class Scheduler:
             chunk.started = False
             return chunk
 
-    def hold(self, chunk: Chunk, worker: str, only: set[str]) -> set[str]:
+    def hold(self, chunk: Chunk, worker: str, only: set[str]) -> set[str] | None:
         """A checked result of `chunk` from `worker` is kept aside until another worker's encode
         matches it (the re-encode check): the chunk goes back to the queue first, for `only` these
-        workers, the attempt not counted. Returns the others still encoding a copy (to cancel)."""
+        workers, the attempt not counted. Returns the others still encoding a copy (to cancel), or
+        None if the chunk is done already (a copy of it was counted)."""
         with self._cond:
+            if chunk.state is ChunkState.DONE:
+                return None               # another copy was counted meanwhile: this result is a duplicate
             others = chunk.workers - {worker}
             chunk.workers = set()
             chunk.state, chunk.only = ChunkState.PENDING, set(only)
@@ -230,6 +234,7 @@ class Scheduler:
                 return None
             others, chunk.workers = set(chunk.workers), set()
             chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, sha256
+            chunk.made_by, chunk.only = worker, None
             chunk.progress = chunk.frames
             self._moving.add(chunk.index)
         try:
@@ -266,8 +271,13 @@ class Scheduler:
             if chunk.state is not ChunkState.ASSIGNED or chunk.workers:
                 return                      # done elsewhere, or still being encoded elsewhere
             chunk.errors.append(f"{worker}: {reason}")
-            # (a failed second encode does not fail the job: a checked result is kept for it)
-            if chunk.attempts >= self.max_attempts and chunk.only is None:
+            if chunk.attempts >= self.max_attempts and chunk.only is not None:
+                # a second encode that keeps failing does not fail the job: a checked result is
+                # kept for it, and with nobody left to take the chunk the job counts that one
+                chunk.state, chunk.only = ChunkState.PENDING, set()
+                self._cond.notify_all()
+                return
+            if chunk.attempts >= self.max_attempts:
                 chunk.state = ChunkState.FAILED
                 self.fatal = (f"{chunk.name} failed {chunk.attempts} times (on {', '.join(chunk.tried_on)}); "
                               f"last error: {reason}")
@@ -290,6 +300,18 @@ class Scheduler:
                 self._requeue_uncounted(chunk, worker)
             self._cond.notify_all()
             return lost
+
+    def redo(self, worker: str) -> list[Chunk]:
+        """The chunks whose counted result is `worker`'s go back to the queue (it lied about
+        another): their results no longer count (the caller removes the files)."""
+        with self._cond:
+            redone = [c for c in self.chunks if c.state is ChunkState.DONE and c.made_by == worker]
+            for chunk in redone:
+                chunk.state, chunk.result, chunk.result_sha256, chunk.made_by = ChunkState.PENDING, None, None, None
+                chunk.progress, chunk.attempts = 0, 0
+                self._pending.appendleft(chunk)
+            self._cond.notify_all()
+            return redone
 
     def giveback(self, chunk: Chunk, worker: str) -> None:
         """A worker could not start the chunk (refused the upload): requeue it, attempt uncounted."""

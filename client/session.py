@@ -5,9 +5,11 @@ by type) and the file port (chunk bytes in, results out). Encoding is client/enc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import logging
 import os
+import platform
 import secrets
 import shutil
 import socket
@@ -346,11 +348,31 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
         send_msg(sock, Msg.ERROR, reason=refused, in_reply_to="session")
         raise RequestRejected(refused)
     # the settings as read here: a boss sees that this worker understood every key it sent
-    # threads and CPUs: what else decides an encode's bytes, so the boss can pair workers whose
-    # encodes of one chunk must match bit for bit (its re-encode check)
+    # threads, CPUs and CPU kind: what else decides an encode's bytes, so the boss can pair workers
+    # whose encodes of one chunk must match bit for bit (its re-encode check)
     session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name,
-                 settings=session.settings.to_wire(), threads=worker.cfg.threads, cpus=os.cpu_count() or 1)
+                 settings=session.settings.to_wire(), threads=worker.cfg.threads, cpus=usable_cpus(),
+                 cpu=cpu_kind())
     return session
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (what ffmpeg sizes its threads by), not the machine's."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_kind() -> str:
+    """The architecture and a digest of the CPU's feature flags: machines that share it run the
+    same SIMD code paths (ffmpeg's scaler and pixel-format conversions differ between them)."""
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = " ".join(sorted(line.partition(":")[2].split()))
+                break
+    return f"{platform.machine()}/{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
 def _check_ticket(keys: list[bytes], ticket: object, name: str) -> tuple[str, str]:

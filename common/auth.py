@@ -34,7 +34,8 @@ class Login:
 
 
 def login(sock: socket.socket, user: str, password: str) -> Login:
-    """Authenticate on an open tracker connection. AuthError on a wrong password or a false server.
+    """Authenticate on an open tracker connection. AuthError on a wrong password or a false server,
+    ProtocolError for a malformed exchange.
 
     The client's side of SCRAM-SHA-256 (RFC 5802, 7677; no channel binding: the TLS under it is
     pinned instead) is written out here, the tracker's is scramp's: scramp's client derives the

@@ -91,6 +91,9 @@ class Encoder:
     #                                    a one-frame test encode opens it (ffmpeg.working_encoders)
     # VAAPI: frames go up to a render device (/dev/dri/renderD*) in one of these formats, by bit depth
     upload: dict[str, str] = field(default_factory=dict)
+    # one build, settings and thread count make the same bytes of a chunk on any machine of one
+    # CPU kind (the re-encode check compares them; hardware encoders depend on the GPU and driver)
+    deterministic: bool = False
     # tuning a user may ask for (--tune, --profile, --level, --x264-params/--x265-params)
     tunes: tuple[str, ...] = ()
     profiles: tuple[str, ...] = ()
@@ -101,10 +104,12 @@ class Encoder:
 
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (
     Encoder("libx264", "h264", (0, 51), 23, fractional_quality=True, presets=X26X_PRESETS, preset_option="-preset", warmup=True,
+            deterministic=True,
             tunes=("film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency"),
             profiles=("baseline", "main", "high", "high10", "high422", "high444"), levels=H264_LEVELS,
             params_option="-x264-params", params=X264_PARAMS),
     Encoder("libx265", "hevc", (0, 51), 28, fractional_quality=True, presets=X26X_PRESETS, preset_option="-preset", warmup=True,
+            deterministic=True,
             check_joins=True, tunes=("psnr", "ssim", "grain", "zerolatency", "fastdecode", "animation"),
             profiles=("main", "main10", "main12", "main422-10", "main444-8", "main444-10"), levels=HEVC_LEVELS,
             params_option="-x265-params", params=X265_PARAMS),

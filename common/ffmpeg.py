@@ -305,12 +305,15 @@ def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[in
 class Background:
     """A child that runs while its caller does other things (the join, fed chunk by chunk while
     workers encode): no timeout until wait(), stderr kept in a temp file, killed by kill() and by
-    kill_children() like any other child."""
+    kill_children() like any other child. wait() and kill() may race (one thread waits, another
+    stops the job): stderr is read once, under a lock."""
 
     def __init__(self, cmd: list[str]) -> None:
         log.debug("running %s in the background", shlex.join(cmd))
         self.cmd = cmd
         self._err = tempfile.TemporaryFile("w+", errors="replace")
+        self._stderr: str | None = None
+        self._lock = threading.Lock()
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
                                          env=child_env(), preexec_fn=die_with_parent)
@@ -330,22 +333,26 @@ class Background:
         except subprocess.TimeoutExpired:
             self.kill()
             raise FFmpegError(self.cmd, None, f"no result after {timeout:g}s") from None
-        self._err.seek(0)
-        stderr = self._err.read()
-        self._forget()
+        stderr = self._collect()
         if returncode != 0:
             raise FFmpegError(self.cmd, returncode, tail(stderr) or "killed")
 
     def kill(self) -> None:
+        """Kill it if it runs; reap it either way."""
         with contextlib.suppress(OSError):
             self.proc.kill()
         self.proc.wait()
-        self._forget()
+        self._collect()
 
-    def _forget(self) -> None:
-        with _live_lock:
-            _live.discard(self.proc)
-        self._err.close()
+    def _collect(self) -> str:
+        with self._lock:
+            if self._stderr is None:
+                self._err.seek(0)
+                self._stderr = self._err.read()
+                self._err.close()
+                with _live_lock:
+                    _live.discard(self.proc)
+            return self._stderr
 
 
 @contextlib.contextmanager

@@ -51,5 +51,5 @@ def test_the_bar_has_a_line_per_worker_that_the_end_clears(clips, tmp_path):
     assert screen.rindex("\r\x1b[J", 0, final) > screen.rindex("\x1b[2A", 0, final)
     assert not WORKER_LINE.search(screen[final:])
     assert re.search(r"fps ETA \d+:\d\d", screen)
-    assert re.search(r"all \d+ chunks in; (checking|muxing)", screen[final:])    # what the last seconds are for
+    assert re.search(r"all \d+ chunks in; finishing the output", screen[final:])   # what the last seconds are for
     assert "wrote " in screen[final:]

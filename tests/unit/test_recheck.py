@@ -107,7 +107,33 @@ def test_a_second_encode_is_never_copied_to_the_first_worker_nor_fails_the_job(t
     assert sched.take("b", 0) is chunk
     # idle, "a" would take a straggler copy of chunk 0: not of its own result's second encode
     assert sched.take("a", 0) is None
-    for _ in range(5):                         # "b" and "c" fail it again and again
+    taken = 1
+    while taken:                               # "b" fails it again and again
         sched.fail(chunk, "b", "bad result")
         assert not sched.finished.is_set() and sched.fatal is None
-        assert sched.take("b", 0) is chunk
+        taken = sched.take("b", 0) is chunk
+    # out of tries, the chunk is nobody's: the job counts the first worker's checked result
+    [(settled, link, _, sha)] = checks.settle_stalled()
+    assert settled is chunk and link is links[0] and sha == "s1"
+
+
+def test_a_liars_other_chunks_are_encoded_again(tmp_path):
+    redone = []
+    links = [FakeLink("a"), FakeLink("b"), FakeLink("c")]
+    checks, sched, _, _ = setup(tmp_path, links=links)
+    checks.redone = redone.extend
+    counted = sched.take("a", 0)                  # chunk 0: "a"'s result counted, not drawn
+    (tmp_path / f"{counted.name}.out.mkv").write_bytes(b"a's")
+    sched.done(counted, "a", tmp_path / f"{counted.name}.out.mkv", "x")
+    chunk = sched.take("a", 0)                    # chunk 1: drawn, and "a" lies
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "lie", left=5, workers=3) is None
+    assert sched.take("b", 0) is chunk
+    assert checks.accept(links[1], chunk, result(tmp_path, "r2"), "true", left=5, workers=3) is None
+    assert sched.take("c", 0) is chunk
+    assert checks.accept(links[2], chunk, result(tmp_path, "r3"), "true", left=5, workers=3) is not None
+    assert redone == [counted] and counted.state is ChunkState.PENDING and counted.result is None
+    assert not (tmp_path / f"{counted.name}.out.mkv").exists()
+    # and a result of its that was already on its way no longer counts
+    late = sched.take("b", 0)
+    assert checks.accept(links[0], late, result(tmp_path, "r4"), "z", left=5, workers=3) is None
+    assert not (tmp_path / "r4").exists()
