@@ -56,7 +56,9 @@ def test_ffmpegs_spellings_and_a_fractional_crf(live, clips, tmp_path):
     (["in.mp4"], "no OUTPUT"),
     (["-i", "a.mp4", "b.mp4", "-o", "c.mp4"], "give the input once"),
     (["in.mp4", "-o", "out.webm", "--vcodec", "libvpx-vp9", "--crf", "30.5", "--local", "1"], "whole numbers"),
-], ids=["typo", "typo-suggested", "no-output", "two-inputs", "fractional-vp9"])
+    (["in.mp4", "-o", "out.webm", "--vcodec", "libvpx-vp9", "--recheck-fraction", "0.1", "--local", "1"],
+     "--recheck-fraction needs libx264 or libx265"),
+], ids=["typo", "typo-suggested", "no-output", "two-inputs", "fractional-vp9", "recheck-vp9"])
 def test_a_usage_error_is_two_lines_at_most(args, needle, tmp_path):
     done = run_cli("client/boss.py", *args, cwd=tmp_path)
     assert done.returncode in (1, 2) and "Traceback" not in done.stderr
