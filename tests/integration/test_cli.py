@@ -240,10 +240,13 @@ def test_pip_install_puts_everything_under_one_package_of_our_name(tmp_path):
     """Installed, the code is ffdt.client, ffdt.common and ffdt.tracker (no top-level `client`
     to clash with other projects), the three programs run, and the build leaves nothing behind."""
     before = sorted(p.name for p in ROOT.iterdir())
-    target = tmp_path / "site"
+    target, scratch = tmp_path / "site", tmp_path / "tmp"
+    scratch.mkdir()
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+                           "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr
+    assert not list(scratch.glob("ffdt-build-*"))        # setup.py's build scratch is gone too
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "ffdt"]
     assert sorted(p.name for p in (target / "ffdt").iterdir() if p.name != "__pycache__") == \
         ["__init__.py", "client", "common", "tracker"]
