@@ -94,6 +94,9 @@ JUMP_SECONDS = 10.0
 DTS_SLACK = 0.0005      # decode after presentation by less than this: timestamp rounding
 
 
+QUIET_PROBE_BYTES = 1_000_000_000     # inputs smaller than this are probed in a few seconds at most
+
+
 def inspect(tools: ffmpeg.Tools, path: Path,
             probed: tuple[dict, dict[int, list[ffmpeg.Packet]]] | None = None,
             options: choice_of.StreamOptions = choice_of.StreamOptions(), quiet: bool = False) -> MediaInfo:
@@ -126,6 +129,9 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     # compares the output's A/V end with the input's), in the same read of the input
     first_audio = next((int(s["index"]) for s in info["streams"] if s.get("codec_type") == "audio"), None)
     wanted = [choice.video] + ([first_audio] if first_audio is not None else [])
+    if not probed and path.stat().st_size >= QUIET_PROBE_BYTES:     # a long read with nothing to show
+        (log.debug if quiet else log.info)("%s: reading its packets (%.1f GB) for the frames and keyframes",
+                                           path.name, path.stat().st_size / 1e9)
     found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted)
     packets = found.get(choice.video, [])
     audio_end = None if first_audio is None else ffmpeg.packets_end(found.get(first_audio, []))

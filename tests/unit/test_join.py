@@ -145,3 +145,18 @@ def test_the_job_waits_for_the_split_and_the_audio_before_the_early_join(made, t
     hand_in(scheduler, results, [2], tmp_path, 0)
     join.finish(scheduler.chunks, made[1].shown_frames)
     assert join.joined_early and (tmp_path / "out.mkv").exists()
+
+
+def test_a_big_input_says_why_the_probe_takes_time(made, monkeypatch, caplog):
+    """Reading every packet of a long input takes a while with nothing else on screen: the boss
+    says what it is doing (for inputs of a gigabyte or more; here the bound is lowered)."""
+    tools, info = made[0], made[1]
+    monkeypatch.setattr(media, "QUIET_PROBE_BYTES", 1)
+    with caplog.at_level("INFO", logger=media.log.name):
+        media.inspect(tools, info.path)
+    assert any("reading its packets" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(media, "QUIET_PROBE_BYTES", 1 << 40)
+    with caplog.at_level("INFO", logger=media.log.name):
+        media.inspect(tools, info.path)
+    assert not any("reading its packets" in r.getMessage() for r in caplog.records)
