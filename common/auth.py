@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import scramp
-from scramp.utils import saslprep
+import stringprep
+import unicodedata
 
 from ffdt.common.config import SCRAM_MECHANISM, TICKET_CLOCK_SKEW
 from ffdt.common.errors import AuthError, ProtocolError, RequestRejected
@@ -38,14 +38,14 @@ def login(sock: socket.socket, user: str, password: str) -> Login:
     ProtocolError for a malformed exchange.
 
     The client's side of SCRAM-SHA-256 (RFC 5802, 7677; no channel binding: the TLS under it is
-    pinned instead) is written out here, the tracker's is scramp's: scramp's client derives the
-    salted password inside and keeps it, and the ticket keys need the ServerKey made from it, so
-    with it the 200,000 PBKDF2 iterations ran twice a login (65 ms of CPU each, 0.26 s of a
-    quarter-core boss's start)."""
+    pinned instead) is written out here, SASLprep included; the tracker's is scramp's. scramp's
+    client derives the salted password inside and keeps it, and the ticket keys need the
+    ServerKey made from it, so with it the 200,000 PBKDF2 iterations ran twice a login (65 ms of
+    CPU each, 0.26 s of a quarter-core boss's start)."""
     try:
         # SCRAM normalises names and passwords with SASLprep before use (RFC 5802 2.2)
         name, secret = saslprep(user), saslprep(password).encode()
-    except scramp.ScramException as exc:
+    except ValueError as exc:
         raise AuthError(f"login as {user!r}: the name or the password cannot be used ({exc})") from None
     nonce = secrets.token_urlsafe(24)          # printable ASCII, no comma
     first_bare = f"n={name.replace('=', '=3D').replace(',', '=2C')},r={nonce}"
@@ -70,6 +70,37 @@ def login(sock: socket.socket, user: str, password: str) -> Login:
     if not hmac.compare_digest(field(ok, "data", str).encode(), verifier.encode()):
         raise AuthError(f"login as {user!r} failed: the tracker could not prove it knows this user")
     return Login(user, field(ok, "role", str), server_key)
+
+
+_PROHIBITED = ((stringprep.in_table_a1, "an unassigned code point"), (stringprep.in_table_c21_c22, "a control character"),
+               (stringprep.in_table_c3, "a private use character"), (stringprep.in_table_c4, "a non-character"),
+               (stringprep.in_table_c5, "a surrogate"), (stringprep.in_table_c6, "a non-plain-text character"),
+               (stringprep.in_table_c7, "a non-canonical character"), (stringprep.in_table_c8, "a display property"),
+               (stringprep.in_table_c9, "a tagging character"))
+
+
+def saslprep(text: str) -> str:
+    """SASLprep (RFC 4013, with stored strings' rules: no unassigned code point), as the tracker's
+    scramp does it; here with the standard library, because importing scramp (and asn1crypto
+    with it) took 45-90 ms of every boss's and worker's start. ValueError for a refused string."""
+    mapped = "".join(" " if stringprep.in_table_c12(c) else c for c in text if not stringprep.in_table_b1(c))
+    data = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)
+    if not data:
+        return ""
+    # right-to-left text (D.1) must start and end with it and hold no left-to-right (D.2) text
+    if stringprep.in_table_d1(data[0]):
+        if not stringprep.in_table_d1(data[-1]):
+            raise ValueError("a right-to-left string must end with a right-to-left character")
+        wrong_way = stringprep.in_table_d2
+    else:
+        wrong_way = stringprep.in_table_d1
+    for c in data:
+        for test, what in _PROHIBITED:
+            if test(c):
+                raise ValueError(f"it holds {what} (U+{ord(c):04X})")
+        if wrong_way(c):
+            raise ValueError(f"it mixes text directions (U+{ord(c):04X})")
+    return data
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:

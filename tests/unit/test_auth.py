@@ -161,6 +161,33 @@ def test_a_login_derives_the_salted_password_once(background, sock_pair, store, 
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("text", [
+    "alice", "correct horse battery staple", "", "pa\u00adss", "\u2168", "caf\u00e9", "a\u00a0b", "\u00aa",
+    "\u0627\u0644\u0639", "\u0627a\u0639", "\u0627\u0639a", "a\u0007b", "\ue000", "\ufdd0", "\u0340",
+    "\u200e", "\U000e0001", "\u0221", "x\u2028y", "\u3000\u3000", "\u1806", "\u034f",
+])
+def test_saslprep_gives_what_the_trackers_scramp_gives(text):
+    """The client's own SASLprep (no scramp import at start) and the tracker's: the same string
+    for every one accepted, a refusal for every one refused."""
+    from scramp.utils import saslprep as theirs
+    from ffdt.common.auth import saslprep as ours
+    try:
+        expected = theirs(text)
+    except scramp.ScramException:
+        with pytest.raises(ValueError):
+            ours(text)
+    else:
+        assert ours(text) == expected
+
+
+def test_the_client_does_not_import_scramp():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", "import sys; import ffdt.client.tracker_client, ffdt.client.job; "
+                           "print('scramp' in sys.modules)"], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
 # ---------------------------------------------------------------- ScramLogin driven directly
 
 def test_direct_scram_exchange_verifies_the_server_signature(store):
