@@ -480,8 +480,9 @@ class Job:
         try:
             while not scheduler.finished.wait(BAR_REFRESH):
                 assert self.rechecks is not None
-                for chunk, link, path, sha in self.rechecks.settle_stalled():
-                    self.record(chunk, link, path, sha, frames=chunk.frames, seconds=0.0)
+                with self.rechecks.lock:
+                    for chunk, link, path, sha in self.rechecks.settle_stalled():
+                        self.record(chunk, link, path, sha, frames=chunk.frames, seconds=0.0)
                 done, frames = scheduler.counts()
                 if bar:
                     bar.update(frames, done, len(scheduler.chunks), self.worker_states(scheduler))
@@ -549,17 +550,19 @@ class Job:
             return
         link.stats.full_checks += full
         assert self.rechecks is not None
-        verdict = self.rechecks.accept(link, chunk, tmp, sha, left=progress[0], workers=progress[2])
-        if verdict is None:
-            return                            # kept until another worker's encode matches it
-        self.record(chunk, link, *verdict[1:], frames=frames, seconds=seconds)
+        with self.rechecks.lock:             # decided and recorded at once (see Rechecks.lock)
+            verdict = self.rechecks.accept(link, chunk, tmp, sha, left=progress[0], workers=progress[2])
+            if verdict is not None:           # (None: kept until another worker's encode matches it)
+                self.record(chunk, *verdict, frames=frames, seconds=seconds, handed_in_by=link)
 
-    def record(self, chunk: Chunk, link: WorkerLink, path: Path, sha: str, frames: int, seconds: float) -> None:
-        """The result that counts for the chunk (`link`'s, or one kept for the re-encode check):
-        moved into place, journalled, counted, reported."""
+    def record(self, chunk: Chunk, link: WorkerLink, path: Path, sha: str, frames: int, seconds: float,
+               handed_in_by: WorkerLink | None = None) -> None:
+        """The result that counts for the chunk (`link`'s: the one handed in by `handed_in_by`, or
+        one kept for the re-encode check): moved into place, journalled, counted, reported."""
         assert self.ctx is not None
         worker = link.offer.name
-        others = self.ctx.scheduler.done(chunk, worker, self.work / f"{chunk.name}.out.mkv", sha, received=path)
+        others = self.ctx.scheduler.done(chunk, (handed_in_by or link).offer.name, self.work / f"{chunk.name}.out.mkv",
+                                         sha, received=path, made_by=worker)
         if others is None:
             path.unlink(missing_ok=True)      # a straggler copy finished second
             return

@@ -138,7 +138,7 @@ class WorkerLink(threading.Thread):
         self.dropped = False
         # (ffmpeg build, threads, CPUs when threads is 0, CPU kind): workers alike in these encode a
         # chunk to the same bytes; None: it did not say (an older worker), so it is never compared
-        self.encoder: tuple[str, int, int, str] | None = None
+        self.encoder: tuple[str, int, tuple[int, int], str] | None = None
         self.lied: str | None = None    # its result differed from two others' of the same chunk
         self._handlers: dict[Msg, Callable[[dict], bool]] = {
             Msg.ERROR: self.handle_error,
@@ -198,11 +198,12 @@ class WorkerLink(threading.Thread):
         reply = expect(sock, Msg.SESSION_OK)
         self.session, self.key = field(reply, "session", str), field(reply, "key", str)
         check_settings_echo(self.job.settings, reply.get("settings"))
-        threads, cpus, cpu = reply.get("threads"), reply.get("cpus"), reply.get("cpu")
-        if isinstance(threads, int) and isinstance(cpus, int) and isinstance(cpu, str) and 0 <= threads <= 1024 \
-                and 1 <= cpus <= 65536 and len(cpu) <= 64:
-            # threads=0 (ffmpeg decides) follows the CPU count
-            self.encoder = (o.ffmpeg, threads, cpus if threads == 0 else 0, cpu)
+        threads, cpus, host_cpus, cpu = (reply.get(k) for k in ("threads", "cpus", "host_cpus", "cpu"))
+        if isinstance(threads, int) and isinstance(cpus, int) and isinstance(host_cpus, int) and \
+                isinstance(cpu, str) and 0 <= threads <= 1024 and 1 <= cpus <= 65536 and 1 <= host_cpus <= 65536 \
+                and len(cpu) <= 64:
+            # threads=0 (the encoder decides): x264 counts the CPUs it may use, x265 the machine's
+            self.encoder = (o.ffmpeg, threads, (cpus, host_cpus) if threads == 0 else (0, 0), cpu)
         log.info("worker %s joined (%d slot%s)", o.name, o.slots, "" if o.slots == 1 else "s")
         self.job.report(Event.WORKER_JOINED, worker=o.name)
 

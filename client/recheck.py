@@ -52,7 +52,9 @@ class Rechecks:
         self.redone = redone              # chunks counted before a liar was found out: encoded again
         self.agreed = 0                   # chunks two workers' encodes agreed on
         self._held: dict[int, list[_Held]] = {}
-        self._lock = threading.Lock()
+        # held by the job from accept()'s decision until the result is recorded (Scheduler.done):
+        # else a liar found out in another thread meanwhile would miss that chunk in redo()
+        self.lock = threading.RLock()
         self._random = random.SystemRandom()
 
     def accept(self, link: WorkerLink, chunk: Chunk, tmp: Path, sha256: str, left: int, workers: int
@@ -62,7 +64,7 @@ class Rechecks:
         a dropped liar's). `left`: chunks not done besides this one; `workers`: the job's live
         workers (no draw in the last round, where the second encode would sit between the last
         result and the output)."""
-        with self._lock:
+        with self.lock:
             if link.lied:                             # fetched before it was found out
                 tmp.unlink(missing_ok=True)
                 return None
@@ -77,9 +79,9 @@ class Rechecks:
                     return link, tmp, sha256          # counted meanwhile: a duplicate
                 log.debug("%s from %s: kept until another worker's encode matches it", chunk.name, link.offer.name)
                 return None
-            if link.encoder != held[0].link.encoder:     # not comparable (a worker not alike took it)
+            if link.encoder != held[0].link.encoder:     # not comparable: a copy started before the hold
                 tmp.unlink(missing_ok=True)
-                return self._settle_first(chunk, held)
+                return None
             same = [h for h in held if h.sha256 == sha256]
             if same:
                 self.agreed += 1
@@ -105,7 +107,7 @@ class Rechecks:
         dropped, out of tries): their first result counts. Returns (chunk, worker, file, SHA-256)
         to record."""
         stalled = []
-        with self._lock:
+        with self.lock:
             alive = {l.offer.name for l in self.links() if l.is_alive() and not l.lied}
             for index, held in list(self._held.items()):
                 chunk = self.scheduler.chunks[index]
@@ -121,8 +123,9 @@ class Rechecks:
         """The live workers whose encodes must equal `link`'s, besides it and those in `tried`."""
         if link.encoder is None:
             return set()
-        return {l.offer.name for l in self.links() if l is not link and l.is_alive() and not l.lied
-                and l.encoder == link.encoder and l.offer.name not in tried}
+        # by name: a worker that reconnected is a new link, and must not check its own result
+        return {l.offer.name for l in self.links() if l.offer.name != link.offer.name and l.is_alive()
+                and not l.lied and l.encoder == link.encoder and l.offer.name not in tried}
 
     def _hold(self, chunk: Chunk, link: WorkerLink, tmp: Path, sha256: str, alike: set[str],
               held: list[_Held]) -> bool:
@@ -151,7 +154,7 @@ class Rechecks:
 
     def _forget(self, chunk: Chunk, held: list[_Held], keep: _Held | None = None) -> None:
         del self._held[chunk.index]
-        chunk.only = None          # (a chunk no result is kept for goes to anyone, from scratch)
+        self.scheduler.open_to_all(chunk)    # (a chunk no result is kept for goes to anyone, from scratch)
         for h in held:
             if h is not keep:
                 h.path.unlink(missing_ok=True)
@@ -174,7 +177,7 @@ class Rechecks:
                     self._held[index] = rest
                 else:
                     del self._held[index]
-                    self.scheduler.chunks[index].only = None
+                    self.scheduler.open_to_all(self.scheduler.chunks[index])
         redone = self.scheduler.redo(name)
         for c in redone:
             (self.work / f"{c.name}.out.mkv").unlink(missing_ok=True)

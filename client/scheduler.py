@@ -165,7 +165,7 @@ class Scheduler:
                 return None               # another copy was counted meanwhile: this result is a duplicate
             others = chunk.workers - {worker}
             chunk.workers = set()
-            chunk.state, chunk.only = ChunkState.PENDING, set(only)
+            chunk.state, chunk.only = ChunkState.PENDING, set(only) - {worker}
             chunk.attempts = max(0, chunk.attempts - 1)
             self._pending.appendleft(chunk)
             self._cond.notify_all()
@@ -220,7 +220,7 @@ class Scheduler:
             return chunk if chunk is not None and worker in chunk.workers else None
 
     def done(self, chunk: Chunk, worker: str, result: Path, sha256: str,
-             received: Path | None = None) -> set[str] | None:
+             received: Path | None = None, made_by: str | None = None) -> set[str] | None:
         """Record a verified result (moving the `received` file to `result` if given). Returns the
         other workers still encoding a copy (to be cancelled), or None if the chunk was already
         done: this result is a duplicate and is left where it is.
@@ -234,7 +234,7 @@ class Scheduler:
                 return None
             others, chunk.workers = set(chunk.workers), set()
             chunk.state, chunk.result, chunk.result_sha256 = ChunkState.DONE, result, sha256
-            chunk.made_by, chunk.only = worker, None
+            chunk.made_by, chunk.only = made_by or worker, None   # (a kept result may be another's)
             chunk.progress = chunk.frames
             self._moving.add(chunk.index)
         try:
@@ -275,6 +275,7 @@ class Scheduler:
                 # a second encode that keeps failing does not fail the job: a checked result is
                 # kept for it, and with nobody left to take the chunk the job counts that one
                 chunk.state, chunk.only = ChunkState.PENDING, set()
+                self._pending.appendleft(chunk)   # (opened to all again if that result stops counting)
                 self._cond.notify_all()
                 return
             if chunk.attempts >= self.max_attempts:
@@ -300,6 +301,14 @@ class Scheduler:
                 self._requeue_uncounted(chunk, worker)
             self._cond.notify_all()
             return lost
+
+    def open_to_all(self, chunk: Chunk) -> None:
+        """A chunk kept for a second encode that no longer is: any worker may take it (from scratch)."""
+        with self._cond:
+            chunk.only = None
+            if chunk.state is ChunkState.PENDING and chunk not in self._pending:
+                self._pending.appendleft(chunk)
+            self._cond.notify_all()
 
     def redo(self, worker: str) -> list[Chunk]:
         """The chunks whose counted result is `worker`'s go back to the queue (it lied about

@@ -352,7 +352,7 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
     # whose encodes of one chunk must match bit for bit (its re-encode check)
     session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name,
                  settings=session.settings.to_wire(), threads=worker.cfg.threads, cpus=usable_cpus(),
-                 cpu=cpu_kind())
+                 host_cpus=os.cpu_count() or 1, cpu=cpu_kind())
     return session
 
 

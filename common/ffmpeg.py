@@ -603,7 +603,9 @@ def working_encoders(tools: Tools, listed: Sequence[str]) -> tuple[list[str], di
                "-i", "color=c=gray:s=256x144:r=25"]
         for name in names:         # (a device encoder is tried on its own: names is [it])
             upload = upload_filters(Settings(vcodec=name))
-            cmd += ["-map", "0:v", *(["-vf", ",".join(upload)] if upload else []), "-frames:v", "1", "-c:v", name,
+            # a hardware one with its rate-control flags too: an older build may lack one of them
+            args = encoder_args(Settings(vcodec=name)) if ENCODERS[name].hardware else ["-c:v", name]
+            cmd += ["-map", "0:v", *(["-vf", ",".join(upload)] if upload else []), "-frames:v", "1", *args,
                     *ENCODERS[name].always, "-f", "null", "-"]
         try:
             run(cmd, timeout=ENCODER_TEST_TIMEOUT)

@@ -442,5 +442,11 @@ def test_vaapi_encodes_open_the_render_device_and_upload_the_picture(monkeypatch
         Settings(vcodec="h264_vaapi", pix_fmt="yuv444p")
     with pytest.raises(UsageError, match="8-bit only"):
         Settings(vcodec="h264_vaapi", pix_fmt="yuv420p10le")
+    with pytest.raises(UsageError, match="main10 goes with"):
+        Settings(vcodec="hevc_vaapi", profile="main10")              # 10-bit profile, 8-bit upload
+    with pytest.raises(UsageError, match="main10 goes with"):
+        Settings(vcodec="hevc_vaapi", profile="main", pix_fmt="yuv420p10le")
+    Settings(vcodec="hevc_vaapi", profile="main10", pix_fmt="yuv420p10le")
+    Settings(vcodec="hevc_vaapi", pix_fmt="yuv420p10le")
     monkeypatch.setattr("ffdt.common.ffmpeg.render_device", lambda: None)
     assert "-vaapi_device" not in encode_cmd(TOOLS, Path("a.mkv"), Path("b.mkv"), Settings(vcodec="h264_vaapi"))

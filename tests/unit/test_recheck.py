@@ -137,3 +137,39 @@ def test_a_liars_other_chunks_are_encoded_again(tmp_path):
     late = sched.take("b", 0)
     assert checks.accept(links[0], late, result(tmp_path, "r4"), "z", left=5, workers=3) is None
     assert not (tmp_path / "r4").exists()
+
+
+def test_a_worker_that_reconnects_does_not_check_its_own_result(tmp_path):
+    again = FakeLink("a")                          # the same worker, a new session
+    checks, sched, links, _ = setup(tmp_path, links=[FakeLink("a"), again, FakeLink("b")])
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "s1", left=5, workers=3) is None
+    assert chunk.only == {"b"}
+
+
+def test_three_results_that_all_differ_count_the_first_and_say_whose(tmp_path):
+    checks, sched, links, _ = setup(tmp_path, links=[FakeLink(n) for n in "abcd"])
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "s1", left=5, workers=4) is None
+    assert sched.take("b", 0) is chunk
+    assert checks.accept(links[1], chunk, result(tmp_path, "r2"), "s2", left=5, workers=4) is None
+    taker = sched.take("c", 0) or sched.take("d", 0)
+    assert taker is chunk
+    counted, path, sha = checks.accept(links[2], chunk, result(tmp_path, "r3"), "s3", left=5, workers=4)
+    assert counted is links[0] and sha == "s1" and path.read_bytes() == b"r1"
+    # recorded as the job does: handed in by "c", made by "a": a later redo of "a" finds it
+    sched.done(chunk, "c", tmp_path / "out.mkv", sha, received=path, made_by=counted.offer.name)
+    assert chunk.made_by == "a" and sched.redo("a") == [chunk]
+
+
+def test_a_kept_chunk_out_of_tries_whose_result_stops_counting_goes_to_anyone(tmp_path):
+    checks, sched, links, _ = setup(tmp_path)
+    chunk = sched.take("a", 0)
+    assert checks.accept(links[0], chunk, result(tmp_path, "r1"), "s1", left=5, workers=3) is None
+    while (taken := sched.take("b", 0) or sched.take("c", 0)) is chunk:
+        sched.fail(chunk, next(iter({"b", "c"} & set(chunk.tried_on[-1:]))), "bad result")
+    assert chunk.only == set() and sched.fatal is None
+    links[0].drop("lied elsewhere")                # its kept result no longer counts
+    with checks.lock:
+        assert checks.settle_stalled() == []       # nothing honest kept: encoded afresh, by anyone
+    assert chunk.only is None and sched.take("d", 0) is chunk
