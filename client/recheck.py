@@ -51,6 +51,7 @@ class Rechecks:
         self.scheduler, self.links, self.work, self.report, self.cancel = scheduler, links, work, report, cancel
         self.redone = redone              # chunks counted before a liar was found out: encoded again
         self.agreed = 0                   # chunks two workers' encodes agreed on
+        self._unpaired: set[str] = set()  # workers told to have no peer to be compared with
         self._held: dict[int, list[_Held]] = {}
         # held by the job from accept()'s decision until the result is recorded (Scheduler.done):
         # else a liar found out in another thread meanwhile would miss that chunk in redo()
@@ -73,6 +74,11 @@ class Rechecks:
                 return link, tmp, sha256
             if held is None:
                 alike = self._alike(link, set())
+                if self.fraction and not alike and link.offer.name not in self._unpaired:
+                    self._unpaired.add(link.offer.name)
+                    log.warning("%s has no other worker alike in this job (%s): its chunks are not encoded "
+                                "again", link.offer.name, "it does not say what it runs" if link.encoder is None
+                                else "the same ffmpeg build, threads and CPU kind")
                 if not (alike and left >= workers and self._random.random() < self.fraction):
                     return link, tmp, sha256
                 if not self._hold(chunk, link, tmp, sha256, alike, []):

@@ -173,3 +173,14 @@ def test_a_kept_chunk_out_of_tries_whose_result_stops_counting_goes_to_anyone(tm
     with checks.lock:
         assert checks.settle_stalled() == []       # nothing honest kept: encoded afresh, by anyone
     assert chunk.only is None and sched.take("d", 0) is chunk
+
+
+def test_a_worker_nobody_can_check_is_named_once(tmp_path, caplog):
+    links = [FakeLink("a"), FakeLink("b", encoder=("ffmpeg 6.0", 1, (0, 0), "x86_64/1")), FakeLink("c", None)]
+    checks, sched, _, _ = setup(tmp_path, links=links)
+    with caplog.at_level("WARNING", logger="boss"):
+        for link in links * 2:
+            chunk = sched.take(link.offer.name, 0)
+            assert checks.accept(link, chunk, result(tmp_path, f"r{chunk.index}"), "s", left=5, workers=3)
+    said = [r.getMessage() for r in caplog.records if "no other worker alike" in r.getMessage()]
+    assert len(said) == 3 and "does not say what it runs" in said[2]
