@@ -341,9 +341,9 @@ class Job:
             output = Join(cfg.tools, info, cfg.settings, self.container, cfg.output, self.work, audio)
             output.start_early(scheduler, ready=lambda: scheduler.complete and audio.done())
             # a liar's counted chunks, encoded again: the early concat may have read their results
-            self.rechecks = Rechecks(cfg.recheck_fraction if ENCODERS[cfg.settings.vcodec].deterministic else 0.0,
-                                     scheduler, lambda: list(self.links), self.work, self.report, self.cancel_copies,
-                                     redone=lambda chunks: output.abandon_early())
+            # (boss.py allows a fraction only for the encoders marked deterministic)
+            self.rechecks = Rechecks(cfg.recheck_fraction, scheduler, lambda: list(self.links), self.work,
+                                     self.report, self.cancel_copies, redone=lambda chunks: output.abandon_early())
             if self.stopped:
                 scheduler.abort(self.stopped)
             with ThreadPoolExecutor(max_workers=VERIFIER_THREADS, thread_name_prefix="verify") as verifier, \

@@ -129,9 +129,10 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     # compares the output's A/V end with the input's), in the same read of the input
     first_audio = next((int(s["index"]) for s in info["streams"] if s.get("codec_type") == "audio"), None)
     wanted = [choice.video] + ([first_audio] if first_audio is not None else [])
-    if not probed and path.stat().st_size >= QUIET_PROBE_BYTES:     # a long read with nothing to show
+    size = path.stat().st_size
+    if not probed and size >= QUIET_PROBE_BYTES:     # a long read with nothing to show
         (log.debug if quiet else log.info)("%s: reading its packets (%.1f GB) for the frames and keyframes",
-                                           path.name, path.stat().st_size / 1e9)
+                                           path.name, size / 1e9)
     found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted)
     packets = found.get(choice.video, [])
     audio_end = None if first_audio is None else ffmpeg.packets_end(found.get(first_audio, []))

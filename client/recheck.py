@@ -112,7 +112,9 @@ class Rechecks:
         """Chunks kept for a second encode that no live worker alike can make any more (lost,
         dropped, out of tries): their first result counts. Returns (chunk, worker, file, SHA-256)
         to record."""
-        stalled = []
+        stalled: list[tuple[Chunk, WorkerLink, Path, str]] = []
+        if not self._held:                 # (called twice a second by the job's main loop)
+            return stalled
         with self.lock:
             alive = {l.offer.name for l in self.links() if l.is_alive() and not l.lied}
             for index, held in list(self._held.items()):

@@ -257,12 +257,14 @@ class Scheduler:
     def wait_done(self, chunk: Chunk, timeout: float) -> bool | None:
         """Wait up to `timeout` seconds for `chunk` to be done with its result file in place:
         True once it is, False if the job failed, None on timeout."""
+        def placed() -> bool:
+            return chunk.state is ChunkState.DONE and chunk.index not in self._moving
+
         with self._cond:
-            self._cond.wait_for(lambda: self.fatal or (chunk.state is ChunkState.DONE
-                                                       and chunk.index not in self._moving), timeout=timeout)
+            self._cond.wait_for(lambda: self.fatal or placed(), timeout=timeout)
             if self.fatal:
                 return False
-            return True if chunk.state is ChunkState.DONE and chunk.index not in self._moving else None
+            return True if placed() else None
 
     def fail(self, chunk: Chunk, worker: str, reason: str) -> None:
         """A failed attempt: back to the queue, or the job fails after max_attempts."""

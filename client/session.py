@@ -5,6 +5,7 @@ by type) and the file port (chunk bytes in, results out). Encoding is client/enc
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -363,6 +364,7 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+@functools.cache       # (read once: /proc/cpuinfo of a big machine is hundreds of KB)
 def cpu_kind() -> str:
     """The architecture and a digest of the CPU's feature flags: machines that share it run the
     same SIMD code paths (ffmpeg's scaler and pixel-format conversions differ between them)."""

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ffdt.common.config import ENCODER_TEST_TIMEOUT, FFMPEG_PROBE_TIMEOUT, FFMPEG_QUERY_TIMEOUT, FFMPEG_TOOL_TIMEOUT
 from ffdt.common.encoders import ENCODERS
@@ -232,6 +232,19 @@ class _Child:
     stderr: str = ""
 
 
+def _spawn(cmd: list[str], stdout: Any, stderr: Any) -> subprocess.Popen:
+    """Start a child with no stdin, none of our secrets in its environment, dying with the thread
+    that started it, and tracked for kill_children(); FFmpegError if it cannot start."""
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True,
+                                errors="replace", env=child_env(), preexec_fn=die_with_parent)
+    except OSError as exc:
+        raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
+    with _live_lock:
+        _live.add(proc)
+    return proc
+
+
 @contextlib.contextmanager
 def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
     """A child with stdout piped and stderr kept in a temp file (a pipe could fill and block it),
@@ -239,14 +252,8 @@ def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
     outlives the caller. After the block: its return code and stderr."""
     log.debug("running %s", shlex.join(cmd))
     with tempfile.TemporaryFile("w+", errors="replace") as err:
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    errors="replace", env=child_env(), preexec_fn=die_with_parent)
-        except OSError as exc:
-            raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
+        proc = _spawn(cmd, subprocess.PIPE, err)
         child = _Child(proc)
-        with _live_lock:
-            _live.add(proc)
 
         def expire() -> None:
             child.timed_out = True
@@ -315,13 +322,10 @@ class Background:
         self._stderr: str | None = None
         self._lock = threading.Lock()
         try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
-                                         env=child_env(), preexec_fn=die_with_parent)
-        except OSError as exc:
+            self.proc = _spawn(cmd, subprocess.DEVNULL, self._err)
+        except FFmpegError:
             self._err.close()
-            raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
-        with _live_lock:
-            _live.add(self.proc)
+            raise
 
     def running(self) -> bool:
         return self.proc.poll() is None

@@ -89,8 +89,7 @@ class Settings:
             raise UsageError(f"{self.vcodec} encodes 4:2:0 only (--pix-fmt yuv420p, nv12 or yuv420p10le)")
         if spec.upload and self.pix_fmt == "yuv420p10le" and "10" not in spec.upload:
             raise UsageError(f"{self.vcodec} encodes 8-bit only")
-        if spec.upload and (self.profile == "main10") != (self.pix_fmt == "yuv420p10le") and \
-                (self.profile == "main10" or (self.profile and self.pix_fmt == "yuv420p10le")):
+        if spec.upload and self.profile and (self.profile == "main10") != (self.pix_fmt == "yuv420p10le"):
             raise UsageError(f"{self.vcodec}: --profile main10 goes with --pix-fmt yuv420p10le (10-bit), "
                              "and the 8-bit profiles without it")
         for value in (self.scale_w, self.scale_h):
