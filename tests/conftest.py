@@ -6,11 +6,11 @@ import contextlib
 import json
 import os
 import re
-import selectors
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -83,16 +83,19 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ---------------------------------------------------------------- processes
 
 def _read_line(proc: subprocess.Popen, within: float) -> str:
+    """The child's next stdout line. A thread, not select(): when the child wrote two lines at
+    once, the first readline() buffered both and the fd would look idle while the second waits."""
     assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(within):
-            raise AssertionError(f"{proc.args[1]} did not report readiness in {within}s")
-    line = proc.stdout.readline()
-    if not line:
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(within)
+    if reader.is_alive():
+        raise AssertionError(f"{proc.args[1]} did not report readiness in {within}s")
+    if not got[0]:
         err = proc.stderr.read() if proc.stderr else ""
         raise AssertionError(f"{proc.args[1]} exited early: {err.strip()}")
-    return line
+    return got[0]
 
 
 def stop(proc: subprocess.Popen) -> None:
