@@ -272,6 +272,13 @@ def cpu_seconds() -> dict[str, float]:
     return {"boss": round(own.ru_utime + own.ru_stime, 3), "ffmpeg": round(kids.ru_utime + kids.ru_stime, 3)}
 
 
+def peak_memory_mib() -> dict[str, float]:
+    """The boss's peak resident memory, and its largest child's (Linux reports KiB): whether the
+    boss stays flat as inputs grow is a figure of its own (the speed issue's first)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"boss": round(own.ru_maxrss / 1024, 1), "largest_child": round(kids.ru_maxrss / 1024, 1)}
+
+
 def ca_context(tracker_tls: tls.ClientTls) -> ssl.SSLContext:
     """For workers with a CA-issued certificate and no registered key (the others are pinned):
     the CAs the tracker is verified with, else the system's."""
@@ -383,6 +390,7 @@ class Job:
             summary["chunks"] = len(chunks)
             summary["rechecked"] = self.rechecks.agreed      # chunks two workers' encodes agreed on
             summary["cpu_seconds"] = cpu_seconds()
+            summary["peak_memory_mib"] = peak_memory_mib()
             summary["workers"] = {link.offer.name: link.stats.summary() for link in self.links}
             self.print_summary(summary)
             self.summary = summary

@@ -27,15 +27,15 @@ from ffdt.client import faults
 from ffdt.client.encode import Assignment, encode
 from ffdt.client.progress import WorkerBar
 from ffdt.client.reporter import EventReporter
-from ffdt.client.tracker_client import TrackerClient
+from ffdt.client.tracker_client import TrackerClient, keep_registered
 from ffdt.common import auth, ffmpeg
 from ffdt.common.audit_events import Event
-from ffdt.common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, MAX_CHUNK_BYTES,
-                                MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON, PROGRESS_INTERVAL, RECONNECT_BACKOFF_CAP,
-                                RECONNECT_BACKOFF_FIRST, TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
-from ffdt.common.errors import (AuthError, ConnectionClosed, FFmpegError, PeerUnreachable, ProtocolError,
+from ffdt.common.config import (FFMPEG_CHUNK_TIMEOUT, HANDSHAKE_TIMEOUT, MAX_CHUNK_BYTES,
+                                MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON, PROGRESS_INTERVAL,
+                                TRANSFER_STALL_TIMEOUT, WAIT_RETRY)
+from ffdt.common.errors import (AuthError, ConnectionClosed, FFmpegError, ProtocolError,
                                 RequestRejected, TranscoderError, TransferError, UsageError)
-from ffdt.common.net import Backoff, Deadline, enable_keepalive
+from ffdt.common.net import Deadline, enable_keepalive
 from ffdt.common.protocol import (Msg, Role, field as get, int_field, recv_msg, recv_msg_or_reject, send_msg,
                                   server_hello)
 from ffdt.common.encoders import ENCODERS
@@ -168,27 +168,10 @@ class Worker:
 
     def heartbeat_loop(self) -> None:
         """Heartbeat; after a lost tracker, re-register with jittered backoff, forever."""
-        backoff = Backoff(RECONNECT_BACKOFF_FIRST, RECONNECT_BACKOFF_CAP)
-        while not self.stopping.wait(HEARTBEAT_INTERVAL):
-            try:
-                self.tracker.heartbeat(self.busy)
-                backoff.reset()
-                continue
-            except RequestRejected:
-                log.info("tracker forgot this worker; registering again")
-            except (ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
-                log.warning("tracker connection lost (%s); reconnecting", exc)
-            while not self.stopping.is_set():
-                try:
-                    self.register()
-                    log.info("registered again as %s", self.name)
-                    break
-                except AuthError as exc:
-                    log.error("tracker refused us: %s", exc)
-                except TranscoderError as exc:
-                    log.debug("still no tracker: %s", exc)
-                if self.stopping.wait(backoff.next()):
-                    return
+        def register() -> None:
+            self.register()
+            log.info("registered again as %s", self.name)
+        keep_registered(lambda: self.tracker.heartbeat(self.busy), register, self.stopping, log)
 
     def report(self, session: BossSession, event: Event, **fields: Any) -> None:
         """Tell the tracker about a chunk, from the reporter thread: an encode never waits on it."""

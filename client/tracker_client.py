@@ -9,12 +9,13 @@ import logging
 import socket
 import ssl
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from ffdt.common import auth
-from ffdt.common.config import CONNECT_DEADLINE
-from ffdt.common.errors import ConnectionClosed, PeerUnreachable, ProtocolError
-from ffdt.common.net import connect
+from ffdt.common.config import CONNECT_DEADLINE, HEARTBEAT_INTERVAL, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST
+from ffdt.common.errors import (AuthError, ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected,
+                                TranscoderError)
+from ffdt.common.net import Backoff, connect
 from ffdt.common.protocol import Msg, Role, client_hello, field, request
 from ffdt.common.settings import Settings
 from ffdt.common.tls import KnownTrackers, peer_fingerprint
@@ -122,3 +123,32 @@ class TrackerClient:
 
     def job_end(self, job: str, status: str, **fields: Any) -> None:
         self.call(Msg.JOB_END, Msg.OK, job=job, status=status, **fields)
+
+
+def keep_registered(beat: Callable[[], None], register: Callable[[], None], stopping: threading.Event,
+                    logger: logging.Logger = log) -> None:
+    """A worker's life with the tracker: `beat` every HEARTBEAT_INTERVAL; once a beat fails (the
+    tracker restarted, or forgot this worker), `register` again and again with jittered backoff
+    until it works, then beat on; until `stopping` is set. A tracker restart is seen by each
+    worker at its next beat, so a farm's re-logins spread over one interval instead of arriving
+    at once (scripts/tracker-load --restart runs this loop to measure it)."""
+    backoff = Backoff(RECONNECT_BACKOFF_FIRST, RECONNECT_BACKOFF_CAP)
+    while not stopping.wait(HEARTBEAT_INTERVAL):
+        try:
+            beat()
+            backoff.reset()
+            continue
+        except RequestRejected:
+            logger.info("tracker forgot this worker; registering again")
+        except (ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
+            logger.warning("tracker connection lost (%s); reconnecting", exc)
+        while not stopping.is_set():
+            try:
+                register()
+                break
+            except AuthError as exc:
+                logger.error("tracker refused us: %s", exc)
+            except TranscoderError as exc:
+                logger.debug("still no tracker: %s", exc)
+            if stopping.wait(backoff.next()):
+                return

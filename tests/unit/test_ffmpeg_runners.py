@@ -137,3 +137,24 @@ def test_a_comparison_over_a_frame_range_pairs_the_ranges_frames(source_and_resu
     assert len(compared.psnr) == 30 and min(compared.psnr) > 30
     shifted = ffmpeg.compare_with_source(tools, src, results["short"], Settings(), (5, 30), 10, timeout=60)
     assert max(shifted.psnr) < 30      # frame i against the source's i + 5: not the same picture
+
+
+# ---------------------------------------------------------------- probing
+
+def test_probe_with_packets_reads_as_probe_and_the_packet_list_do(tmp_path):
+    """The output check's one ffprobe run, parsed packet by packet as it comes, must give what
+    two separate runs give: the same streams and format, every stream's packets in file order."""
+    tools = ffmpeg.find_tools()
+    path = tmp_path / "av.mkv"
+    ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-f", "lavfi", "-i", "testsrc2=size=160x96:rate=25",
+                "-f", "lavfi", "-i", "sine=sample_rate=16000", "-t", "2", "-metadata", "title=a, b {c}",
+                "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-c:a", "aac", "-f", "matroska",
+                ffmpeg.input_path(path)])
+    info, packets = ffmpeg.probe_with_packets(tools, path)
+    alone = ffmpeg.probe(tools, path)
+    assert "packets" not in info
+    counted = [int(s.pop("nb_read_packets")) for s in info["streams"]]      # ffprobe counts what it read
+    assert info["streams"] == alone["streams"] and info["format"]["tags"]["title"] == "a, b {c}"
+    assert packets == ffmpeg.packets_by_stream(tools, path, [0, 1])
+    assert counted == [len(packets[0]), len(packets[1])]
+    assert len(packets[0]) == 50 and sum(p.key for p in packets[0]) == 5 and len(packets[1]) > 20

@@ -254,3 +254,17 @@ def test_a_span_reaches_back_far_enough_for_the_encoder_warm_up():
     assert gop_spans(pts, key, [(0, 50), (50, 50)], lead=25) == [Span(0, 50, 0), Span(20, 100, 30)]
     # a chunk too near the piece's start for a full warm-up starts at the piece's start
     assert gop_spans(pts, key, [(0, 10), (10, 90)], lead=25)[1] == Span(0, 100, 10)
+
+
+@pytest.mark.parametrize("duration, frames, workers, seconds", [
+    (50.75, 338, 6, 25.375),   # a webcam at 6.7 fps: 8.5 s chunks would hold 56 frames; two of 169
+    (50.75, 338, 1, 25.375),   # one worker: three rounds of 17 s would hold 113 frames each
+    (60.0, 1800, 6, 10.0),     # 30 fps: 300 frames a chunk already
+    (30.0, 720, 6, 7.5),       # 24 fps, one round of 5 s = 120 frames: four chunks of 180 instead
+    (3.0, 20, 8, 5.0),         # fewer frames than one chunk's least: one chunk, never below 5 s
+])
+def test_sparse_video_at_a_low_frame_rate_gets_fewer_longer_chunks(duration, frames, workers, seconds):
+    assert auto_chunk_seconds(duration, workers, pixel_bit_rate=1.3, frames=frames) == pytest.approx(seconds)
+    # a dense source (camera noise) keeps its rounds: an extra keyframe is a small share of its bits
+    assert auto_chunk_seconds(duration, workers, pixel_bit_rate=8.0, frames=frames) == \
+        auto_chunk_seconds(duration, workers, pixel_bit_rate=8.0)
