@@ -448,25 +448,42 @@ def _packet(f: dict[str, str]) -> Packet | None:
 
 def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[Packet]]]:
     """probe() and every stream's packets (by stream index, file order) in one ffprobe run: for
-    checking an output, where each process start counts. ffprobe's compact JSON puts each packet
-    on a line of its own: they are parsed as they come and the rest of the text (the packet list
-    left empty) is the probe, so memory follows the Packets kept, not ffprobe's text (a 3-minute
-    output's whole JSON took 14 MB at its peak)."""
+    checking an output, where each process start counts. ffprobe's compact JSON starts each
+    packet on a line of its own (one with side data goes on over a few deeper lines): they are
+    parsed as they come and the rest of the text, with the packet list left empty, is the probe,
+    so memory follows the Packets kept, not ffprobe's text (a 3-minute output's whole JSON took
+    14 MB at its peak)."""
     cmd = [tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-print_format", "json=c=1", "-show_format",
            "-show_streams", "-show_chapters", "-show_entries",
            "packet=stream_index,pts_time,dts_time,duration_time,flags,size", input_path(path)]
     packets: dict[int, list[Packet]] = {}
     rest: list[str] = []
+    element: list[str] = []          # the lines of the packet being read
+    inside = False                   # within the packet list
+
+    def take() -> None:
+        text = "".join(element).strip().rstrip(",")
+        element.clear()
+        if text:
+            entry = json.loads(text)
+            packet = _packet({k: str(v) for k, v in entry.items() if not isinstance(v, (list, dict))})
+            if packet is not None:
+                packets.setdefault(int(entry.get("stream_index", -1)), []).append(packet)
+
     try:
         with run_lines(cmd, timeout=FFMPEG_TOOL_TIMEOUT) as lines:
             for line in lines:
-                if not line.lstrip().startswith('{ "stream_index"'):
+                if not inside:
+                    inside = line.strip() == '"packets": ['
                     rest.append(line)
-                    continue
-                entry = json.loads(line.strip().rstrip(","))
-                packet = _packet({k: str(v) for k, v in entry.items()})
-                if packet is not None:
-                    packets.setdefault(int(entry.get("stream_index", -1)), []).append(packet)
+                elif line.startswith("    ]"):          # the list's end (nested lists are deeper)
+                    take()
+                    inside = False
+                    rest.append(line)
+                else:
+                    if line.startswith("        {"):     # the next packet
+                        take()
+                    element.append(line)
         info = json.loads("".join(rest))
     except ValueError as exc:
         raise FFmpegError([tools.ffprobe], 0, "unreadable ffprobe output") from exc
