@@ -6,13 +6,15 @@ on the next call.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import ssl
 import threading
 from typing import Any, Callable
 
 from ffdt.common import auth
-from ffdt.common.config import CONNECT_DEADLINE, HEARTBEAT_INTERVAL, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST
+from ffdt.common.config import (CONNECT_DEADLINE, HEARTBEAT_INTERVAL, RECONNECT_BACKOFF_CAP, RECONNECT_BACKOFF_FIRST,
+                                REREGISTER_SPREAD)
 from ffdt.common.errors import (AuthError, ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected,
                                 TranscoderError)
 from ffdt.common.net import Backoff, connect
@@ -67,18 +69,21 @@ class TrackerClient:
         self._sock = sock
         return self.login
 
-    def call(self, kind: Msg, reply: Msg, **fields: Any) -> dict[str, Any]:
-        """One request; a lost connection is re-opened once before giving up."""
+    def call(self, kind: Msg, reply: Msg, *, reopen: bool = True, **fields: Any) -> dict[str, Any]:
+        """One request; a lost connection is re-opened once before giving up (reopen=False: not
+        at all, ConnectionClosed at once)."""
         with self._lock:
             for attempt in (1, 2):
                 if self._sock is None:
+                    if not reopen:
+                        raise ConnectionClosed("not connected to the tracker")
                     self._connect()
                 assert self._sock is not None
                 try:
                     return request(self._sock, kind, reply, **fields)
                 except (ConnectionClosed, ProtocolError):
                     self._close()
-                    if attempt == 2:
+                    if attempt == 2 or not reopen:
                         raise
             raise AssertionError("unreachable")
 
@@ -99,7 +104,9 @@ class TrackerClient:
                           slots=slots, ffmpeg=ffmpeg, encoders=encoders, tls=tls, fingerprint=fingerprint)
 
     def heartbeat(self, busy: int) -> None:
-        self.call(Msg.HEARTBEAT, Msg.OK, busy=busy)
+        """Never logs in again: a lost connection means the tracker restarted and forgot this
+        worker, so registering again follows (one login, not two), as keep_registered does."""
+        self.call(Msg.HEARTBEAT, Msg.OK, reopen=False, busy=busy)
 
     def job_start(self, input_name: str, settings: Settings, chunks: int | None = None,
                   frames: int | None = None) -> str:
@@ -126,12 +133,13 @@ class TrackerClient:
 
 
 def keep_registered(beat: Callable[[], None], register: Callable[[], None], stopping: threading.Event,
-                    logger: logging.Logger = log) -> None:
+                    logger: logging.Logger = log, spread: float = REREGISTER_SPREAD) -> None:
     """A worker's life with the tracker: `beat` every HEARTBEAT_INTERVAL; once a beat fails (the
-    tracker restarted, or forgot this worker), `register` again and again with jittered backoff
-    until it works, then beat on; until `stopping` is set. A tracker restart is seen by each
-    worker at its next beat, so a farm's re-logins spread over one interval instead of arriving
-    at once (scripts/tracker-load --restart runs this loop to measure it)."""
+    tracker restarted, or forgot this worker), wait a random time of up to `spread` seconds,
+    then `register` again and again with jittered backoff until it works, and beat on; until
+    `stopping` is set. The random wait is for a farm: its workers see a restart within one beat
+    of each other, and a thousand logins at once queued for 2 s at the tracker (p99), where
+    spread over 10 s they do not (scripts/tracker-load --restart runs this loop to measure it)."""
     backoff = Backoff(RECONNECT_BACKOFF_FIRST, RECONNECT_BACKOFF_CAP)
     while not stopping.wait(HEARTBEAT_INTERVAL):
         try:
@@ -142,6 +150,8 @@ def keep_registered(beat: Callable[[], None], register: Callable[[], None], stop
             logger.info("tracker forgot this worker; registering again")
         except (ConnectionClosed, ProtocolError, PeerUnreachable) as exc:
             logger.warning("tracker connection lost (%s); reconnecting", exc)
+        if stopping.wait(random.uniform(0.0, spread)):
+            return
         while not stopping.is_set():
             try:
                 register()

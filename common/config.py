@@ -14,6 +14,8 @@ HANDSHAKE_TIMEOUT = 10.0        # a new connection must say hello and log in wit
 
 # Liveness
 HEARTBEAT_INTERVAL = 5.0        # worker -> tracker
+REREGISTER_SPREAD = 10.0        # a worker that lost the tracker waits up to this long (at random) to
+                                # register again: a farm's logins after a restart spread over it
 PEER_TTL = 3 * HEARTBEAT_INTERVAL   # tracker drops a worker silent for this long
 PROGRESS_INTERVAL = 2.0         # worker -> boss while encoding; doubles as a liveness signal
 WORKER_SILENCE_TIMEOUT = 30.0   # boss gives up on a worker silent for this long
