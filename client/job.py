@@ -28,7 +28,7 @@ from ffdt.client import checks, media
 from ffdt.client.join import AudioJob, Join
 from ffdt.client.jobstate import Identity, JobState
 from ffdt.client.link import JobContext, WorkerLink, WorkerOffer
-from ffdt.client.progress import BossBar, JsonProgress
+from ffdt.client.progress import BossBar, JsonProgress, PhaseProgress
 from ffdt.client.recheck import Rechecks
 from ffdt.client.reporter import EventReporter
 from ffdt.client.scheduler import Chunk, ChunkState, Scheduler
@@ -129,13 +129,25 @@ def transcode(cfg: BossConfig, handle: JobHandle | None = None) -> dict[str, Any
 
 def _transcode(cfg: BossConfig, container: media.Container, phases: Phases,
                handle: JobHandle | None) -> dict[str, Any]:
-    with phases.timed("probe"):
-        info = media.inspect(cfg.tools, cfg.input, options=cfg.streams)
+    with phases.timed("probe"), phase_progress(cfg, phases, "probe", "reading the input") as shown:
+        info = media.inspect(cfg.tools, cfg.input, options=cfg.streams, on_progress=shown)
     media.check_combination(container, cfg.settings.codec, cfg.acodec, info.of_kind("audio"))
     cfg = dataclasses.replace(cfg, settings=settings_for_input(cfg, info))
     check_tuning(cfg, info)
     with output_lock(cfg):
         return _run_locked(cfg, info, container, phases, handle or JobHandle())
+
+
+@contextlib.contextmanager
+def phase_progress(cfg: BossConfig, phases: Phases, phase: str, label: str
+                   ) -> Iterator[Callable[[float, float], None]]:
+    """An update(done, total) for a phase before the chunks (a bar on a terminal, or JSON
+    lines): reading a film's packets or copying its streams is a long silence otherwise."""
+    shown = PhaseProgress(phase, label, cfg.bars and cfg.progress == "bar", phases.json)
+    try:
+        yield shown.update
+    finally:
+        shown.close()
 
 
 @contextlib.contextmanager
@@ -169,8 +181,8 @@ def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Contain
     ok = False
     try:
         if info.own_copy:
-            with phases.timed("copy"):
-                info = media.chosen_copy(cfg.tools, info, work / SOURCE_COPY)
+            with phases.timed("copy"), phase_progress(cfg, phases, "copy", "copying the streams") as shown:
+                info = media.chosen_copy(cfg.tools, info, work / SOURCE_COPY, on_progress=shown)
         tracker_addr, user, password = cfg.tracker, cfg.user, cfg.password
         if cfg.local:
             from ffdt.client.local import LocalCluster

@@ -9,7 +9,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ffdt.client import streams as choice_of
 from ffdt.common import ffmpeg
@@ -99,10 +99,13 @@ QUIET_PROBE_BYTES = 1_000_000_000     # inputs smaller than this are probed in a
 
 def inspect(tools: ffmpeg.Tools, path: Path,
             probed: tuple[dict, dict[int, list[ffmpeg.Packet]]] | None = None,
-            options: choice_of.StreamOptions = choice_of.StreamOptions(), quiet: bool = False) -> MediaInfo:
+            options: choice_of.StreamOptions = choice_of.StreamOptions(), quiet: bool = False,
+            on_progress: Callable[[float, float], None] | None = None) -> MediaInfo:
     """Probe an input and choose its streams (client/streams.py); UsageError with one clear line
     when it cannot be transcoded. `probed`: ffmpeg.probe_with_packets() of it, already run.
-    quiet: what the user was told about this input already (a copy of it) goes to the debug log."""
+    quiet: what the user was told about this input already (a copy of it) goes to the debug log.
+    on_progress(seconds read, seconds in all): how far the read of its packets is (a film's
+    takes a while); not called when the container gives no duration."""
     say = log.debug if quiet else log.warning
     if not path.exists():
         raise UsageError(f"{path}: no such file")
@@ -133,7 +136,9 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     if not probed and size >= QUIET_PROBE_BYTES:     # a long read with nothing to show
         (log.debug if quiet else log.info)("%s: reading its packets (%.1f GB) for the frames and keyframes",
                                            path.name, size / 1e9)
-    found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted)
+    start, duration = _float(fmt.get("start_time")) or 0.0, _float(fmt.get("duration")) or 0.0
+    read = (lambda pts: on_progress(max(0.0, pts - start), duration)) if on_progress and 0 < duration < 1e9 else None
+    found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted, on_progress=read)
     packets = found.get(choice.video, [])
     audio_end = None if first_audio is None else ffmpeg.packets_end(found.get(first_audio, []))
     own_copy = "" if choice_of.is_default(info, choice) else "streams chosen"
@@ -208,7 +213,8 @@ def _hidden(path: Path, packets: list[ffmpeg.Packet]) -> tuple[int, int]:
 COPY_SUB_CODECS = {"mov_text": "srt"}
 
 
-def chosen_copy(tools: ffmpeg.Tools, info: MediaInfo, dst: Path) -> MediaInfo:
+def chosen_copy(tools: ffmpeg.Tools, info: MediaInfo, dst: Path,
+                on_progress: Callable[[float, float], None] | None = None) -> MediaInfo:
     """The chosen streams (and subtitles, attachments, chapters, metadata) stream-copied into a
     Matroska file of their own: what the later stages read when the choice is not ffmpeg's first
     video and every audio stream, or the timestamps jump (the copy makes them continuous, as one
@@ -232,7 +238,13 @@ def chosen_copy(tools: ffmpeg.Tools, info: MediaInfo, dst: Path) -> MediaInfo:
     order = {index: n for n, index in enumerate(info.choice.audio)}
     keep.sort(key=lambda k: (k[0] != info.video.index, order.get(k[0], len(order)), k[0]))
     log.info("%s: copying the chosen streams into a file of their own (%s)", info.path.name, info.own_copy)
-    ffmpeg.run(ffmpeg.copy_cmd(tools, info.path, dst, keep))
+    cmd = ffmpeg.copy_cmd(tools, info.path, dst, keep)
+    if on_progress is None:
+        ffmpeg.run(cmd)
+    else:       # -progress: frames copied so far (ffmpeg's own count, as the encodes report it)
+        cmd[1:1] = ["-nostats", "-progress", "pipe:1"]
+        ffmpeg.run_with_progress(cmd, timeout=ffmpeg.FFMPEG_TOOL_TIMEOUT,
+                                 on_frames=lambda n: on_progress(n, info.frames))
     copied = inspect(tools, dst, quiet=True)
     return dataclasses.replace(copied, tags={**info.tags, **copied.tags})
 

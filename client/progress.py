@@ -50,6 +50,8 @@ class Rate:
     """Frames a second over the last `window` seconds, and the ETA at that rate: the cluster's
     real pace (progressbar's adaptive ETA jumped each time a chunk's frames came in at once)."""
 
+    MIN_SHARE = 200     # no ETA until the window has seen 1/200 of the frames done
+
     def __init__(self, window: float = 20.0) -> None:
         self.window = window
         self._seen: collections.deque[tuple[float, int]] = collections.deque()
@@ -62,6 +64,8 @@ class Rate:
             self._seen.popleft()
         (t0, f0), (t1, f1) = self._seen[0], self._seen[-1]
         fps = max(0.0, (f1 - f0) / (t1 - t0)) if t1 > t0 else 0.0
+        if f1 - f0 < max(1, total // self.MIN_SHARE):
+            return fps, None            # a pace from a chunk's first two frames said "1:30:31" left
         return fps, ((total - done) / fps if fps > 0 else None)
 
 
@@ -177,9 +181,58 @@ def clock(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+class PhaseBar(_Bar):
+    """A phase before the chunks go out (reading the input's packets, copying its chosen
+    streams): how far, and the ETA."""
+
+    def __init__(self, label: str, total: int) -> None:
+        super().__init__(total, [f"{label} ", progressbar.Percentage(), " ", progressbar.Bar(), " ",
+                                 progressbar.ETA()])
+
+    def update(self, done: int) -> None:
+        self._set(done)
+
+
+class PhaseProgress:
+    """The progress of one phase, as the boss shows it: a PhaseBar on a terminal once the phase
+    has lasted PHASE_BAR_AFTER (a short one would only flash), and with --progress json a
+    `phase_progress` line at most once a second. `update(done, total)` from any thread."""
+
+    PHASE_BAR_AFTER = 1.0   # seconds
+    JSON_EVERY = 1.0        # seconds
+
+    def __init__(self, phase: str, label: str, bars: bool, json_out: "JsonProgress | None") -> None:
+        self.phase, self.label, self.bars, self.json = phase, label, bars, json_out
+        self._started = time.monotonic()
+        self._said = 0.0
+        self._bar: PhaseBar | None = None
+        self._lock = threading.Lock()
+
+    def update(self, done: float, total: float) -> None:
+        if total <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if self.json is not None and now - self._said >= self.JSON_EVERY:
+                self._said = now
+                self.json.emit("phase_progress", phase=self.phase, done=round(done, 1), total=round(total, 1))
+            if self.bars and self._bar is None and now - self._started >= self.PHASE_BAR_AFTER:
+                self._bar = PhaseBar(self.label, int(total))
+            if self._bar is not None:
+                self._bar.update(int(min(done, total)))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.finish(keep=False)
+                self._bar = None
+
+
 class JsonProgress:
     """`--progress json`: one JSON object a line on stdout, for scripts. Events: `phase` (probe,
-    split, encode, audio_wait, join, with `file`), `progress` (about once a second while chunks
+    copy, split, encode, audio_wait, join, with `file`), `phase_progress` (about once a second in
+    a long probe or copy: `done` of `total`, seconds of the input read in the probe, frames in
+    the copy), `progress` (about once a second while chunks
     are encoded: frames and chunks done of the total, the cluster's fps over the last 20
     seconds, the ETA at that rate, and per worker its chunks and frames done, the chunk it is on
     and that chunk's frames encoded and in all), `done` and `failed` (one per file)."""

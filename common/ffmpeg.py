@@ -416,21 +416,30 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: boo
     return [p for p in packets if p is not None]
 
 
+PROGRESS_EVERY_PACKETS = 1000      # how often packets_by_stream says how far it has read
+
+
 def packets_by_stream(tools: Tools, path: Path, indices: Sequence[int],
-                      timeout: float = FFMPEG_TOOL_TIMEOUT) -> dict[int, list[Packet]]:
+                      timeout: float = FFMPEG_TOOL_TIMEOUT,
+                      on_progress: Callable[[float], None] | None = None) -> dict[int, list[Packet]]:
     """The packets of these streams (by stream index), each in file order, from one ffprobe run
     that decodes nothing: ffprobe demuxes every stream whatever it prints, so one run for all of
     them reads the input once. Lines of other streams are skipped unparsed (memory follows the
-    streams asked for, not the file's)."""
+    streams asked for, not the file's). on_progress: called now and then with the timestamp
+    (seconds) of the packet read last, for a film whose read takes a while."""
     wanted = {f"stream_index={i}|": i for i in indices}
     found: dict[int, list[Packet]] = {i: [] for i in indices}
     cmd = [tools.ffprobe, "-v", "error", "-fflags", "+genpts", *input_args(path), "-show_entries",
            "packet=stream_index,pts_time,dts_time,duration_time,flags,size", "-of", "compact=p=0"]
+    kept = 0
     with run_lines(cmd, timeout=timeout) as lines:
         for line in lines:
             index = wanted.get(line[:line.find("|") + 1])
             if index is not None and (packet := _packet(dict(_PKT_FIELD.findall(line)))) is not None:
                 found[index].append(packet)
+                kept += 1
+                if on_progress is not None and kept % PROGRESS_EVERY_PACKETS == 0:
+                    on_progress(packet.pts)
     return found
 
 

@@ -271,6 +271,10 @@ def test_progress_json_lines_for_scripts(cluster, clips, tmp_path):
     assert all(e["file"] == str(clips["mid20.mp4"]) for e in lines)
     phases = [e["phase"] for e in lines if e["event"] == "phase"]
     assert phases[0] == "probe" and phases[-1] == "join" and phases.index("split") < phases.index("join")
+    # the probe's read of the packets says how far it is, in seconds of the input (1,540 packets)
+    [read] = [e for e in lines if e["event"] == "phase_progress"]
+    assert read["phase"] == "probe" and 0 < read["done"] <= read["total"] and abs(read["total"] - 20) < 0.1
+    assert lines.index(read) < next(i for i, e in enumerate(lines) if e.get("phase") == "split")
     progress = [e for e in lines if e["event"] == "progress"]
     assert progress, "no progress line in a job of several seconds"
     done_frames = [e["frames_done"] for e in progress]

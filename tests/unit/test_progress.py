@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ffdt.client.progress import Rate, clock
+from ffdt.client import progress
+from ffdt.client.progress import PhaseProgress, Rate, clock
 
 
 def test_the_rate_is_the_pace_over_the_window():
@@ -18,6 +19,42 @@ def test_the_rate_is_the_pace_over_the_window():
     assert fps == pytest.approx(100 / 29)
 
 
+def test_no_eta_from_the_first_few_frames():
+    """The first progress of a chunk is a frame or two: an ETA from them read 1:30:31 for a job
+    that took 12 s."""
+    rate = Rate(window=20.0)
+    rate.add(0, 5400, now=0.0)
+    fps, left = rate.add(2, 5400, now=1.0)
+    assert fps == pytest.approx(2.0) and left is None
+    assert rate.add(2, 5400, now=4.0)[1] is None
+    fps, left = rate.add(102, 5400, now=5.0)
+    assert fps == pytest.approx(102 / 5) and left == pytest.approx((5400 - 102) / fps)
+
+
 @pytest.mark.parametrize("seconds,shown", [(None, "--:--"), (0.2, "0:00"), (75, "1:15"), (3725.4, "1:02:05")])
 def test_eta_reads_as_a_clock(seconds, shown):
     assert clock(seconds) == shown
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[dict] = []
+
+    def emit(self, event: str, **fields) -> None:
+        self.lines.append({"event": event, **fields})
+
+
+def test_a_phase_says_how_far_it_is_at_most_once_a_second(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    out = Lines()
+    shown = PhaseProgress("probe", "reading the input", bars=False, json_out=out)
+    shown.update(5.0, 0.0)                  # no total (no duration in the container): nothing to say
+    shown.update(10.0, 600.0)
+    now[0] += 0.5
+    shown.update(20.0, 600.0)               # within the second: not said
+    now[0] += 0.6
+    shown.update(30.0, 600.0)
+    shown.close()
+    assert out.lines == [{"event": "phase_progress", "phase": "probe", "done": 10.0, "total": 600.0},
+                         {"event": "phase_progress", "phase": "probe", "done": 30.0, "total": 600.0}]
