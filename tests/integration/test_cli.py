@@ -137,18 +137,25 @@ def test_the_scripts_explain_themselves(script):
 
 def test_tracker_load_registers_every_simulated_worker(tmp_path):
     """scripts/tracker-load (the README's load figures) against a real tracker, small: every
-    simulated worker logs in from its own address, registers and heartbeats; nothing left behind."""
+    simulated worker logs in from its own address, registers and heartbeats; then the tracker
+    restarts under them and each registers again by the worker's own loop, once, within a beat
+    and the random spread; nothing left behind."""
     out = tmp_path / "load.json"
     before = set(Path(tempfile.gettempdir()).glob("ffdt-load-*"))
     done = subprocess.run([str(ROOT / "scripts/tracker-load"), "--workers", "40", "--procs", "2", "--beats", "1",
-                           "--json", str(out), "--timeout", "90"], capture_output=True, text=True, timeout=150,
-                          env=env())
+                           "--restart", "--json", str(out), "--timeout", "90"], capture_output=True, text=True,
+                          timeout=200, env=env())
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(out.read_text())["summary"]
     assert summary["registered"] == 40 and summary["errors"] == []
     runs = json.loads(out.read_text())["runs"]
     assert len({r["index"] for r in runs}) == 40 and all(len(r["beats"]) == 1 for r in runs)
     assert "40 of 40 simulated workers registered" in done.stdout
+    again = json.loads(out.read_text())["again"]
+    assert summary["restart"]["registered_again"] == 40 and summary["restart"]["errors"] == []
+    assert sorted(r["index"] for r in again) == list(range(40))
+    spread = max(r["registered_at"] for r in again) - min(r["registered_at"] for r in again)
+    assert 1.0 < spread and summary["restart"]["all_registered_again_s"] < 5 + 10 + 5      # a beat, the spread, slack
     assert set(Path(tempfile.gettempdir()).glob("ffdt-load-*")) == before
 
 

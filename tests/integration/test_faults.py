@@ -1,7 +1,6 @@
 """Faults against real processes: each job must still end with an output that passes the checks."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -175,19 +174,19 @@ def test_killed_boss_resumes_without_redoing_finished_chunks(cluster, clips, tmp
 
 
 def test_ctrl_c_stops_cleanly_and_the_job_resumes(cluster, clips, tmp_path):
-    worker, _, _ = cluster.start_worker()
+    # Ctrl-C while the worker is in the middle of a chunk, its ffmpeg held: waiting for a chunk
+    # done instead raced the job's end under load (twice the job had finished first)
+    worker, _, _ = held_worker(cluster, tmp_path)
     out = tmp_path / "out.mp4"
-    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW, "--progress", "json")
-    # the boss's own count of chunks done, not the tracker's audit: under load an audit event
-    # came in so late that the job had ended before the Ctrl-C
-    while not json.loads(_read_line(boss, 120)).get("chunks_done"):
-        pass
+    boss = start_boss(cluster, clips["mid20.mp4"], out, *SLOW)
+    poll_for(lambda: list(tmp_path.glob("release.held.*")), 120, "a chunk held mid-encode")
     boss.send_signal(signal.SIGINT)
     _, err = boss.communicate(timeout=60)
     assert boss.returncode == 130, err
     assert "Traceback" not in err and "Errno" not in err, err
     assert not out.exists()
     assert list(tmp_path.glob(".*ffdt-work/state.json")), "the work directory stays resumable"
+    (tmp_path / "release").touch()                 # the worker's encodes run freely from now on
     poll_for(lambda: not children_of(worker.pid), 30, "the worker's ffmpeg to end")
     assert worker.poll() is None
     done = cluster.boss(clips["mid20.mp4"], out, "--preset", "medium", "--chunk-seconds", "4")
