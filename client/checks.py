@@ -191,7 +191,7 @@ def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settin
     chunks begin (decode_spans_for; one border was decoded across by check_across); the audio was
     decoded in full before the mux (join.AudioJob), and is a stream copy here."""
     chunks = len(borders) + 1
-    probed = ffmpeg.probe_with_packets(tools, path)
+    probed = ffmpeg.probe_with_packets(tools, path, whole=(0,))     # the join maps the video first
     out = media.inspect(tools, path, probed)
     problems = []
     if settings.fps is not None:

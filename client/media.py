@@ -138,7 +138,8 @@ def inspect(tools: ffmpeg.Tools, path: Path,
                                            path.name, size / 1e9)
     start, duration = _float(fmt.get("start_time")) or 0.0, _float(fmt.get("duration")) or 0.0
     read = (lambda pts: on_progress(max(0.0, pts - start), duration)) if on_progress and 0 < duration < 1e9 else None
-    found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted, on_progress=read)
+    found = probed[1] if probed else ffmpeg.packets_by_stream(tools, path, wanted, on_progress=read,
+                                                                      last_only=wanted[1:])
     packets = found.get(choice.video, [])
     audio_end = None if first_audio is None else ffmpeg.packets_end(found.get(first_audio, []))
     own_copy = "" if choice_of.is_default(info, choice) else "streams chosen"

@@ -421,12 +421,15 @@ PROGRESS_EVERY_PACKETS = 1000      # how often packets_by_stream says how far it
 
 def packets_by_stream(tools: Tools, path: Path, indices: Sequence[int],
                       timeout: float = FFMPEG_TOOL_TIMEOUT,
-                      on_progress: Callable[[float], None] | None = None) -> dict[int, list[Packet]]:
+                      on_progress: Callable[[float], None] | None = None,
+                      last_only: Sequence[int] = ()) -> dict[int, list[Packet]]:
     """The packets of these streams (by stream index), each in file order, from one ffprobe run
     that decodes nothing: ffprobe demuxes every stream whatever it prints, so one run for all of
     them reads the input once. Lines of other streams are skipped unparsed (memory follows the
     streams asked for, not the file's). on_progress: called now and then with the timestamp
-    (seconds) of the packet read last, for a film whose read takes a while."""
+    (seconds) of the packet read last, for a film whose read takes a while. last_only: streams
+    of which only where they end is wanted: their list holds just the packet that ends last (a
+    film's audio packets took more memory than its video's)."""
     wanted = {f"stream_index={i}|": i for i in indices}
     found: dict[int, list[Packet]] = {i: [] for i in indices}
     cmd = [tools.ffprobe, "-v", "error", "-fflags", "+genpts", *input_args(path), "-show_entries",
@@ -436,8 +439,12 @@ def packets_by_stream(tools: Tools, path: Path, indices: Sequence[int],
         for line in lines:
             index = wanted.get(line[:line.find("|") + 1])
             if index is not None and (packet := _packet(dict(_PKT_FIELD.findall(line)))) is not None:
-                found[index].append(packet)
                 kept += 1
+                if index in last_only:
+                    if not found[index] or packet.pts + packet.duration > packets_end(found[index]):
+                        found[index] = [packet]
+                else:
+                    found[index].append(packet)
                 if on_progress is not None and kept % PROGRESS_EVERY_PACKETS == 0:
                     on_progress(packet.pts)
     return found
@@ -455,9 +462,16 @@ def _packet(f: dict[str, str]) -> Packet | None:
                   flags.startswith("K"), known, int(size) if size.isdigit() else -1, dts is not None, "D" in flags)
 
 
-def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[Packet]]]:
+SAMPLE_PACKETS = 100     # packets probe_with_packets keeps from the start of a stream not kept whole
+
+
+def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = None
+                       ) -> tuple[dict, dict[int, list[Packet]]]:
     """probe() and every stream's packets (by stream index, file order) in one ffprobe run: for
-    checking an output, where each process start counts. ffprobe's compact JSON starts each
+    checking an output, where each process start counts. whole: the streams whose every packet
+    is kept (None: all); of the others, the first SAMPLE_PACKETS and the one that ends last,
+    enough for where they end and their typical packet (a film's audio packets outnumber its
+    frames). ffprobe's compact JSON starts each
     packet on a line of its own (one with side data goes on over a few deeper lines): they are
     parsed as they come and the rest of the text, with the packet list left empty, is the probe,
     so memory follows the Packets kept, not ffprobe's text (a 3-minute output's whole JSON took
@@ -468,6 +482,7 @@ def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[P
     packets: dict[int, list[Packet]] = {}
     rest: list[str] = []
     element: list[str] = []          # the lines of the packet being read
+    last: dict[int, Packet] = {}     # of a stream not kept whole: its packet past the sample that ends last
     inside = False                   # within the packet list
 
     def take() -> None:
@@ -476,8 +491,14 @@ def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[P
         if text:
             entry = json.loads(text)
             packet = _packet({k: str(v) for k, v in entry.items() if not isinstance(v, (list, dict))})
-            if packet is not None:
-                packets.setdefault(int(entry.get("stream_index", -1)), []).append(packet)
+            if packet is None:
+                return
+            index = int(entry.get("stream_index", -1))
+            kept = packets.setdefault(index, [])
+            if whole is None or index in whole or len(kept) < SAMPLE_PACKETS:
+                kept.append(packet)
+            elif index not in last or packet.pts + packet.duration > last[index].pts + last[index].duration:
+                last[index] = packet
 
     try:
         with run_lines(cmd, timeout=FFMPEG_TOOL_TIMEOUT) as lines:
@@ -497,6 +518,8 @@ def probe_with_packets(tools: Tools, path: Path) -> tuple[dict, dict[int, list[P
     except ValueError as exc:
         raise FFmpegError([tools.ffprobe], 0, "unreadable ffprobe output") from exc
     info.pop("packets", None)
+    for index, packet in last.items():
+        packets[index].append(packet)
     return info, packets
 
 

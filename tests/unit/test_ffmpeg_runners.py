@@ -162,3 +162,18 @@ def test_probe_with_packets_reads_as_probe_and_the_packet_list_do(tmp_path, name
     assert packets == ffmpeg.packets_by_stream(tools, path, [0, 1])
     assert counted == [len(packets[0]), len(packets[1])]
     assert len(packets[0]) == 50 and sum(p.key for p in packets[0]) == 5 and len(packets[1]) > 20
+
+
+def test_probe_with_packets_keeps_a_sample_and_the_end_of_the_other_streams(tmp_path):
+    """For the output check of a film: the video's every packet, of the audio only enough for
+    where it ends and its typical packet."""
+    tools = ffmpeg.find_tools()
+    path = tmp_path / "av.mkv"
+    ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=8",
+                "-f", "lavfi", "-i", "sine=sample_rate=48000:duration=8.3", "-c:v", "libx264", "-preset", "ultrafast",
+                "-c:a", "aac", ffmpeg.input_path(path)])
+    _, every = ffmpeg.probe_with_packets(tools, path)
+    _, some = ffmpeg.probe_with_packets(tools, path, whole=(0,))
+    assert some[0] == every[0] and len(every[1]) > ffmpeg.SAMPLE_PACKETS + 50
+    assert some[1] == every[1][:ffmpeg.SAMPLE_PACKETS] + [max(every[1], key=lambda p: p.pts + p.duration)]
+    assert ffmpeg.packets_end(some[1]) == ffmpeg.packets_end(every[1])
