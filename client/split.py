@@ -138,7 +138,7 @@ def auto_chunk_seconds(duration: float, workers: int, pixel_bit_rate: float = 0.
     floor = MIN_AUTO_CHUNK if dense else PREFERRED_MIN_CHUNK
     rounds = max(1, min(CHUNKS_PER_WORKER, int(duration // (w * floor))))
     seconds = max(MIN_AUTO_CHUNK, duration / (w * rounds))
-    if not dense and frames > 0 and seconds * frames / duration < MIN_SPARSE_CHUNK_FRAMES:
+    if not dense and frames > 0 and duration > 0 and seconds * frames / duration < MIN_SPARSE_CHUNK_FRAMES:
         least = MIN_SPARSE_CHUNK_FRAMES * duration / frames
         seconds = max(seconds, duration / max(1, int(duration // least)))     # equal chunks, fewer
     return min(MAX_AUTO_CHUNK, seconds)

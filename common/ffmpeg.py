@@ -471,11 +471,10 @@ def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = N
     checking an output, where each process start counts. whole: the streams whose every packet
     is kept (None: all); of the others, the first SAMPLE_PACKETS and the one that ends last,
     enough for where they end and their typical packet (a film's audio packets outnumber its
-    frames). ffprobe's compact JSON starts each
-    packet on a line of its own (one with side data goes on over a few deeper lines): they are
-    parsed as they come and the rest of the text, with the packet list left empty, is the probe,
-    so memory follows the Packets kept, not ffprobe's text (a 3-minute output's whole JSON took
-    14 MB at its peak)."""
+    frames). ffprobe's compact JSON starts each packet on a line of its own (one with side data
+    goes on over a few deeper lines): they are parsed as they come, and the rest of the text,
+    its packet list left empty, is the probe; memory follows the Packets kept, not ffprobe's
+    text (a 3-minute output's whole JSON took 14 MB at its peak)."""
     cmd = [tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-print_format", "json=c=1", "-show_format",
            "-show_streams", "-show_chapters", "-show_entries",
            "packet=stream_index,pts_time,dts_time,duration_time,flags,size", input_path(path)]

@@ -101,7 +101,8 @@ def test_auto_chunk_seconds_stays_in_bounds():
     for duration in (0.0, 0.1, 7.0, 500.0, 1e6):
         for workers in (0, 1, 2, 16, 256):      # 0: no division by zero
             for bpp in (0.0, 80.0):
-                assert 5.0 <= auto_chunk_seconds(duration, workers, bpp) <= 120.0
+                for frames in (0, 1, 30_000):
+                    assert 5.0 <= auto_chunk_seconds(duration, workers, bpp, frames) <= 120.0
 
 
 # ---------------------------------------------------------------- containers
