@@ -146,6 +146,10 @@ def run_queue(cfg: BossConfig, entries: list[Entry]) -> int:
                     log.info("[%d/%d] %s: %s exists, skipped", number, len(entries), entry.source, entry.output)
                     continue
                 r = Running(number, entry, JobHandle(), queue_start)
+                # a tail worker of an earlier file takes this file's chunks, not a straggler copy
+                for earlier in running:
+                    earlier.handle.copies_wanted = lambda later=r.handle, before=earlier.handle.copies_wanted: \
+                        before() and not later.has_pending()
                 # one progress bar at a time: a job started beside another runs without one
                 one = dataclasses.replace(cfg, input=entry.source, output=entry.output, work_dir=entry.work_dir,
                                           report=None, bars=cfg.bars and not running)

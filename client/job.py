@@ -94,10 +94,15 @@ class JobHandle:
     def __init__(self) -> None:
         self.job: Job | None = None
         self.stopped: str | None = None
+        self.copies_wanted: Callable[[], bool] = lambda: True    # see Scheduler.copies_wanted
 
     def all_out(self) -> bool:
         job = self.job
         return job is not None and job.scheduler is not None and job.scheduler.all_out()
+
+    def has_pending(self) -> bool:
+        job = self.job
+        return job is not None and job.scheduler is not None and job.scheduler.has_pending()
 
     def stop(self, reason: str) -> None:
         self.stopped = reason
@@ -193,7 +198,8 @@ def _run_locked(cfg: BossConfig, info: media.MediaInfo, container: media.Contain
         tracker = TrackerClient(tracker_addr, user, password, Role.BOSS, tls=cfg.tls.context, pin=cfg.tls.pin,
                                 known=cfg.tls.known)
         tracker.connect()
-        job = Job(cfg, info, container, work, tracker, phases)
+        job = Job(cfg, info, container, work, tracker, phases,
+                  copies_wanted=lambda: handle.copies_wanted())     # a queue may change it later
         handle.job = job
         if handle.stopped:
             raise TranscoderError(handle.stopped)
@@ -324,9 +330,12 @@ def prepare_work_dir(cfg: BossConfig) -> Path:
 
 class Job:
     def __init__(self, cfg: BossConfig, info: media.MediaInfo, container: media.Container, work: Path,
-                 tracker: TrackerClient, phases: Phases) -> None:
+                 tracker: TrackerClient, phases: Phases, copies_wanted: Callable[[], bool] = lambda: True) -> None:
         self.cfg, self.info, self.container, self.work = cfg, info, container, work
         self.tracker, self.phases = tracker, phases
+        self.copies_wanted = copies_wanted
+        self.split_share: float | None = None      # how far a split that hands out nothing until done is
+        self.split_json = PhaseProgress("split", "", bars=False, json_out=phases.json)
         self.links: list[WorkerLink] = []
         self.id = ""
         self.expected_frames = info.shown_frames
@@ -505,7 +514,8 @@ class Job:
                         self.record(chunk, link, path, sha, frames=chunk.frames, seconds=0.0)
                 done, frames = scheduler.counts()
                 if bar:
-                    bar.update(frames, done, len(scheduler.chunks), self.worker_states(scheduler))
+                    bar.update(frames, done, len(scheduler.chunks), self.worker_states(scheduler),
+                               cutting=None if scheduler.complete else self.split_share)
                 if self.phases.json is not None and time.monotonic() - said >= JSON_PROGRESS_EVERY:
                     said = time.monotonic()
                     self.phases.json.progress(frames, self.info.shown_frames, done, len(scheduler.chunks),
@@ -637,13 +647,16 @@ class Job:
             log.warning("resuming: %d of %d chunks already done", done, len(chunks))
             state.save(chunks, self.expected_frames)        # folds the journal in
             then()
-            return Scheduler(chunks, on_done=state.record_done), None
+            scheduler = Scheduler(chunks, on_done=state.record_done)
+            scheduler.copies_wanted = self.copies_wanted
+            return scheduler, None
         if state.path.exists():
             log.info("the input or the settings changed since the interrupted run: starting fresh")
         for old in list(self.work.iterdir()):
             if old.name not in ("audio.mka", SOURCE_COPY):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         scheduler = Scheduler([], on_done=state.record_done, complete=False)
+        scheduler.copies_wanted = self.copies_wanted
         splitting = threading.Thread(target=self.split, args=(scheduler, state, workers, then), name="split",
                                      daemon=True)
         splitting.start()
@@ -653,7 +666,8 @@ class Job:
         """The split stage (client/split.py), feeding the scheduler; a failure fails the job."""
         try:
             with self.phases.timed("split"):
-                splitter = Splitter(self.cfg.tools, self.info, self.cfg.settings, self.work, self.cfg.chunk_seconds)
+                splitter = Splitter(self.cfg.tools, self.info, self.cfg.settings, self.work, self.cfg.chunk_seconds,
+                                    on_progress=self.cut_so_far)
                 chunks = splitter.run(workers, scheduler.add)
             self.expected_frames = splitter.expected_frames
             state.save(chunks, self.expected_frames)
@@ -665,6 +679,12 @@ class Job:
             log.exception("splitting failed")
             self.split_error = TranscoderError(f"splitting failed: {exc}")
             scheduler.abort(str(self.split_error))
+
+    def cut_so_far(self, done: float, total: float) -> None:
+        """The split's progress, when it hands out nothing until it is done: the job bar shows
+        it in place of the chunk count, --progress json as phase_progress lines."""
+        self.split_share = min(1.0, done / total) if total > 0 else None
+        self.split_json.update(done, total)
 
     # ------------------------------------------------------------ summary
 

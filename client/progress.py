@@ -140,13 +140,16 @@ class BossBar(_Bar):
                                   progressbar.Variable("rate", format="{formatted_value}", width=0, precision=0)],
                          fd=below, chunks="0/?", rate="  0.0 fps ETA --:--")
 
-    def update(self, frames: int, chunks_done: int, chunks: int, workers: Sequence[dict[str, Any]] = ()) -> None:
+    def update(self, frames: int, chunks_done: int, chunks: int, workers: Sequence[dict[str, Any]] = (),
+               cutting: float | None = None) -> None:
         """chunks: how many there are so far (the split may still be adding); workers: the job's
-        worker_states()."""
+        worker_states(); cutting: how far a split that hands out nothing until done is (0-1),
+        shown in place of the chunk count."""
         fps, left = self._rate.add(frames, self._bar.max_value)
         with self._lock:
             self._lines = self._worker_lines(workers)
-        self._set(frames, chunks=f"{chunks_done}/{chunks}", rate=f"{fps:5.1f} fps ETA {clock(left)}")
+        shown = f"cut {100 * cutting:3.0f}%" if cutting is not None else f"{chunks_done}/{chunks}"
+        self._set(frames, chunks=shown, rate=f"{fps:5.1f} fps ETA {clock(left)}")
 
     def _worker_lines(self, workers: Sequence[dict[str, Any]]) -> list[str]:
         lines = []
@@ -231,8 +234,8 @@ class PhaseProgress:
 class JsonProgress:
     """`--progress json`: one JSON object a line on stdout, for scripts. Events: `phase` (probe,
     copy, split, encode, audio_wait, join, with `file`), `phase_progress` (about once a second in
-    a long probe or copy: `done` of `total`, seconds of the input read in the probe, frames in
-    the copy), `progress` (about once a second while chunks
+    a long probe, copy or split: `done` of `total`, seconds of the input read in the probe,
+    frames in the copy and the split; a split that hands chunks out as it cuts has none), `progress` (about once a second while chunks
     are encoded: frames and chunks done of the total, the cluster's fps over the last 20
     seconds, the ETA at that rate, and per worker its chunks and frames done, the chunk it is on
     and that chunk's frames encoded and in all), `done` and `failed` (one per file)."""

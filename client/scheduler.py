@@ -95,6 +95,10 @@ class Scheduler:
         self.complete = complete          # every chunk is in the table (else the split is still adding)
         self.max_attempts = max_attempts
         self.max_copies = max_copies      # straggler copies: a chunk runs on at most this many workers
+        # whether a straggler copy is worth a worker's slot now (a queue: not while the next file
+        # has chunks waiting, which that worker can take instead). Called with the lock held: it
+        # may only look at later jobs' schedulers, never this one's or an earlier one's
+        self.copies_wanted: Callable[[], bool] = lambda: True
         self.on_done = on_done            # called (outside the lock) with each chunk done, to journal it
         # longest first: the short ones fill the gaps at the end, when workers finish unevenly
         self._pending: deque[Chunk] = deque(sorted((c for c in chunks if c.state is ChunkState.PENDING),
@@ -139,7 +143,7 @@ class Scheduler:
                 return None               # a worker with nothing to do gets these first
             chunk = next((c for c in self._pending if c.only is None or worker in c.only), None)
             if chunk is None:            # (what is pending is kept for other workers: a second encode)
-                if not self.complete or worker in holding:
+                if not self.complete or worker in holding or not self.copies_wanted():
                     return None           # more chunks are coming; or busy: copies are for idle workers only
                 chunk = self._straggler(worker)
                 if chunk is not None:
@@ -351,6 +355,11 @@ class Scheduler:
             self.fatal = self.fatal or reason
             self.finished.set()
             self._cond.notify_all()
+
+    def has_pending(self) -> bool:
+        """A chunk waits to be handed out."""
+        with self._cond:
+            return any(c.state is ChunkState.PENDING for c in self.chunks)
 
     def all_out(self) -> bool:
         """Every chunk is known and none waits to be handed out: what is left is the tail (the

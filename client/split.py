@@ -148,10 +148,13 @@ class Splitter:
     """Cuts one input into chunk files in `work`/src and takes each chunk's manifest."""
 
     def __init__(self, tools: ffmpeg.Tools, info: media.MediaInfo, settings: Settings, work: Path,
-                 chunk_seconds: float | None) -> None:
+                 chunk_seconds: float | None, on_progress: Callable[[float, float], None] | None = None) -> None:
+        """on_progress(frames cut, frames in all): how far a split that hands out nothing until
+        it is done has got (a streaming split shows its chunks as they come)."""
         self.tools, self.info, self.settings, self.work = tools, info, settings, work
         self.input = info.path
         self.chunk_seconds = chunk_seconds
+        self.on_progress = on_progress
         self.expected_frames = info.frames      # decoded frames, once split() has counted them
 
     def run(self, workers: int, emit: Callable[[list[Chunk], bool], None]) -> list[Chunk]:
@@ -298,8 +301,13 @@ class Splitter:
         key = info.key if entry_points else [i == 0 for i in range(info.frames)]
         src_dir = self.work / "src"
         src_dir.mkdir()
-        ffmpeg.run(ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, dts_shift=info.dts_shift),
-                   timeout=FFMPEG_TOOL_TIMEOUT)
+        cmd = ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, dts_shift=info.dts_shift)
+        if self.on_progress is None:
+            ffmpeg.run(cmd, timeout=FFMPEG_TOOL_TIMEOUT)
+        else:
+            shown = self.on_progress
+            cmd[1:1] = ["-nostats", "-progress", "pipe:1"]
+            ffmpeg.run_with_progress(cmd, timeout=FFMPEG_TOOL_TIMEOUT, on_frames=lambda n: shown(n, info.frames))
         files = sorted(src_dir.glob("piece_*.mkv"))
         if len(files) != len(cuts) + 1:
             log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))

@@ -265,6 +265,23 @@ def test_pip_install_puts_everything_under_one_package_of_our_name(tmp_path):
     assert sorted(p.name for p in ROOT.iterdir()) == before      # no build/, no *.egg-info
 
 
+def test_a_split_that_hands_out_nothing_until_done_says_how_far_it_is(cluster, tmp_path):
+    """One keyframe in 8 s and 2 s chunks: every chunk is a frame range, cut only once the whole
+    split is done (no streaming split), so the split reports its own progress in frames."""
+    src = tmp_path / "one-gop.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=8",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "1000", str(src)], check=True, timeout=60)
+    cluster.start_worker()
+    done = run_cli("client/boss.py", str(src), "-o", str(tmp_path / "out.mp4"), "--tracker", cluster.addr,
+                   "--user", "b", "--preset", "ultrafast", "--chunk-seconds", "2", "--progress", "json", "--quiet",
+                   *cluster.pin(()))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    cut = [e for e in lines if e["event"] == "phase_progress" and e["phase"] == "split"]
+    assert cut and all(0 <= e["done"] <= e["total"] == 200 for e in cut)
+    assert [e for e in lines if e["event"] == "progress"][-1]["chunks"] == 4
+
+
 def test_progress_json_lines_for_scripts(cluster, clips, tmp_path):
     """--progress json: stdout is one JSON object a line: the phases in order, progress while
     chunks are encoded (frames never going back, per worker), and the file's end."""

@@ -220,6 +220,22 @@ def test_an_idle_worker_gets_a_copy_of_the_slowest_chunk_and_the_first_result_wi
     assert s.done(b, "w2", Path("out/b2.mkv"), "e" * 64) is None and b.result == Path("out/b.mkv")
 
 
+def test_in_a_queue_an_idle_worker_takes_the_next_files_chunk_not_a_copy():
+    """A queue's first file has only its tail left, the next file's chunks wait: a worker idle
+    in the first gets no straggler copy there (it takes a chunk of the next file), until the
+    next file has none waiting."""
+    first, second = Scheduler(make_chunks(2)), Scheduler(make_chunks(3))
+    first.copies_wanted = lambda: not second.has_pending()
+    a, b = first.take("w1", wait=NO_WAIT), first.take("w2", wait=NO_WAIT)
+    first.progress(a.index, "w1", 20)
+    first.progress(b.index, "w2", 5)                 # b is the straggler
+    assert first.take("w3", wait=NO_WAIT) is None and b.workers == {"w2"}
+    for worker in ("w3", "w4", "w5"):
+        assert second.take(worker, wait=NO_WAIT) is not None
+    assert not second.has_pending()
+    assert first.take("w3", wait=NO_WAIT) is b and b.workers == {"w2", "w3"}
+
+
 def test_a_failed_copy_does_not_requeue_a_chunk_still_encoding_elsewhere():
     s = Scheduler(make_chunks(1))
     chunk = s.take("w1", wait=NO_WAIT)
