@@ -246,8 +246,11 @@ def codec_params(args: argparse.Namespace, vcodec: str) -> tuple[tuple[str, str]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_with_config(argv, "boss")
     setup_logging("boss", verbose=args.verbose, quiet=args.quiet)
-    # `kill` stops the boss the way Ctrl-C does: workers told, children ended, work kept
+    # `kill` stops the boss the way Ctrl-C does: workers told, children ended, work kept. SIGINT
+    # too, even when the parent left it ignored (Python then keeps it ignored): `kill -INT` must
+    # stop a boss started in the background of a script
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return run_main("boss", lambda: run(args))
 
 
