@@ -9,7 +9,7 @@ import logging
 import random
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ffdt.client import media
 from ffdt.client.scheduler import Chunk
@@ -182,16 +182,19 @@ def packet_oddity(chunk: Chunk, packets: list[ffmpeg.Packet], settings: Settings
 
 
 def verify_output(tools: ffmpeg.Tools, info: media.MediaInfo, path: Path, settings: Settings,
-                  expected: int, borders: Sequence[float] = ()) -> dict[str, Any]:
+                  expected: int, borders: Sequence[float] = (),
+                  on_progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
     """The checks a user would make with ffprobe; a TranscoderError if any fails.
 
     `expected` is the input's frame count (decoded frames, which differ from packets for
     field-coded video); `borders` where chunks meet, seconds from the video's start. Counts,
     durations, streams and the A/V end come from the packets; the video is decoded only where
     chunks begin (decode_spans_for; one border was decoded across by check_across); the audio was
-    decoded in full before the mux (join.AudioJob), and is a stream copy here."""
+    decoded in full before the mux (join.AudioJob), and is a stream copy here. on_progress(seconds
+    read, seconds in all): how far the read of its packets is (a film's takes seconds)."""
     chunks = len(borders) + 1
-    probed = ffmpeg.probe_with_packets(tools, path, whole=(0,))     # the join maps the video first
+    read = None if on_progress is None else lambda pts: on_progress(max(0.0, pts), info.video_duration)
+    probed = ffmpeg.probe_with_packets(tools, path, whole=(0,), on_progress=read)   # the join maps the video first
     out = media.inspect(tools, path, probed)
     problems = []
     if settings.fps is not None:

@@ -401,8 +401,8 @@ class Job:
             log.info("all %d chunks in; finishing the output (mux and checks)", len(chunks))
             with self.phases.timed("audio_wait"):
                 audio.join()
-            with self.phases.timed("join"):
-                summary = output.finish(chunks, self.expected_frames)
+            with self.phases.timed("join"), phase_progress(self.cfg, self.phases, "join", "checking the output") as shown:
+                summary = output.finish(chunks, self.expected_frames, on_progress=shown)
             summary["phases"] = self.phases.times
             # from the boss's start (the probe included), as the timeline's other times are
             summary["seconds"] = self.phases.since_start()

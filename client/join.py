@@ -203,15 +203,17 @@ class Join:
 
     # ------------------------------------------------------------ the end
 
-    def finish(self, chunks: list[Chunk], expected_frames: int) -> dict[str, Any]:
+    def finish(self, chunks: list[Chunk], expected_frames: int,
+               on_progress: Callable[[float, float], None] | None = None) -> dict[str, Any]:
         """Once every chunk is done: the early concat's output, or a concat of the result files
-        now; then the checks and the rename. Returns the summary."""
+        now; then the checks (on_progress: how far their read is) and the rename. Returns the
+        summary."""
         try:
             if not self._early_joined():
                 listing = self._listing(chunks, [c.result.name for c in chunks if c.result])
                 ffmpeg.run(ffmpeg.mux_cmd(self.tools, self.plan(listing), self.tmp))
             summary = checks.verify_output(self.tools, self.info, self.tmp, self.settings, expected_frames,
-                                           [c.start for c in chunks[1:]])
+                                           [c.start for c in chunks[1:]], on_progress=on_progress)
             self.tmp.replace(self.output)
         except OSError as exc:
             raise TranscoderError(f"cannot write {self.output}: {exc.strerror or exc}") from None

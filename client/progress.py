@@ -234,8 +234,9 @@ class PhaseProgress:
 class JsonProgress:
     """`--progress json`: one JSON object a line on stdout, for scripts. Events: `phase` (probe,
     copy, split, encode, audio_wait, join, with `file`), `phase_progress` (about once a second in
-    a long probe, copy or split: `done` of `total`, seconds of the input read in the probe,
-    frames in the copy and the split; a split that hands chunks out as it cuts has none), `progress` (about once a second while chunks
+    a long probe, copy, split or output check (phase `join`): `done` of `total`, seconds read
+    in the probe and the check, frames in the copy and the split; a split that hands chunks out
+    as it cuts has none), `progress` (about once a second while chunks
     are encoded: frames and chunks done of the total, the cluster's fps over the last 20
     seconds, the ETA at that rate, and per worker its chunks and frames done, the chunk it is on
     and that chunk's frames encoded and in all), `done` and `failed` (one per file)."""

@@ -465,8 +465,8 @@ def _packet(f: dict[str, str]) -> Packet | None:
 SAMPLE_PACKETS = 100     # packets probe_with_packets keeps from the start of a stream not kept whole
 
 
-def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = None
-                       ) -> tuple[dict, dict[int, list[Packet]]]:
+def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = None,
+                       on_progress: Callable[[float], None] | None = None) -> tuple[dict, dict[int, list[Packet]]]:
     """probe() and every stream's packets (by stream index, file order) in one ffprobe run: for
     checking an output, where each process start counts. whole: the streams whose every packet
     is kept (None: all); of the others, the first SAMPLE_PACKETS and the one that ends last,
@@ -474,7 +474,8 @@ def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = N
     frames). ffprobe's compact JSON starts each packet on a line of its own (one with side data
     goes on over a few deeper lines): they are parsed as they come, and the rest of the text,
     its packet list left empty, is the probe; memory follows the Packets kept, not ffprobe's
-    text (a 3-minute output's whole JSON took 14 MB at its peak)."""
+    text (a 3-minute output's whole JSON took 14 MB at its peak). on_progress: as for
+    packets_by_stream."""
     cmd = [tools.ffprobe, "-v", "error", "-fflags", "+genpts", "-print_format", "json=c=1", "-show_format",
            "-show_streams", "-show_chapters", "-show_entries",
            "packet=stream_index,pts_time,dts_time,duration_time,flags,size", input_path(path)]
@@ -483,6 +484,7 @@ def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = N
     element: list[str] = []          # the lines of the packet being read
     last: dict[int, Packet] = {}     # of a stream not kept whole: its packet past the sample that ends last
     inside = False                   # within the packet list
+    count = [0]                      # packets read
 
     def take() -> None:
         text = "".join(element).strip().rstrip(",")
@@ -494,6 +496,9 @@ def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = N
                 return
             index = int(entry.get("stream_index", -1))
             kept = packets.setdefault(index, [])
+            count[0] += 1
+            if on_progress is not None and count[0] % PROGRESS_EVERY_PACKETS == 0:
+                on_progress(packet.pts)
             if whole is None or index in whole or len(kept) < SAMPLE_PACKETS:
                 kept.append(packet)
             elif index not in last or packet.pts + packet.duration > last[index].pts + last[index].duration:
