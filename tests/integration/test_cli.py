@@ -295,10 +295,13 @@ def test_progress_json_lines_for_scripts(cluster, clips, tmp_path):
     assert all(e["file"] == str(clips["mid20.mp4"]) for e in lines)
     phases = [e["phase"] for e in lines if e["event"] == "phase"]
     assert phases[0] == "probe" and phases[-1] == "join" and phases.index("split") < phases.index("join")
-    # the probe's read of the packets says how far it is, in seconds of the input (1,540 packets)
-    [read] = [e for e in lines if e["event"] == "phase_progress"]
+    # the probe's and the output check's reads of the packets say how far they are, in seconds
+    # (1,540 packets each: one line a read)
+    [read, check] = [e for e in lines if e["event"] == "phase_progress"]
     assert read["phase"] == "probe" and 0 < read["done"] <= read["total"] and abs(read["total"] - 20) < 0.1
     assert lines.index(read) < next(i for i, e in enumerate(lines) if e.get("phase") == "split")
+    assert check["phase"] == "join" and 0 < check["done"] <= check["total"] and abs(check["total"] - 20) < 0.1
+    assert lines.index(check) > next(i for i, e in enumerate(lines) if e.get("phase") == "join")
     progress = [e for e in lines if e["event"] == "progress"]
     assert progress, "no progress line in a job of several seconds"
     done_frames = [e["frames_done"] for e in progress]
