@@ -401,7 +401,8 @@ class Job:
             log.info("all %d chunks in; finishing the output (mux and checks)", len(chunks))
             with self.phases.timed("audio_wait"):
                 audio.join()
-            with self.phases.timed("join"), phase_progress(self.cfg, self.phases, "join", "checking the output") as shown:
+            with self.phases.timed("join"), \
+                    phase_progress(self.cfg, self.phases, "join", "checking the output") as shown:
                 summary = output.finish(chunks, self.expected_frames, on_progress=shown)
             summary["phases"] = self.phases.times
             # from the boss's start (the probe included), as the timeline's other times are
@@ -647,16 +648,13 @@ class Job:
             log.warning("resuming: %d of %d chunks already done", done, len(chunks))
             state.save(chunks, self.expected_frames)        # folds the journal in
             then()
-            scheduler = Scheduler(chunks, on_done=state.record_done)
-            scheduler.copies_wanted = self.copies_wanted
-            return scheduler, None
+            return Scheduler(chunks, on_done=state.record_done, copies_wanted=self.copies_wanted), None
         if state.path.exists():
             log.info("the input or the settings changed since the interrupted run: starting fresh")
         for old in list(self.work.iterdir()):
             if old.name not in ("audio.mka", SOURCE_COPY):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
-        scheduler = Scheduler([], on_done=state.record_done, complete=False)
-        scheduler.copies_wanted = self.copies_wanted
+        scheduler = Scheduler([], on_done=state.record_done, complete=False, copies_wanted=self.copies_wanted)
         splitting = threading.Thread(target=self.split, args=(scheduler, state, workers, then), name="split",
                                      daemon=True)
         splitting.start()

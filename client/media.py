@@ -239,13 +239,7 @@ def chosen_copy(tools: ffmpeg.Tools, info: MediaInfo, dst: Path,
     order = {index: n for n, index in enumerate(info.choice.audio)}
     keep.sort(key=lambda k: (k[0] != info.video.index, order.get(k[0], len(order)), k[0]))
     log.info("%s: copying the chosen streams into a file of their own (%s)", info.path.name, info.own_copy)
-    cmd = ffmpeg.copy_cmd(tools, info.path, dst, keep)
-    if on_progress is None:
-        ffmpeg.run(cmd)
-    else:       # -progress: frames copied so far (ffmpeg's own count, as the encodes report it)
-        cmd[1:1] = ["-nostats", "-progress", "pipe:1"]
-        ffmpeg.run_with_progress(cmd, timeout=ffmpeg.FFMPEG_TOOL_TIMEOUT,
-                                 on_frames=lambda n: on_progress(n, info.frames))
+    ffmpeg.run_counting(ffmpeg.copy_cmd(tools, info.path, dst, keep), info.frames, on_progress)
     copied = inspect(tools, dst, quiet=True)
     return dataclasses.replace(copied, tags={**info.tags, **copied.tags})
 

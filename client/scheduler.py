@@ -90,7 +90,8 @@ class Chunk:
 
 class Scheduler:
     def __init__(self, chunks: list[Chunk], max_attempts: int = MAX_ATTEMPTS, max_copies: int = 2,
-                 on_done: Callable[[Chunk], None] | None = None, complete: bool = True) -> None:
+                 on_done: Callable[[Chunk], None] | None = None, complete: bool = True,
+                 copies_wanted: Callable[[], bool] = lambda: True) -> None:
         self.chunks = list(chunks)
         self.complete = complete          # every chunk is in the table (else the split is still adding)
         self.max_attempts = max_attempts
@@ -98,7 +99,7 @@ class Scheduler:
         # whether a straggler copy is worth a worker's slot now (a queue: not while the next file
         # has chunks waiting, which that worker can take instead). Called with the lock held: it
         # may only look at later jobs' schedulers, never this one's or an earlier one's
-        self.copies_wanted: Callable[[], bool] = lambda: True
+        self.copies_wanted = copies_wanted
         self.on_done = on_done            # called (outside the lock) with each chunk done, to journal it
         # longest first: the short ones fill the gaps at the end, when workers finish unevenly
         self._pending: deque[Chunk] = deque(sorted((c for c in chunks if c.state is ChunkState.PENDING),
@@ -359,13 +360,17 @@ class Scheduler:
     def has_pending(self) -> bool:
         """A chunk waits to be handed out."""
         with self._cond:
-            return any(c.state is ChunkState.PENDING for c in self.chunks)
+            return self._any_pending()
 
     def all_out(self) -> bool:
         """Every chunk is known and none waits to be handed out: what is left is the tail (the
         last encodes, their checks, the join), when a queue's next file may start."""
         with self._cond:
-            return self.complete and not any(c.state is ChunkState.PENDING for c in self.chunks)
+            return self.complete and not self._any_pending()
+
+    def _any_pending(self) -> bool:
+        """Lock held."""
+        return any(c.state is ChunkState.PENDING for c in self.chunks)
 
     def counts(self) -> tuple[int, int]:
         """(chunks done, frames done including work in progress)."""

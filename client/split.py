@@ -301,13 +301,9 @@ class Splitter:
         key = info.key if entry_points else [i == 0 for i in range(info.frames)]
         src_dir = self.work / "src"
         src_dir.mkdir()
-        cmd = ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts, dts_shift=info.dts_shift)
-        if self.on_progress is None:
-            ffmpeg.run(cmd, timeout=FFMPEG_TOOL_TIMEOUT)
-        else:
-            shown = self.on_progress
-            cmd[1:1] = ["-nostats", "-progress", "pipe:1"]
-            ffmpeg.run_with_progress(cmd, timeout=FFMPEG_TOOL_TIMEOUT, on_frames=lambda n: shown(n, info.frames))
+        ffmpeg.run_counting(ffmpeg.segment_cmd(self.tools, self.input, src_dir / "piece_%05d.mkv", cuts,
+                                               dts_shift=info.dts_shift),
+                            info.frames, self.on_progress, timeout=FFMPEG_TOOL_TIMEOUT)
         files = sorted(src_dir.glob("piece_*.mkv"))
         if len(files) != len(cuts) + 1:
             log.debug("planned %d chunks, the segment muxer made %d", len(cuts) + 1, len(files))

@@ -279,6 +279,17 @@ def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
         child.stderr = err.read()
 
 
+def run_counting(cmd: list[str], frames: int, on_progress: Callable[[float, float], None] | None, *,
+                 timeout: float = FFMPEG_TOOL_TIMEOUT) -> None:
+    """Run an ffmpeg to completion (as run()), telling on_progress(frames so far, `frames`) as
+    it goes when one is given: ffmpeg's own `-progress` count, as the encodes report it."""
+    if on_progress is None:
+        run(cmd, timeout=timeout)
+    else:
+        run_with_progress([cmd[0], "-nostats", "-progress", "pipe:1", *cmd[1:]], timeout=timeout,
+                          on_frames=lambda n: on_progress(n, frames))
+
+
 def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[int], None] = lambda n: None,
                       cancel: Cancel | None = None,
                       on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> str:
@@ -395,13 +406,17 @@ class Packet:
     dts_known: bool = True    # False: the file stores none here (Matroska, before the first B-frames)
     discard: bool = False     # decoded but not shown: an edit list hides it (mp4/mov, ffprobe's "D" flag)
 
+    @property
+    def end(self) -> float:
+        return self.pts + self.duration
+
 
 _PKT_FIELD = re.compile(r"(\w+)=([^|]*)")
 
 
 def packets_end(packets: Sequence[Packet]) -> float:
     """Where the last of these packets ends (0 when there are none)."""
-    return max((p.pts + p.duration for p in packets), default=0.0)
+    return max((p.end for p in packets), default=0.0)
 
 
 def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: bool = False,
@@ -441,7 +456,7 @@ def packets_by_stream(tools: Tools, path: Path, indices: Sequence[int],
             if index is not None and (packet := _packet(dict(_PKT_FIELD.findall(line)))) is not None:
                 kept += 1
                 if index in last_only:
-                    if not found[index] or packet.pts + packet.duration > packets_end(found[index]):
+                    if not found[index] or packet.end > found[index][0].end:
                         found[index] = [packet]
                 else:
                     found[index].append(packet)
@@ -484,9 +499,10 @@ def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = N
     element: list[str] = []          # the lines of the packet being read
     last: dict[int, Packet] = {}     # of a stream not kept whole: its packet past the sample that ends last
     inside = False                   # within the packet list
-    count = [0]                      # packets read
+    read = 0                         # packets so far
 
     def take() -> None:
+        nonlocal read
         text = "".join(element).strip().rstrip(",")
         element.clear()
         if text:
@@ -496,12 +512,12 @@ def probe_with_packets(tools: Tools, path: Path, whole: Sequence[int] | None = N
                 return
             index = int(entry.get("stream_index", -1))
             kept = packets.setdefault(index, [])
-            count[0] += 1
-            if on_progress is not None and count[0] % PROGRESS_EVERY_PACKETS == 0:
+            read += 1
+            if on_progress is not None and read % PROGRESS_EVERY_PACKETS == 0:
                 on_progress(packet.pts)
             if whole is None or index in whole or len(kept) < SAMPLE_PACKETS:
                 kept.append(packet)
-            elif index not in last or packet.pts + packet.duration > last[index].pts + last[index].duration:
+            elif index not in last or packet.end > last[index].end:
                 last[index] = packet
 
     try:

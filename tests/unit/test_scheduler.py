@@ -224,8 +224,8 @@ def test_in_a_queue_an_idle_worker_takes_the_next_files_chunk_not_a_copy():
     """A queue's first file has only its tail left, the next file's chunks wait: a worker idle
     in the first gets no straggler copy there (it takes a chunk of the next file), until the
     next file has none waiting."""
-    first, second = Scheduler(make_chunks(2)), Scheduler(make_chunks(3))
-    first.copies_wanted = lambda: not second.has_pending()
+    second = Scheduler(make_chunks(3))
+    first = Scheduler(make_chunks(2), copies_wanted=lambda: not second.has_pending())
     a, b = first.take("w1", wait=NO_WAIT), first.take("w2", wait=NO_WAIT)
     first.progress(a.index, "w1", 20)
     first.progress(b.index, "w2", 5)                 # b is the straggler
