@@ -81,7 +81,51 @@ def capture_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "-cpu-used", "8", "-crf", "50", "-b:v", "0")
     made["dav1.mp4"] = d / "dav1.mp4"
     made["dav1.mp4"].write_bytes(made.pop("av1.mp4").read_bytes().replace(b"av01", b"dav1"))
+    # HDR10+: a PQ HEVC stream with static HDR10 metadata and an ST 2094-40 SEI before every
+    # picture, as a grading tool writes them (Debian's x265 is built without HDR10+ support)
+    make("pq.hevc", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=2", "-pix_fmt", "yuv420p10le",
+         "-c:v", "libx265", "-preset", "ultrafast", "-x265-params",
+         "log-level=error:aud=1:bframes=0:hdr10=1:colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:"
+         "master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50):max-cll=1000,400")
+    (d / "hdr10plus.hevc").write_bytes(with_hdr10plus(made.pop("pq.hevc").read_bytes()))
+    make("hdr10plus.mkv", "-fflags", "+genpts", "-f", "hevc", "-framerate", "25", "-i", str(d / "hdr10plus.hevc"),
+         "-c", "copy")
     return made
+
+
+def with_hdr10plus(annexb: bytes) -> bytes:
+    """An HEVC Annex B stream written with access unit delimiters, with an HDR10+ SEI (ITU-T T.35,
+    SMPTE ST 2094-40: one window, its brightness rising frame by frame) before each picture."""
+    def bits(fields: list[tuple[int, int]]) -> bytes:
+        text = "".join(format(value, f"0{width}b") for value, width in fields)
+        text += "0" * (-len(text) % 8)
+        return bytes(int(text[i:i + 8], 2) for i in range(0, len(text), 8))
+
+    def sei(frame: int) -> bytes:
+        maxscl = (1000 + 10 * frame, 800 + 10 * frame, 600)
+        fields = [(0xB5, 8), (0x003C, 16), (0x0001, 16), (4, 8), (1, 8),   # T.35 header, application 4 v1
+                  (1, 2), (400, 27), (0, 1), *((m, 17) for m in maxscl), (maxscl[1] // 2, 17), (3, 4)]
+        for percentage, value in ((1, 10), (50, maxscl[1] // 3), (99, maxscl[1])):
+            fields += [(percentage, 7), (value, 17)]
+        payload = bits(fields + [(0, 10), (0, 1), (0, 1), (0, 1)])   # no tone mapping or saturation
+        rbsp, escaped, zeros = bytes([4, len(payload)]) + payload + b"\x80", bytearray(), 0
+        for byte in rbsp:                                 # emulation prevention
+            if zeros >= 2 and byte <= 3:
+                escaped.append(3)
+                zeros = 0
+            escaped.append(byte)
+            zeros = zeros + 1 if byte == 0 else 0
+        return b"\x00\x00\x00\x01" + bytes([39 << 1, 1]) + bytes(escaped)   # prefix SEI NAL
+
+    out, frame, delimited = bytearray(), 0, False
+    for nal in (n.rstrip(b"\x00") for n in annexb.split(b"\x00\x00\x01")[1:]):
+        kind = (nal[0] >> 1) & 0x3F
+        delimited = delimited or kind == 35
+        if kind < 32 and delimited:                       # the access unit's first slice
+            out += sei(frame)
+            frame, delimited = frame + 1, False
+        out += b"\x00\x00\x00\x01" + nal
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -129,6 +173,8 @@ CAPTURES = [
              warns=(r"the video's timestamps jump",)),
     _capture("mp4-edit-list-mid-gop", "editlist.mp4", size=(320, 240), audio=1),
     _capture("extreme-vfr-generated", "extreme-vfr.mkv", size=(640, 360)),
+    _capture("hdr10plus-pq", "hdr10plus.mkv", size=(320, 240),
+             warns=(r"HDR10\+ dynamic metadata dropped.*HDR10 \(PQ\) picture", r"HDR10 mastering metadata .* dropped")),
 ]
 
 
@@ -259,3 +305,21 @@ def test_no_decoder_is_one_clear_line(capture_clips: dict[str, Path], tmp_path: 
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert done.returncode != 0 and len(lines) == 1 and "no decoder" in lines[0] and "'dav1'" in lines[0], done.stderr
     assert list(tmp_path.iterdir()) == [], "nothing is written"
+
+
+def test_hdr10plus_with_x265_keeps_static_metadata(capture_clips: dict[str, Path], tmp_path: Path) -> None:
+    """HDR10+ with --vcodec libx265: this x265 cannot write the per-frame metadata, so it is dropped
+    with one line saying so, and the output keeps what x265 does write (mastering display, content
+    light level, PQ, BT.2020, 10 bits), as one ffmpeg run with the same x265 would."""
+    out = tmp_path / "out.mkv"
+    done = run_cli("client/boss.py", str(capture_clips["hdr10plus.mkv"]), "-o", str(out), "--local", "2",
+                   "--vcodec", "libx265", "--preset", "ultrafast", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert len([ln for ln in done.stderr.splitlines() if "HDR10+ dynamic metadata dropped" in ln]) == 1, done.stderr
+    assert "mastering metadata" not in done.stderr, done.stderr
+    first = _probe(out, "-select_streams", "v:0", "-read_intervals", "%+#1", "-show_entries", "frame_side_data")
+    kinds = {side.get("side_data_type") for side in first["frames"][0].get("side_data_list", [])}
+    assert {"Mastering display metadata", "Content light level metadata"} <= kinds, kinds
+    assert not any("HDR10+" in k for k in kinds), kinds
+    assert colour(out) == {"pix_fmt": "yuv420p10le", "color_transfer": "smpte2084", "color_primaries": "bt2020",
+                           "color_space": "bt2020nc"}
