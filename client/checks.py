@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -87,11 +88,116 @@ class VerifyPolicy:
                 self._trusted.add(build)
 
 
+@dataclass(eq=False)
+class _Compare:
+    chunk: Chunk
+    path: Path
+    result: ffmpeg.Comparison | None = None
+    error: FFmpegError | None = None
+    alone: bool = False              # its run printed something or failed: compare it by itself
+
+    @property
+    def settled(self) -> bool:
+        return self.result is not None or self.error is not None or self.alone
+
+
+class Comparisons:
+    """A job's comparisons of results with the source (compare_with_source), at most RUNS ffmpeg
+    runs at once, and the COMPARE_FRAMES comparison every result gets several in one run.
+
+    At the end of a job every worker's last result comes in at about the same moment; on a boss
+    with a quarter of a core their comparisons queued one behind the other (six 640x360 results
+    took 3.9 s), most of each the start of ffmpeg and the opening of its inputs. Here a check that
+    finds RUNS runs going waits; the next run takes every comparison queued by then. A run of
+    several that prints anything or fails says nothing of which result it was: each of them is
+    then compared by itself, as one alone always is. The other comparisons (a build's first
+    HEAD_FRAMES, a full decode) run one a run, within the same RUNS."""
+
+    RUNS = 2                         # ffmpeg runs at once
+
+    def __init__(self, tools: ffmpeg.Tools, settings: Settings) -> None:
+        self.tools, self.settings = tools, settings
+        self._cond = threading.Condition()
+        self._queued: list[_Compare] = []
+        self._running = 0
+        self.runs = 0                    # ffmpeg runs made, for the results compared
+        self.compared = 0
+
+    def compare(self, chunk: Chunk, path: Path, frames: int | None, timeout: float) -> ffmpeg.Comparison:
+        """ffmpeg.compare_with_source of this result with its chunk's source; FFmpegError as it
+        would raise."""
+        if frames != COMPARE_FRAMES:
+            with self._cond:
+                self._cond.wait_for(lambda: self._running < self.RUNS)
+                self._running += 1
+            try:
+                return self._single(_Compare(chunk, path), timeout, frames)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
+        job = _Compare(chunk, path)
+        with self._cond:
+            self._queued.append(job)
+            while not job.settled:
+                if job in self._queued and self._running < self.RUNS:
+                    batch, self._queued = self._queued, []
+                    self._running += 1
+                    self._cond.release()
+                    try:
+                        self._run(batch, timeout)
+                    finally:
+                        self._cond.acquire()
+                        self._running -= 1
+                        for other in batch:          # (an unexpected error: nobody waits for ever)
+                            other.alone = other.alone or not other.settled
+                        self._cond.notify_all()
+                else:
+                    self._cond.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result if job.result is not None else self._single(job, timeout)
+
+    def _run(self, batch: list[_Compare], timeout: float) -> None:
+        if len(batch) == 1:
+            try:
+                batch[0].result = self._single(batch[0], timeout)
+            except FFmpegError as exc:
+                batch[0].error = exc
+            return
+        pairs = [(j.chunk.source, j.path, None if j.chunk.whole else (j.chunk.skip, j.chunk.frames)) for j in batch]
+        try:
+            found = ffmpeg.compare_many(self.tools, pairs, self.settings, COMPARE_FRAMES, timeout=timeout)
+        except FFmpegError as exc:
+            log.debug("comparing %d results in one run failed (%s); one by one", len(batch), exc.last_line)
+            found = []
+        with self._cond:
+            self.runs += 1
+            self.compared += len(batch)
+        if len(found) == len(batch) and all(c.psnr and not c.messages for c in found):
+            for job, compared in zip(batch, found):
+                job.result = compared
+        else:
+            for job in batch:
+                job.alone = True
+
+    def _single(self, job: _Compare, timeout: float, frames: int | None = COMPARE_FRAMES) -> ffmpeg.Comparison:
+        with self._cond:
+            self.runs += 1
+            self.compared += 1
+        chunk = job.chunk
+        return ffmpeg.compare_with_source(self.tools, chunk.source, job.path, self.settings,
+                                          None if chunk.whole else (chunk.skip, chunk.frames), frames,
+                                          timeout=timeout)
+
+
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
-                 worker: str, build: str, progress: tuple[int, int, int] = (0, 1, 1)) -> tuple[int, bool]:
+                 worker: str, build: str, progress: tuple[int, int, int] = (0, 1, 1),
+                 comparisons: Comparisons | None = None) -> tuple[int, bool]:
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
     the boss decoded it, in full or its first frames); ChunkError or FFmpegError if it fails.
-    progress: (chunks left besides this one, chunks in all, workers), for the draw."""
+    progress: (chunks left besides this one, chunks in all, workers), for the draw;
+    comparisons: the job's (Comparisons), else this result's comparison runs by itself."""
     left, total, workers = progress
     limit = wanted = policy.decode_frames(build, chunk, left=left, total=total, workers=workers)
     timeout = check_timeout(chunk)
@@ -106,7 +212,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
             limit = None
         # None: every frame; else the first build's HEAD_FRAMES, or the COMPARE_FRAMES every result has
         compared = compare_with_source(tools, chunk, path, settings,
-                                       None if limit is None else limit or COMPARE_FRAMES, timeout)
+                                       None if limit is None else limit or COMPARE_FRAMES, timeout, comparisons)
         frames = len(packets)
         if limit is None:
             frames = compared
@@ -135,14 +241,17 @@ def result_packets(tools: ffmpeg.Tools, path: Path, timeout: float) -> list[ffmp
 
 
 def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, frames: int | None,
-                        timeout: float) -> int:
+                        timeout: float, comparisons: Comparisons | None = None) -> int:
     """Decode the result's first `frames` frames (None: all) and compare each with the source's
     by PSNR: a worker that returns a well-formed but different picture fails here, and so does
     one whose result the decoder complains about. Returns the frames decoded; ChunkError if one
     is below MIN_PSNR_DB, FFmpegError for a decode error."""
-    compared = ffmpeg.compare_with_source(tools, chunk.source, path, settings,
-                                          None if chunk.whole else (chunk.skip, chunk.frames), frames,
-                                          timeout=timeout)
+    if comparisons is not None:
+        compared = comparisons.compare(chunk, path, frames, timeout)
+    else:
+        compared = ffmpeg.compare_with_source(tools, chunk.source, path, settings,
+                                              None if chunk.whole else (chunk.skip, chunk.frames), frames,
+                                              timeout=timeout)
     if compared.messages:
         # the source's decoder may complain where a single run over the source would too (the
         # piece is our own): whose message it was, a decode of the result alone tells

@@ -51,7 +51,7 @@ WORKER_REFRESH = 5.0       # ask the tracker for more workers this often while w
 WAIT_WORKERS_POLL = 2.0    # ... and this often while we have none
 BAR_REFRESH = 0.5          # the progress bar's refresh period (the main thread's wait)
 JSON_PROGRESS_EVERY = 1.0  # seconds between --progress json lines
-VERIFIER_THREADS = 2       # results checked at once
+VERIFIER_THREADS = 8       # results checked at once (their ffmpeg runs: checks.Comparisons.RUNS)
 REPORTER_FLUSH = 5.0       # seconds to deliver queued audit events at the end of a job
 LINK_JOIN = 2.0            # seconds to wait for each link thread at the end
 SOURCE_COPY = "source.mkv"  # the chosen streams, when the input needs a copy of them (media.chosen_copy)
@@ -343,6 +343,7 @@ class Job:
         self.ctx: JobContext | None = None
         self.ffmpeg_build: str | None = None      # every chunk is encoded by this build
         self.verify = checks.VerifyPolicy(cfg.verify_fraction)
+        self.comparisons = checks.Comparisons(cfg.tools, cfg.settings)
         self.split_error: TranscoderError | None = None
         self.border_lock = threading.Lock()
         self.border_checked = False      # two adjacent chunks decoded across their border
@@ -571,7 +572,7 @@ class Job:
             done, _ = sched.counts()
             progress = (len(sched.chunks) - done - 1, len(sched.chunks), max(1, sum(l.is_alive() for l in self.links)))
             frames, full = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings, self.verify, worker,
-                                               link.offer.ffmpeg, progress)
+                                               link.offer.ffmpeg, progress, self.comparisons)
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1

@@ -139,6 +139,61 @@ def test_a_comparison_over_a_frame_range_pairs_the_ranges_frames(source_and_resu
     assert max(shifted.psnr) < 30      # frame i against the source's i + 5: not the same picture
 
 
+def test_several_comparisons_in_one_run_give_each_pair_its_own_values(source_and_results, tmp_path):
+    """compare_many: each pair's values are what a run of its own gives, a frame range included."""
+    tools, src, results = source_and_results
+    boxed = tmp_path / "boxed-early.mkv"
+    ffmpeg.run([tools.ffmpeg, *ffmpeg.BASE_FLAGS, "-i", str(src), "-vf", "drawbox=w=80:h=48:color=red:t=fill",
+                "-c:v", "libx264", "-preset", "ultrafast", "-f", "matroska", str(boxed)])
+    pairs = [(src, results["whole"], None), (src, boxed, None), (src, results["short"], (5, 30))]
+    many = ffmpeg.compare_many(tools, pairs, Settings(), 3, timeout=60)
+    alone = [ffmpeg.compare_with_source(tools, a, b, Settings(), r, 3, timeout=60) for a, b, r in pairs]
+    assert [[round(v, 1) for v in c.psnr] for c in many] == [[round(v, 1) for v in c.psnr] for c in alone]
+    assert min(many[0].psnr) > 30 and max(many[1].psnr) < 25 and max(many[2].psnr) < 30
+    assert all(c.messages == "" for c in many)
+
+
+def test_results_compared_at_once_share_runs_and_a_bad_one_is_told_apart(source_and_results, tmp_path):
+    """checks.Comparisons: results checked at the same time are compared in fewer ffmpeg runs
+    than results, each with its own values; a result that is not a video fails alone (the run it
+    was in is done again result by result) and the others still pass."""
+    from ffdt.client.checks import Comparisons
+    from ffdt.client.scheduler import Chunk, Manifest
+    tools, src, results = source_and_results
+    garbage = tmp_path / "garbage.mkv"
+    garbage.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 40)
+    alone = {n: ffmpeg.compare_with_source(tools, src, results[n], Settings(), None, 3, timeout=60).psnr
+             for n in ("whole", "boxed", "short", "long")}
+
+    def at_once(comparisons: Comparisons, paths: list[Path]) -> list[object]:
+        start, outcome = threading.Barrier(len(paths)), [None] * len(paths)
+
+        def check(i: int) -> None:
+            chunk = Chunk(Manifest(index=i, source=src, size=1, sha256="0" * 64, frames=40, start=0.0))
+            start.wait()
+            try:
+                outcome[i] = comparisons.compare(chunk, paths[i], 3, timeout=60).psnr
+            except FFmpegError as exc:
+                outcome[i] = exc
+        threads = [threading.Thread(target=check, args=(i,)) for i in range(len(paths))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        return outcome
+
+    names = ["whole", "boxed", "short", "long", "whole", "boxed", "short", "long"]
+    good = Comparisons(tools, Settings())
+    outcome = at_once(good, [results[n] for n in names])
+    assert [[round(v, 1) for v in o] for o in outcome] == [[round(v, 1) for v in alone[n]] for n in names]
+    assert good.compared == len(names) and good.runs < len(names) - 2, (good.runs, good.compared)
+
+    mixed = at_once(Comparisons(tools, Settings()), [results["whole"], garbage, results["boxed"], results["long"]])
+    assert isinstance(mixed[1], FFmpegError), mixed[1]
+    assert [[round(v, 1) for v in o] for o in (mixed[0], mixed[2], mixed[3])] == \
+        [[round(v, 1) for v in alone[n]] for n in ("whole", "boxed", "long")]
+
+
 # ---------------------------------------------------------------- probing
 
 @pytest.mark.parametrize("name, codecs", [
