@@ -126,17 +126,9 @@ class Comparisons:
     def compare(self, chunk: Chunk, path: Path, frames: int | None, timeout: float) -> ffmpeg.Comparison:
         """ffmpeg.compare_with_source of this result with its chunk's source; FFmpegError as it
         would raise."""
-        if frames != COMPARE_FRAMES:
-            with self._cond:
-                self._cond.wait_for(lambda: self._running < self.RUNS)
-                self._running += 1
-            try:
-                return self._single(_Compare(chunk, path), timeout, frames)
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    self._cond.notify_all()
         job = _Compare(chunk, path)
+        if frames != COMPARE_FRAMES:
+            return self._in_a_slot(job, timeout, frames)
         with self._cond:
             self._queued.append(job)
             while not job.settled:
@@ -156,7 +148,19 @@ class Comparisons:
                     self._cond.wait()
         if job.error is not None:
             raise job.error
-        return job.result if job.result is not None else self._single(job, timeout)
+        return job.result if job.result is not None else self._in_a_slot(job, timeout, COMPARE_FRAMES)
+
+    def _in_a_slot(self, job: _Compare, timeout: float, frames: int | None) -> ffmpeg.Comparison:
+        """One result compared by itself, once fewer than RUNS runs are going."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._running < self.RUNS)
+            self._running += 1
+        try:
+            return self._single(job, timeout, frames)
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
 
     def _run(self, batch: list[_Compare], timeout: float) -> None:
         if len(batch) == 1:
@@ -165,7 +169,7 @@ class Comparisons:
             except FFmpegError as exc:
                 batch[0].error = exc
             return
-        pairs = [(j.chunk.source, j.path, None if j.chunk.whole else (j.chunk.skip, j.chunk.frames)) for j in batch]
+        pairs = [(j.chunk.source, j.path, j.chunk.frame_range) for j in batch]
         try:
             found = ffmpeg.compare_many(self.tools, pairs, self.settings, COMPARE_FRAMES, timeout=timeout)
         except FFmpegError as exc:
@@ -185,10 +189,8 @@ class Comparisons:
         with self._cond:
             self.runs += 1
             self.compared += 1
-        chunk = job.chunk
-        return ffmpeg.compare_with_source(self.tools, chunk.source, job.path, self.settings,
-                                          None if chunk.whole else (chunk.skip, chunk.frames), frames,
-                                          timeout=timeout)
+        return ffmpeg.compare_with_source(self.tools, job.chunk.source, job.path, self.settings,
+                                          job.chunk.frame_range, frames, timeout=timeout)
 
 
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
@@ -249,8 +251,7 @@ def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings:
     if comparisons is not None:
         compared = comparisons.compare(chunk, path, frames, timeout)
     else:
-        compared = ffmpeg.compare_with_source(tools, chunk.source, path, settings,
-                                              None if chunk.whole else (chunk.skip, chunk.frames), frames,
+        compared = ffmpeg.compare_with_source(tools, chunk.source, path, settings, chunk.frame_range, frames,
                                               timeout=timeout)
     if compared.messages:
         # the source's decoder may complain where a single run over the source would too (the

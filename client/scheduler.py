@@ -40,6 +40,12 @@ class Manifest:
     def name(self) -> str:
         return f"chunk_{self.index:05d}"
 
+    @property
+    def frame_range(self) -> tuple[int, int] | None:
+        """(skip, frames) of a chunk cut by frame range, as ffmpeg.picture_filters takes it; None
+        for a whole piece."""
+        return None if self.whole else (self.skip, self.frames)
+
     def assign_fields(self) -> dict[str, object]:
         """The keys of `assign` (common/PROTOCOL.md 8.3) for this chunk."""
         return {"chunk": self.index, "size": self.size, "sha256": self.sha256, "frames": self.frames,
@@ -84,6 +90,7 @@ class Chunk:
     start = property(lambda self: self.manifest.start)
     skip = property(lambda self: self.manifest.skip)
     whole = property(lambda self: self.manifest.whole)
+    frame_range = property(lambda self: self.manifest.frame_range)
     span = property(lambda self: self.manifest.span)
     name = property(lambda self: self.manifest.name)
 
