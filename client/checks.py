@@ -193,13 +193,65 @@ class Comparisons:
                                           job.chunk.frame_range, frames, timeout=timeout)
 
 
+class Samples:
+    """The samples of a job's results whose first frames passed the comparison with the source,
+    by (chunk, worker): what a sample is, PROTOCOL.md ("sample"). At the end of a job every
+    worker's last result comes in at about the same time, and on a quarter-core boss their six
+    comparisons took 2.3 s after the last one; a sample is compared while its result is still
+    being encoded, and stands for the result when the result starts with the same bytes
+    (sample_stands_for), which costs a read of those bytes."""
+
+    def __init__(self) -> None:
+        self._passed: dict[tuple[int, str], Path] = {}
+        self._lock = threading.Lock()
+
+    def check(self, tools: ffmpeg.Tools, chunk: Chunk, worker: str, path: Path, settings: Settings,
+              comparisons: Comparisons | None = None) -> bool:
+        """Compare the sample's first COMPARE_FRAMES frames with the source's, as a result's are;
+        keep it if they pass (True). One that fails is only not used: the result is compared
+        itself when it comes."""
+        try:
+            compare_with_source(tools, chunk, path, settings, COMPARE_FRAMES, check_timeout(chunk), comparisons)
+            mkv.read_layout(path)
+        except (ChunkError, FFmpegError, mkv.Unsupported) as exc:
+            log.debug("sample of %s from %s not used: %s", chunk.name, worker, exc)
+            path.unlink(missing_ok=True)
+            return False
+        with self._lock:
+            old = self._passed.pop((chunk.index, worker), None)
+            self._passed[(chunk.index, worker)] = path
+        if old is not None and old != path:
+            old.unlink(missing_ok=True)
+        return True
+
+    def take(self, chunk: Chunk, worker: str) -> Path | None:
+        """The passed sample of this worker's result of `chunk`, for check_result (the caller
+        removes the file after)."""
+        with self._lock:
+            return self._passed.pop((chunk.index, worker), None)
+
+
+def sample_stands_for(sample: Path, result: Path, packets: Sequence[ffmpeg.Packet]) -> bool:
+    """Whether the comparison of `sample` holds for `result`: the result's first COMPARE_FRAMES
+    frames (in presentation order) are among the blocks it shares, byte for byte and with the same
+    track entries, with the sample (mkv.same_start). A decoder shows those frames from those
+    bytes alone, so they are the pictures the sample's comparison saw."""
+    try:
+        shared = mkv.same_start(sample, result)
+    except (mkv.Unsupported, OSError):
+        return False
+    first = sorted(range(len(packets)), key=lambda i: packets[i].pts)[:COMPARE_FRAMES]
+    return shared > 0 and len(first) == COMPARE_FRAMES and max(first) < shared
+
+
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
                  worker: str, build: str, progress: tuple[int, int, int] = (0, 1, 1),
-                 comparisons: Comparisons | None = None) -> tuple[int, bool]:
+                 comparisons: Comparisons | None = None, sample: Path | None = None) -> tuple[int, bool, bool]:
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
-    the boss decoded it, in full or its first frames); ChunkError or FFmpegError if it fails.
-    progress: (chunks left besides this one, chunks in all, workers), for the draw;
-    comparisons: the job's (Comparisons), else this result's comparison runs by itself."""
+    the boss decoded it, in full or its first frames, whether its sample's comparison stood for
+    its own); ChunkError or FFmpegError if it fails. progress: (chunks left besides this one,
+    chunks in all, workers), for the draw; comparisons: the job's (Comparisons), else this
+    result's comparison runs by itself; sample: a passed sample of this result (Samples)."""
     left, total, workers = progress
     limit = wanted = policy.decode_frames(build, chunk, left=left, total=total, workers=workers)
     timeout = check_timeout(chunk)
@@ -212,9 +264,13 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
         if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
             limit = None
-        # None: every frame; else the first build's HEAD_FRAMES, or the COMPARE_FRAMES every result has
-        compared = compare_with_source(tools, chunk, path, settings,
-                                       None if limit is None else limit or COMPARE_FRAMES, timeout, comparisons)
+        early = limit == 0 and sample is not None and sample_stands_for(sample, path, packets)
+        if limit == 0 and sample is not None and not early:
+            log.debug("%s from %s: its sample does not stand for it; comparing the result", chunk.name, worker)
+        if not early:
+            # None: every frame; else the first build's HEAD_FRAMES, or the COMPARE_FRAMES every result has
+            compared = compare_with_source(tools, chunk, path, settings,
+                                           None if limit is None else limit or COMPARE_FRAMES, timeout, comparisons)
         frames = len(packets)
         if limit is None:
             frames = compared
@@ -224,7 +280,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
             elif frames != chunk.frames:
                 raise ChunkError(f"{chunk.name}: {frames} frames, expected {chunk.frames}")
         passed = True
-        return frames, limit != 0
+        return frames, limit != 0, early
     finally:
         if wanted != 0:
             policy.decoded(build, passed)

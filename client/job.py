@@ -344,6 +344,7 @@ class Job:
         self.ffmpeg_build: str | None = None      # every chunk is encoded by this build
         self.verify = checks.VerifyPolicy(cfg.verify_fraction)
         self.comparisons = checks.Comparisons(cfg.tools, cfg.settings)
+        self.samples = checks.Samples()
         self.split_error: TranscoderError | None = None
         self.border_lock = threading.Lock()
         self.border_checked = False      # two adjacent chunks decoded across their border
@@ -380,6 +381,9 @@ class Job:
                 self.ctx = JobContext(name=self.tracker.user, settings=cfg.settings, scheduler=scheduler,
                                       work_dir=self.work, report=self.report,
                                       on_result=lambda *a: self.hand_in(verifier, *a),
+                                      # (a job that decodes every result in full has no use for them)
+                                      on_sample=(lambda *a: self.sample_in(verifier, *a))
+                                      if cfg.verify_fraction < 1.0 else None,
                                       on_assigned=self.phases.assigned,
                                       cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,
@@ -550,19 +554,31 @@ class Job:
         """A result for the checks; one that comes in after the job has all of them (a late
         straggler copy, while the output is written) is not needed."""
         try:
-            verifier.submit(self.guarded_accept, link, chunk, tmp, *rest)
+            verifier.submit(self.guarded, "verifying a result", self.accept, link, chunk, tmp, *rest)
         except RuntimeError:          # the checks' pool is closed: the job has every result
             log.debug("%s: a copy from %s after the job had all its results; dropped", chunk.name, link.offer.name)
             tmp.unlink(missing_ok=True)
 
-    def guarded_accept(self, *args: Any) -> None:
+    def sample_in(self, verifier: ThreadPoolExecutor, link: WorkerLink, chunk: Chunk, path: Path) -> None:
+        """A sample of a result being encoded, for the checks (checks.Samples)."""
+        def check() -> None:
+            if chunk.state is ChunkState.DONE or self.ctx is None or self.ctx.scheduler.finished.is_set():
+                path.unlink(missing_ok=True)      # too late to be of use
+                return
+            self.samples.check(self.cfg.tools, chunk, link.offer.name, path, self.cfg.settings, self.comparisons)
+        try:
+            verifier.submit(self.guarded, "checking a sample", check)
+        except RuntimeError:          # the checks' pool is closed: the job has every result
+            path.unlink(missing_ok=True)
+
+    def guarded(self, what: str, call: Callable[..., None], *args: Any) -> None:
         """Runs in the verifier pool, where an exception would vanish: fail the job loudly instead."""
         try:
-            self.accept(*args)
+            call(*args)
         except Exception as exc:          # noqa: BLE001 - a bug or a full disk must not hang the job
-            log.exception("verifying a result failed")
+            log.exception("%s failed", what)
             assert self.ctx is not None
-            self.ctx.scheduler.abort(f"verifying a result failed: {exc}")
+            self.ctx.scheduler.abort(f"{what} failed: {exc}")
 
     def accept(self, link: WorkerLink, chunk: Chunk, tmp: Path, sha: str, seconds: float) -> None:
         """Check a fetched result (client/checks.py); count it, or send the chunk back to the queue."""
@@ -571,8 +587,14 @@ class Job:
         try:
             done, _ = sched.counts()
             progress = (len(sched.chunks) - done - 1, len(sched.chunks), max(1, sum(l.is_alive() for l in self.links)))
-            frames, full = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings, self.verify, worker,
-                                               link.offer.ffmpeg, progress, self.comparisons)
+            sample = self.samples.take(chunk, worker)
+            try:
+                frames, full, early = checks.check_result(self.cfg.tools, chunk, tmp, self.cfg.settings, self.verify,
+                                                          worker, link.offer.ffmpeg, progress, self.comparisons,
+                                                          sample)
+            finally:
+                if sample is not None:
+                    sample.unlink(missing_ok=True)
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1
@@ -581,6 +603,7 @@ class Job:
             sched.fail(chunk, worker, str(exc))
             return
         link.stats.full_checks += full
+        link.stats.compared_early += early
         assert self.rechecks is not None
         with self.rechecks.lock:             # decided and recorded at once (see Rechecks.lock)
             verdict = self.rechecks.accept(link, chunk, tmp, sha, left=progress[0], workers=progress[2])

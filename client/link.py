@@ -20,7 +20,7 @@ from ffdt.client import faults
 from ffdt.client.scheduler import Chunk, ChunkState, Scheduler
 from ffdt.common.audit_events import Event
 from ffdt.common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON,
-                                TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
+                                MAX_SAMPLE_BYTES, TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
 from ffdt.common.errors import (ChunkError, ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected, TransferError,
                                 TranscoderError)
 from ffdt.common.net import connect
@@ -78,6 +78,8 @@ class JobContext:
     work_dir: Path
     report: Callable[..., None]     # report(event, **fields) to the tracker, best effort
     on_result: ResultHandler        # a fetched result, to be checked (must not block)
+    # a fetched sample of a result being encoded, (link, chunk, path), to be compared (must not block)
+    on_sample: Callable[[WorkerLink, Chunk, Path], None] | None = None
     on_assigned: Callable[[], None] = lambda: None
     cancel: Callable[[int, set[str]], None] = lambda index, workers: None   # tell these workers to drop a chunk
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
@@ -98,13 +100,14 @@ class LinkStats:
     refusals: int = 0
     bad_results: int = 0
     full_checks: int = 0        # results the boss decoded, in full or their start (the rest: packet checks)
+    compared_early: int = 0     # results whose comparison with the source was their sample's
 
     def summary(self) -> dict[str, Any]:
         return {"chunks": self.chunks_done, "frames": self.frames_done,
                 "fps": round(self.frames_done / self.encode_seconds, 1) if self.encode_seconds else 0.0,
                 "encode_seconds": round(self.encode_seconds, 3),
                 "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                "decoded_by_boss": self.full_checks}
+                "decoded_by_boss": self.full_checks, "compared_early": self.compared_early}
 
 
 # settings keys a worker of protocol 1 before them ignores (unknown keys are ignored): a job using
@@ -136,9 +139,11 @@ class WorkerLink(threading.Thread):
         self.failure: str | None = None
         self.closed_by_us = False       # close() was called: the job is over or the boss is stopping
         self.dropped = False
-        # (ffmpeg build, threads, CPUs when threads is 0, CPU kind): workers alike in these encode a
-        # chunk to the same bytes; None: it did not say (an older worker), so it is never compared
-        self.encoder: tuple[str, int, tuple[int, int], str] | None = None
+        # (ffmpeg build, threads, CPUs when threads is 0, CPU kind, sampled): workers alike in these
+        # encode a chunk to the same bytes (a sampled result has short clusters); None: it did not
+        # say (an older worker), so it is never compared
+        self.encoder: tuple[str, int, tuple[int, int], str, bool] | None = None
+        self.samples = False            # it sends samples of its results (PROTOCOL.md, "sample")
         self.lied: str | None = None    # its result differed from two others' of the same chunk
         self._handlers: dict[Msg, Callable[[dict], bool]] = {
             Msg.ERROR: self.handle_error,
@@ -146,6 +151,7 @@ class WorkerLink(threading.Thread):
             Msg.PROGRESS: self.handle_progress,
             Msg.DONE: self.handle_done,
             Msg.FAILED: self.handle_failed,
+            Msg.SAMPLE: self.handle_sample,
         }
 
     # ------------------------------------------------------------ thread body
@@ -194,16 +200,18 @@ class WorkerLink(threading.Thread):
                        **self._tls())
         self.sock = sock
         client_hello(sock, Role.BOSS, self.job.name)
-        send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire())
+        wanted = self.job.on_sample is not None
+        send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire(), samples=wanted)
         reply = expect(sock, Msg.SESSION_OK)
         self.session, self.key = field(reply, "session", str), field(reply, "key", str)
         check_settings_echo(self.job.settings, reply.get("settings"))
+        self.samples = wanted and reply.get("samples") is True
         threads, cpus, host_cpus, cpu = (reply.get(k) for k in ("threads", "cpus", "host_cpus", "cpu"))
         if isinstance(threads, int) and isinstance(cpus, int) and isinstance(host_cpus, int) and \
                 isinstance(cpu, str) and 0 <= threads <= 1024 and 1 <= cpus <= 65536 and 1 <= host_cpus <= 65536 \
                 and len(cpu) <= 64:
             # threads=0 (the encoder decides): x264 counts the CPUs it may use, x265 the machine's
-            self.encoder = (o.ffmpeg, threads, (cpus, host_cpus) if threads == 0 else (0, 0), cpu)
+            self.encoder = (o.ffmpeg, threads, (cpus, host_cpus) if threads == 0 else (0, 0), cpu, self.samples)
         log.info("worker %s joined (%d slot%s)", o.name, o.slots, "" if o.slots == 1 else "s")
         self.job.report(Event.WORKER_JOINED, worker=o.name)
 
@@ -261,6 +269,35 @@ class WorkerLink(threading.Thread):
 
     def handle_done(self, msg: dict) -> bool:
         self._collect(msg)
+        return True
+
+    def handle_sample(self, msg: dict) -> bool:
+        """The start of a result still being encoded: fetched and handed to the checks, whose
+        comparison with the source then stands for the result's if the result starts with the
+        same bytes (checks.sample_stands_for). A sample that cannot be fetched is only not used."""
+        if not self.samples:
+            self._send(Msg.ERROR, reason="unexpected message", in_reply_to=Msg.SAMPLE.value)
+            return True
+        chunk = self.job.scheduler.assigned_to(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), self.offer.name)
+        if chunk is None or chunk.state is ChunkState.DONE:
+            return True
+        size = int_field(msg, "size", 1, MAX_SAMPLE_BYTES)
+        sha = field(msg, "sha256", str)
+        if self.job.frame_bytes and size > chunk.frames * self.job.frame_bytes + RESULT_SLACK:
+            return True                          # not the start of an honest result
+        path = self._received(chunk, "sample")
+        try:
+            self._get(chunk, path, size, sha, sample=True)
+        except (ConnectionClosed, PeerUnreachable):
+            path.unlink(missing_ok=True)
+            raise                             # the worker is gone
+        except (TransferError, RequestRejected, ProtocolError, ChunkError) as exc:
+            path.unlink(missing_ok=True)
+            log.debug("no sample of %s from %s: %s", chunk.name, self.offer.name, exc)
+            return True
+        self.stats.bytes_received += size
+        assert self.job.on_sample is not None
+        self.job.on_sample(self, chunk, path)
         return True
 
     def handle_failed(self, msg: dict) -> bool:
@@ -356,17 +393,12 @@ class WorkerLink(threading.Thread):
         if chunk is None or chunk.state is ChunkState.DONE:   # done elsewhere meanwhile: the worker drops its copy
             self._send(Msg.CANCEL, chunk=index)
             return
-        tmp = self.job.work_dir / f"{chunk.name}.{self.offer.name.replace('/', '_')}.recv.mkv"
+        tmp = self._received(chunk, "recv")
         try:
             size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)
             sha = field(msg, "sha256", str)
             self._room_for(chunk, size)
-            with self._file_conn() as sock:
-                send_msg(sock, Msg.GET, session=self.session, key=self.key, chunk=chunk.index)
-                header = expect(sock, Msg.FILE)
-                if header.get("size") != size or header.get("sha256") != sha:
-                    raise TransferError(f"{chunk.name}: result differs from what the worker announced")
-                recv_file(sock, tmp, size, sha)
+            self._get(chunk, tmp, size, sha)
         except (ConnectionClosed, PeerUnreachable):
             tmp.unlink(missing_ok=True)
             raise                             # the worker is gone: release() requeues, attempt uncounted
@@ -393,6 +425,20 @@ class WorkerLink(threading.Thread):
         self._send(Msg.COLLECTED, chunk=chunk.index)
         seconds = field(msg, "seconds", float, optional=True, default=0.0)
         self.job.on_result(self, chunk, tmp, sha, seconds)
+
+    def _received(self, chunk: Chunk, kind: str) -> Path:
+        return self.job.work_dir / f"{chunk.name}.{self.offer.name.replace('/', '_')}.{kind}.mkv"
+
+    def _get(self, chunk: Chunk, dest: Path, size: int, sha: str, sample: bool = False) -> None:
+        """Fetch a result (or its sample) into `dest`: `size` bytes with this SHA-256, as announced."""
+        with self._file_conn() as sock:
+            send_msg(sock, Msg.GET, session=self.session, key=self.key, chunk=chunk.index,
+                     **({"sample": True} if sample else {}))
+            header = expect(sock, Msg.FILE)
+            if header.get("size") != size or header.get("sha256") != sha:
+                raise TransferError(f"{chunk.name}: {'sample' if sample else 'result'} differs from what "
+                                    "the worker announced")
+            recv_file(sock, dest, size, sha)
 
     def _room_for(self, chunk: Chunk, size: int) -> None:
         """Refuse a result bigger than its frames uncompressed (no encoder makes that: a worker

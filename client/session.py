@@ -80,6 +80,7 @@ class BossSession:
     received: dict[int, str] = field(default_factory=dict)          # chunk -> sha256 of input bytes
     received_at: dict[int, float] = field(default_factory=dict)     # chunk -> when its upload ended
     work: dict[int, Assignment] = field(default_factory=dict)
+    samples: bool = False   # the boss asked for samples of our results (PROTOCOL.md, "sample")
     closed: threading.Event = field(default_factory=threading.Event)
     asked: int = 0          # requests sent and not answered yet: each holds a worker slot
     assignments: int = 0    # assignments so far, numbering each one's files
@@ -317,7 +318,8 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
         raise
     session_id = secrets.token_hex(8)
     session = BossSession(session_id, secrets.token_hex(16), boss, job, settings,
-                          Path(tempfile.mkdtemp(prefix=f"s{session_id}-", dir=worker.root)), sock)
+                          Path(tempfile.mkdtemp(prefix=f"s{session_id}-", dir=worker.root)), sock,
+                          samples=msg.get("samples") is True)
     with worker.lock:
         # one session a job (a ticket is for one job), a few a boss: a boss cannot fill the
         # worker with sessions, threads and directories
@@ -336,7 +338,7 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
     # whose encodes of one chunk must match bit for bit (its re-encode check)
     session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name,
                  settings=session.settings.to_wire(), threads=worker.cfg.threads, cpus=usable_cpus(),
-                 host_cpus=os.cpu_count() or 1, cpu=cpu_kind())
+                 host_cpus=os.cpu_count() or 1, cpu=cpu_kind(), samples=session.samples)
     return session
 
 
@@ -418,7 +420,7 @@ def handle_collected(worker: Worker, s: BossSession, msg: dict) -> bool:
     with s.lock:
         a = s.work.pop(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), None)
     if a is not None:
-        a.output.unlink(missing_ok=True)
+        a.drop_result()
     return True
 
 
@@ -434,7 +436,7 @@ def handle_cancel(worker: Worker, s: BossSession, msg: dict) -> bool:
         s.path(chunk, "in").unlink(missing_ok=True)
     if a is not None:
         a.cancel.set()
-        a.output.unlink(missing_ok=True)
+        a.drop_result()
     return True
 
 
@@ -559,9 +561,15 @@ def run_encode(worker: Worker, s: BossSession, a: Assignment) -> None:
             with contextlib.suppress(ConnectionClosed):
                 s.send(Msg.PROGRESS, chunk=a.chunk, frames=n)
 
+    def on_sample() -> None:
+        assert a.sample is not None
+        with contextlib.suppress(ConnectionClosed):
+            s.send(Msg.SAMPLE, chunk=a.chunk, size=a.sample[0], sha256=a.sample[1])
+
     started = time.monotonic()
     try:
-        a.result = encode(worker.cfg.tools, s.settings, a, worker.cfg.threads, on_frames)
+        a.result = encode(worker.cfg.tools, s.settings, a, worker.cfg.threads, on_frames,
+                          on_sample=on_sample if s.samples else None)
         if a.result is None:
             return                         # cancelled
         seconds = round(time.monotonic() - started, 3)
@@ -573,7 +581,7 @@ def run_encode(worker: Worker, s: BossSession, a: Assignment) -> None:
         with s.lock:
             if s.work.get(a.chunk) is a:
                 del s.work[a.chunk]
-        a.output.unlink(missing_ok=True)
+        a.drop_result()
         if a.cancel.is_set():
             return                         # the boss cancelled it, or the session ended
         reason = exc.last_line or str(exc)
@@ -698,10 +706,12 @@ def make_room_for_upload(worker: Worker, s: BossSession) -> None:
 
 def send_result(s: BossSession, sock: socket.socket, msg: dict) -> None:
     chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
+    sample = msg.get("sample") is True
     with s.lock:
         a = s.work.get(chunk)
-    if a is None or a.result is None:
-        raise RequestRejected(f"no result for chunk {chunk}")
-    size, sha = a.result
+    found = None if a is None else a.sample if sample else a.result
+    if a is None or found is None:
+        raise RequestRejected(f"no {'sample' if sample else 'result'} for chunk {chunk}")
+    size, sha = found
     send_msg(sock, Msg.FILE, size=size, sha256=sha)
-    send_file(sock, a.output, size)
+    send_file(sock, a.sample_path if sample else a.output, size)

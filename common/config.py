@@ -28,6 +28,7 @@ TICKET_CLOCK_SKEW = 60.0        # tolerated clock difference between tracker and
 # Limits on what a peer may announce
 MAX_FRAME = 256 * 1024          # one control message
 MAX_CHUNK_BYTES = 8 * 1024**3   # one chunk on the file port
+MAX_SAMPLE_BYTES = 256 * 1024**2   # the start of a result a worker sends while encoding (see PROTOCOL.md)
 MAX_WORKERS_PER_REQUEST = 256
 MAX_SLOTS = 64
 DEFAULT_PREFETCH = 1            # chunks a worker holds, uploaded, beside those it encodes

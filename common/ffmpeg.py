@@ -751,13 +751,18 @@ def warmup_parts(dst: Path) -> tuple[Path, Path]:
     return dst.with_name(dst.name + ".0"), dst.with_name(dst.name + ".1")
 
 
+SAMPLE_CLUSTER_MS = 1000   # a sampled result's clusters last at most this (ffmpeg's default: 5 s)
+
+
 def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0,
-               frame_range: tuple[int, int] | None = None, warmup: int = 0) -> list[str]:
+               frame_range: tuple[int, int] | None = None, warmup: int = 0, sampled: bool = False) -> list[str]:
     """Encode one chunk (video only) into Matroska, reporting progress on stdout.
 
     frame_range=(skip, count): decode from the start, drop `skip` frames, encode the next `count`
     (a chunk cut inside a long GOP). warmup=N (up to skip): encode N frames before those, then
-    split them off into warmup_parts(dst) (see WARMUP_FRAMES)."""
+    split them off into warmup_parts(dst) (see WARMUP_FRAMES). sampled: short clusters, so that
+    the start of the result is written, final, while the encode goes on (client/encode.py takes
+    a sample of it for the boss); not with a warm-up."""
     cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", *device_args(s.vcodec),
            *input_args(src, peer=True), "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
     filters = [*picture_filters(s, frame_range, warmup), *upload_filters(s)]
@@ -780,6 +785,8 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
                 "-f", "segment", "-segment_frames", str(int(warmup)), "-reset_timestamps", "1",
                 "-segment_format", "matroska", input_path(dst.with_name(dst.name + ".%d"))]
         return cmd
+    if sampled:
+        cmd += ["-cluster_time_limit", str(SAMPLE_CLUSTER_MS)]
     return cmd + ["-f", "matroska", input_path(dst)]
 
 

@@ -26,6 +26,7 @@ TRACKS, TRACK_ENTRY = 0x1654AE6B, 0xAE
 TRACK_NUMBER, TRACK_TYPE, CODEC_ID, DEFAULT_DURATION, CONTENT_ENCODINGS = 0xD7, 0x83, 0x86, 0x23E383, 0x6D80
 CLUSTER, CLUSTER_TIMESTAMP = 0x1F43B675, 0xE7
 SIMPLE_BLOCK, BLOCK_GROUP, BLOCK, BLOCK_DURATION, REFERENCE_BLOCK = 0xA3, 0xA0, 0xA1, 0x9B, 0xFB
+CRC32, VOID = 0xBF, 0xEC
 UNKNOWN_SIZE = -1
 VIDEO_TRACK = 1
 
@@ -197,3 +198,110 @@ def _cluster(f: BinaryIO, start: int, end: int, scale: int, default_duration: in
         elif element == CLUSTER:
             raise Unsupported("a cluster inside a cluster")
 
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a decoder reads of a one-video-track Matroska file to show its first frames: the track
+    entries and the complete clusters, with the blocks in each. ffmpeg's muxer writes a cluster
+    whole once it closes and never touches it again; of the header, it rewrites at the end the
+    segment size, seek head, duration, tags and the CRC-32 of Tracks, but not the track entries.
+    So a copy of the start of a result taken while the encoder still runs (a sample) holds the
+    same track entries and the same bytes in its clusters as the finished result."""
+    tracks: bytes                            # the Tracks element's payload, without its CRC-32 or Void
+    clusters: tuple[tuple[int, int], ...]    # (start, end) in the file of each complete cluster
+    blocks: tuple[int, ...]                  # the blocks in each of them
+
+    def prefix(self, at_least: int) -> int | None:
+        """Bytes from the file's start to the end of the first clusters holding at least
+        `at_least` blocks (None if all of them hold fewer)."""
+        total = 0
+        for (_, end), count in zip(self.clusters, self.blocks):
+            total += count
+            if total >= at_least:
+                return end
+        return None
+
+
+def read_layout(path: Path) -> Layout:
+    """The layout of a file read_video_blocks knows, also of one still being written: a cluster
+    cut off by the end of the file, and whatever follows it, is left out. Unsupported otherwise."""
+    with path.open("rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        top = _elements(f, end)
+        first, segment = next(top, None), None
+        if first is not None and first[0] == EBML:
+            f.seek(first[1] + first[2])
+            try:
+                element, size = _vint(f, is_id=True), _vint(f, is_id=False)
+            except EOFError:
+                raise Unsupported("no Segment after the EBML header") from None
+            if element == SEGMENT:
+                segment = f.tell(), end if size == UNKNOWN_SIZE else min(end, f.tell() + size)
+        if segment is None:
+            raise Unsupported("not a Matroska file")
+        scale, default_duration, tracks = 1_000_000, 0, None
+        clusters: list[tuple[int, int]] = []
+        blocks: list[int] = []
+        pos, stop = segment
+        while pos < stop:
+            f.seek(pos)
+            try:
+                element, size = _vint(f, is_id=True), _vint(f, is_id=False)
+            except (EOFError, Unsupported):
+                break                                  # a header cut off: the file is still growing
+            start = f.tell()
+            if size == UNKNOWN_SIZE or start + size > stop:
+                break                                  # an element not written whole yet
+            if size > MAX_ELEMENT:
+                raise Unsupported("an element too big")
+            if element == INFO:
+                for child, data in _children(_read(f, start, size)):
+                    if child == TIMESTAMP_SCALE:
+                        scale = _uint(data)
+                        if not 1 <= scale <= 1_000_000_000:
+                            raise Unsupported(f"timestamp scale {scale}")
+            elif element == TRACKS:
+                data = _read(f, start, size)
+                entries = [(c, d) for c, d in _children(data) if c not in (CRC32, VOID)]
+                if [c for c, _ in entries] != [TRACK_ENTRY]:
+                    raise Unsupported("not a single video track")
+                fields = dict(_children(entries[0][1]))
+                if _uint(fields.get(TRACK_NUMBER, b"")) != VIDEO_TRACK or _uint(fields.get(TRACK_TYPE, b"")) != 1:
+                    raise Unsupported("not a single video track")
+                default_duration = _uint(fields.get(DEFAULT_DURATION, b""))
+                tracks = entries[0][1]
+            elif element == CLUSTER:
+                if tracks is None:
+                    raise Unsupported("a cluster before the track entries")
+                found: list[Block] = []
+                _cluster(f, start, start + size, scale, default_duration, found)
+                clusters.append((pos, start + size))
+                blocks.append(len(found))
+                if sum(blocks) > MAX_BLOCKS:
+                    raise Unsupported("too many blocks")
+            pos = start + size
+        if tracks is None:
+            raise Unsupported("no track entries")
+        return Layout(tracks, tuple(clusters), tuple(blocks))
+
+
+def same_start(sample: Path, result: Path) -> int:
+    """How many blocks of `result` a decoder reads exactly as in `sample` (0 if none): the track
+    entries are the same, and the sample's clusters are, byte for byte, the result's first ones.
+    Unsupported if either is not a file read_layout knows."""
+    a, b = read_layout(sample), read_layout(result)
+    n = len(a.clusters)
+    if not n or a.tracks != b.tracks or a.clusters != b.clusters[:n]:
+        return 0
+    start, end = a.clusters[0][0], a.clusters[-1][1]
+    with sample.open("rb") as fa, result.open("rb") as fb:
+        fa.seek(start)
+        fb.seek(start)
+        left = end - start
+        while left > 0:
+            piece = min(left, 1 << 20)
+            if fa.read(piece) != fb.read(piece):
+                return 0
+            left -= piece
+    return sum(a.blocks)

@@ -61,6 +61,7 @@ class Msg(str, enum.Enum):
     ASSIGN = "assign"                  # boss -> worker            {chunk, size, sha256, frames}
     WAIT = "wait"                      # boss -> worker            {retry_after}
     PROGRESS = "progress"              # worker -> boss            {chunk, frames}
+    SAMPLE = "sample"                  # worker -> boss            {chunk, size, sha256}
     DONE = "done"                      # worker -> boss            {chunk, size, sha256, frames}
     FAILED = "failed"                  # worker -> boss            {chunk, reason}
     COLLECTED = "collected"            # boss -> worker            {chunk}
@@ -69,7 +70,7 @@ class Msg(str, enum.Enum):
     BYE = "bye"                        # worker -> boss            {}
     # boss <-> worker, file port
     PUT = "put"                        # boss -> worker            {session, key, chunk, size, sha256} + bytes
-    GET = "get"                        # boss -> worker            {session, key, chunk}
+    GET = "get"                        # boss -> worker            {session, key, chunk, sample?}
     FILE = "file"                      # worker -> boss            {size, sha256} + bytes
 
 

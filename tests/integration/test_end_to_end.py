@@ -36,6 +36,24 @@ def test_720p_clip_through_tracker_and_two_workers(cluster, clips, tmp_path):
     assert encoded_by_workers == set(done_chunks)
 
 
+def test_results_are_compared_with_the_source_by_their_samples(cluster, clips, tmp_path):
+    """Workers send the start of each result while they encode it (PROTOCOL.md, "sample"); the
+    boss compares it with the source then, and the finished result that starts with the same bytes
+    needs no comparison of its own: the output is as good as one ffmpeg run's."""
+    cluster.start_worker()
+    cluster.start_worker()
+    out, report = tmp_path / "out.mkv", tmp_path / "report.json"
+    done = cluster.boss(clips["hd20.mp4"], out, "--preset", "veryfast", "--chunk-seconds", "5",
+                        "--verify-fraction", "0", "--report", str(report))
+    assert done.returncode == 0, done.stderr
+    assert_same_media(clips["hd20.mp4"], out)
+    workers = json.loads(report.read_text())["workers"].values()
+    # four chunks: the first result's start is decoded (HEAD_FRAMES); of the others, those whose
+    # sample came before their end
+    early = sum(w["compared_early"] for w in workers)
+    assert 1 <= early <= 3, list(workers)
+
+
 def test_local_mode_needs_no_tracker(clips, tmp_path):
     out = tmp_path / "out.mkv"
     done = run_cli("client/boss.py", str(clips["hd20.mp4"]), "-o", str(out), "--local", "2",

@@ -107,9 +107,11 @@ def test_bad_results_are_retried_elsewhere_and_the_worker_dropped(cluster, clips
     assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": fault}, why)
 
 
-def assert_bad_worker_dropped(cluster, clips, tmp_path, bad_env: dict[str, str], why: str, *boss_args: str) -> None:
+def assert_bad_worker_dropped(cluster, clips, tmp_path, bad_env: dict[str, str], why: str, *boss_args: str
+                              ) -> tuple[subprocess.CompletedProcess, str]:
     """A worker with `bad_env` and a good one: the job succeeds with the good one's results, each of
-    the bad one's is rejected by the boss with `why` in the reason, and the bad one is dropped."""
+    the bad one's is rejected by the boss with `why` in the reason, and the bad one is dropped.
+    Returns the boss's run and the bad worker's name."""
     _, bad_port, _ = cluster.start_worker(extra_env=bad_env)
     cluster.start_worker()
     out = tmp_path / "out.mp4"
@@ -121,6 +123,7 @@ def assert_bad_worker_dropped(cluster, clips, tmp_path, bad_env: dict[str, str],
     assert rejected and all(why in e.get("detail", "") for e in rejected), rejected
     assert not events(cluster, "chunk_done", worker=bad)
     assert events(cluster, "worker_dropped", worker=bad)
+    return done, bad
 
 
 def test_a_chunk_failing_everywhere_fails_the_job_clearly(cluster, clips, tmp_path):

@@ -82,6 +82,16 @@ def test_a_worker_that_changes_the_picture_is_caught_and_dropped(cluster, clips,
     assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": "red-box"}, "not the source's picture")
 
 
+def test_an_honest_sample_does_not_vouch_for_a_changed_result(cluster, clips, tmp_path):
+    """The worker's sample of its result is honest (taken while its ffmpeg encodes), the result it
+    hands in has the red box: the boss sees that the result does not start with the sample's
+    bytes, compares the result itself, and rejects it."""
+    done, bad = assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": "red-box"},
+                                          "not the source's picture", "--preset", "veryfast", "--chunk-seconds", "5",
+                                          "--verify-fraction", "0", "-v")
+    assert f"from {bad}: its sample does not stand for it" in done.stderr, done.stderr[-3000:]
+
+
 def test_a_picture_changed_past_the_first_frames_is_caught_by_a_full_check(cluster, clips, tmp_path):
     """The box from the 10th frame on: only a comparison over the whole result sees it, which
     --verify-fraction 1 makes of every result (one decode of the result does it and counts its

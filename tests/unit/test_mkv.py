@@ -90,3 +90,51 @@ def test_what_it_does_not_know_is_unsupported(tmp_path, data):
     path.write_bytes(data)
     with pytest.raises(mkv.Unsupported):
         mkv.read_video_blocks(path)
+
+
+UNKNOWN = b"\x01" + b"\xff" * 7
+
+
+def growing(tracks: bytes, *clusters: bytes) -> bytes:
+    """A result as ffmpeg's muxer has written it so far: a segment of unknown size, the track
+    entries (a Void where the CRC-32 comes at the end), whole clusters."""
+    head = el(mkv.EBML, el(0x4282, b"matroska"))
+    body = el(mkv.INFO, uint(mkv.TIMESTAMP_SCALE, 1_000_000)) + el(mkv.TRACKS, tracks) + b"".join(clusters)
+    return head + el(mkv.SEGMENT, body, UNKNOWN)
+
+
+FIRST = cluster(0, simple(0, True, b"k" * 90), simple(80, False, b"b" * 9), simple(40, False, b"p" * 9))
+SECOND = cluster(120, simple(0, False, b"q" * 30), simple(40, False, b"r" * 30))
+THIRD = cluster(200, simple(0, False, b"s" * 30))
+
+
+def test_a_file_still_being_written_shows_its_complete_clusters(tmp_path):
+    path = tmp_path / "partial.mkv"
+    path.write_bytes(growing(el(mkv.VOID, b"\x00" * 4) + track(), FIRST, SECOND, THIRD[:-5]))
+    layout = mkv.read_layout(path)
+    assert layout.blocks == (3, 2)                      # the third cluster is cut off: left out
+    assert layout.prefix(3) == layout.clusters[0][1] < layout.prefix(4) == layout.clusters[1][1]
+    assert layout.prefix(6) is None
+    assert path.read_bytes()[layout.clusters[1][1]:] == THIRD[:-5]
+
+
+def test_a_sample_stands_for_a_result_only_where_their_bytes_agree(tmp_path):
+    result = tmp_path / "result.mkv"
+    # the finished result: a CRC-32 in place of the Void, its segment size filled in (ffmpeg
+    # keeps 8 bytes for it)
+    finished = matroska(FIRST, SECOND, THIRD, tracks=el(mkv.CRC32, b"\x12\x34\x56\x78") + track(),
+                        segment_size=UNKNOWN)
+    size = len(finished) - finished.index(UNKNOWN) - 8
+    result.write_bytes(finished.replace(UNKNOWN, b"\x01" + size.to_bytes(7, "big"), 1))
+    sample = tmp_path / "sample.mkv"
+
+    def agree(*clusters: bytes, entries: bytes = track()) -> int:
+        data = matroska(*clusters, tracks=el(mkv.VOID, b"\x00" * 4) + entries, segment_size=UNKNOWN)
+        sample.write_bytes(data)
+        return mkv.same_start(sample, result)
+
+    assert agree(FIRST, SECOND) == 5
+    assert agree(FIRST) == 3
+    assert agree(FIRST.replace(b"b" * 9, b"B" * 9), SECOND) == 0          # one frame's bytes differ
+    assert agree(FIRST, SECOND, entries=track(extra=el(0x63A2, b"\x01\x64"))) == 0   # other codec private data
+    assert agree(SECOND) == 0                                             # not where the result has it

@@ -105,9 +105,14 @@ class FakeEncoder:
         self.gate.set()
 
     def __call__(self, tools: Any, settings: Settings, a: Any, threads: int,
-                 on_frames: Callable[[int], None]) -> tuple[int, str] | None:
+                 on_frames: Callable[[int], None], on_sample: Callable[[], None] | None = None
+                 ) -> tuple[int, str] | None:
         self.calls.append(a.chunk)
         self.started.set()
+        if on_sample is not None:          # as encode() does once the result's start is written
+            a.sample_path.write_bytes(sample_of(a.chunk))
+            a.sample = len(sample_of(a.chunk)), sha(sample_of(a.chunk))
+            on_sample()
         deadline, pause = time.monotonic() + IO_WAIT, threading.Event()
         while not self.gate.is_set() and not a.cancel.is_set() and time.monotonic() < deadline:
             pause.wait(0.01)           # a fake ffmpeg, checking its cancel switch as the real one does
@@ -121,6 +126,10 @@ class FakeEncoder:
 
 def result_of(chunk: int) -> bytes:
     return b"result of chunk %d\n" % chunk * 40
+
+
+def sample_of(chunk: int) -> bytes:
+    return result_of(chunk)[:100]
 
 
 # ---------------------------------------------------------------- sessions and file connections
@@ -168,7 +177,8 @@ def start(tmp_path: Path, background, encoder) -> Iterator[Callable[..., Running
     opened: list[socket.socket] = []
     count = iter(range(1, 100))
 
-    def make(worker: StandInWorker | None = None, *, slots: int = 1, prefetch: int = 0) -> Running:
+    def make(worker: StandInWorker | None = None, *, slots: int = 1, prefetch: int = 0, samples: bool = False
+             ) -> Running:
         worker = worker or StandInWorker(tmp_path, slots, prefetch)
         boss, port = socket.socketpair()
         boss.settimeout(IO_WAIT)
@@ -177,7 +187,7 @@ def start(tmp_path: Path, background, encoder) -> Iterator[Callable[..., Running
         n = next(count)
         d = tmp_path / f"s{n}"
         d.mkdir()
-        s = BossSession(f"{n:016x}", f"{n:032x}", "alice", "job1", Settings(), d, port)
+        s = BossSession(f"{n:016x}", f"{n:032x}", "alice", "job1", Settings(), d, port, samples=samples)
         with worker.lock:
             worker.sessions[s.id] = s
         return Running(worker, s, boss, background(serve, worker, s))
@@ -275,6 +285,40 @@ def test_put_assign_done_get_collected_end(background, start, encoder):
     assert_session_gone(run)
 
 
+def get_file(background, run: Running, chunk: int, **extra: Any) -> bytes:
+    with file_port(background, run.worker) as (conn, handler):
+        send_msg(conn, Msg.GET, session=run.s.id, key=run.s.key, chunk=chunk, **extra)
+        header = expect(conn, Msg.FILE)
+        got = b""
+        while len(got) < header["size"] and (part := conn.recv(header["size"] - len(got))):
+            got += part
+        assert sha(got) == header["sha256"]
+        return got
+
+
+def test_a_boss_that_asked_for_samples_gets_one_before_the_result(background, start, encoder):
+    """`sample` comes before `done`; `get` with sample=true sends the sample, without it the
+    result; `collected` drops both."""
+    run = start(samples=True)
+    run.next(Msg.REQUEST)
+    encoder.gate.clear()                 # the encode goes on after its sample
+    put(background, run, 0)
+    assign(run, 0)
+    run.next(Msg.PROGRESS)
+    said = run.next(Msg.SAMPLE)
+    assert (said["chunk"], said["size"], said["sha256"]) == (0, len(sample_of(0)), sha(sample_of(0)))
+    assert get_file(background, run, 0, sample=True) == sample_of(0)
+    encoder.gate.set()
+    run.next(Msg.DONE)
+    run.next(Msg.REQUEST)
+    assert get_file(background, run, 0) == result_of(0)
+    run.send(Msg.COLLECTED, chunk=0)
+    run.sync()
+    assert chunk_files(run, 0) == []         # result and sample
+    run.send(Msg.END)
+    run.next(Msg.BYE)
+
+
 def test_a_file_port_request_with_a_wrong_key_is_refused(background, start):
     run = start()
     run.next(Msg.REQUEST)
@@ -366,7 +410,7 @@ def test_cancel_of_a_running_encode_sends_no_done(background, start, encoder):
 def test_a_failed_encode_sends_ffmpegs_last_line_without_our_paths(background, start, monkeypatch):
     names = []
 
-    def failing(tools, settings, a, threads, on_frames):
+    def failing(tools, settings, a, threads, on_frames, on_sample=None):
         names.append(a.input.name)
         a.input.unlink(missing_ok=True)
         raise FFmpegError(["ffmpeg", "-i", str(a.input)], 1,
