@@ -18,8 +18,10 @@ from ffdt.common.transfer import sha256_file
 
 log = logging.getLogger("worker")
 
-SAMPLE_BLOCKS = 24     # frames a sample holds at least: the boss compares the first 3 shown,
-                       # and an H.264 decoder holds back at most 16 to reorder them
+SAMPLE_BLOCKS = 12     # frames a sample holds at least: the boss compares the first 3 shown, which
+                       # x264 and x265 store within the first 4-6 (B-frames are stored after the
+                       # frame they refer to); a sample without them is not used (checks.py)
+SAMPLE_TRIES = 20      # progress reports to try taking a sample on, from SAMPLE_BLOCKS frames on
 
 
 @dataclass
@@ -49,7 +51,7 @@ def take_sample(a: Assignment) -> bool:
     frames, to a.sample_path (what `sample` offers the boss; see PROTOCOL.md). False while they
     hold fewer, or if the file is not one common/mkv.py reads."""
     try:
-        end = mkv.read_layout(a.output).prefix(SAMPLE_BLOCKS)
+        end = mkv.read_layout(a.output, enough=SAMPLE_BLOCKS).prefix(SAMPLE_BLOCKS)
         if end is None or end > MAX_SAMPLE_BYTES:
             return False
         with a.output.open("rb") as src:
@@ -77,12 +79,17 @@ def encode(tools: ffmpeg.Tools, settings: Settings, a: Assignment, threads: int,
                             frame_range=(a.skip, a.limit) if a.limit is not None else None, warmup=warmup,
                             sampled=sampling)
 
+    tries = [SAMPLE_TRIES if sampling else 0]
+
     def progress(n: int) -> None:
         on_frames(max(0, n - warmup))
         # (the encoder's look-ahead holds frames back: the file shows when they are written)
-        if sampling and a.sample is None and n >= SAMPLE_BLOCKS and not a.cancel.is_set() and take_sample(a):
-            assert on_sample is not None
-            on_sample()
+        if tries[0] and n >= SAMPLE_BLOCKS and not a.cancel.is_set():
+            tries[0] -= 1
+            if take_sample(a):
+                tries[0] = 0
+                assert on_sample is not None
+                on_sample()
 
     try:
         ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, cancel=a.cancel, on_frames=progress,

@@ -226,6 +226,7 @@ class Splitter:
                                     path.name)
                     count = bounds[i + 1] - position if at_cut else packets_in(self.tools, path)
                     chunks.append(self._whole_chunk(len(chunks), path, position, count))
+                    log.debug("%s cut: %d packets", path.name, count)
                     position += count
                     if not emitted and i < len(cuts):   # (a single piece waits for the muxer's end)
                         if not confirmed.result():      # the first two pieces' keyframes decode

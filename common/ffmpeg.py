@@ -751,7 +751,8 @@ def warmup_parts(dst: Path) -> tuple[Path, Path]:
     return dst.with_name(dst.name + ".0"), dst.with_name(dst.name + ".1")
 
 
-SAMPLE_CLUSTER_MS = 1000   # a sampled result's clusters last at most this (ffmpeg's default: 5 s)
+SAMPLE_CLUSTER_MS = 250    # a sampled result's clusters last at most this (ffmpeg's default: 5 s),
+                           # so its first frames are written soon and its sample is small
 
 
 def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0,

@@ -223,9 +223,10 @@ class Layout:
         return None
 
 
-def read_layout(path: Path) -> Layout:
+def read_layout(path: Path, enough: int | None = None) -> Layout:
     """The layout of a file read_video_blocks knows, also of one still being written: a cluster
-    cut off by the end of the file, and whatever follows it, is left out. Unsupported otherwise."""
+    cut off by the end of the file, and whatever follows it, is left out; with `enough`, the
+    clusters after those holding that many blocks too. Unsupported otherwise."""
     with path.open("rb") as f:
         end = os.fstat(f.fileno()).st_size
         top = _elements(f, end)
@@ -280,6 +281,8 @@ def read_layout(path: Path) -> Layout:
                 blocks.append(len(found))
                 if sum(blocks) > MAX_BLOCKS:
                     raise Unsupported("too many blocks")
+                if enough is not None and sum(blocks) >= enough:
+                    break
             pos = start + size
         if tracks is None:
             raise Unsupported("no track entries")
