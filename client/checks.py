@@ -81,6 +81,13 @@ class VerifyPolicy:
             chance = min(1.0, self.fraction * total / (total - workers))
         return self._random.random() < chance
 
+    def head_taken(self, build: str) -> bool:
+        """A result of this build has passed its first frames' decode, or is being decoded: the
+        next ones get the packet checks and the comparison (unless drawn), which a sample can
+        stand for."""
+        with self._lock:
+            return build in self._trusted or build in self._trying
+
     def decoded(self, build: str, passed: bool) -> None:
         with self._lock:
             self._trying.discard(build)

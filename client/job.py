@@ -562,8 +562,12 @@ class Job:
     def sample_in(self, verifier: ThreadPoolExecutor, link: WorkerLink, chunk: Chunk, path: Path) -> None:
         """A sample of a result being encoded, for the checks (checks.Samples)."""
         def check() -> None:
-            if chunk.state is ChunkState.DONE or self.ctx is None or self.ctx.scheduler.finished.is_set():
-                path.unlink(missing_ok=True)      # too late to be of use
+            # too late to be of use, or early: until a result of the build has its first frames
+            # decoded, the next result may be the one decoded (a sample's comparison then costs
+            # the boss one for nothing)
+            if chunk.state is ChunkState.DONE or self.ctx is None or self.ctx.scheduler.finished.is_set() \
+                    or not self.verify.head_taken(link.offer.ffmpeg):
+                path.unlink(missing_ok=True)
                 return
             self.samples.check(self.cfg.tools, chunk, link.offer.name, path, self.cfg.settings, self.comparisons)
         try:
