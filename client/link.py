@@ -144,6 +144,7 @@ class WorkerLink(threading.Thread):
         # say (an older worker), so it is never compared
         self.encoder: tuple[str, int, tuple[int, int], str, bool] | None = None
         self.samples = False            # it sends samples of its results (PROTOCOL.md, "sample")
+        self._sampled: set[int] = set()  # chunks whose present assignment had its sample (one each)
         self.lied: str | None = None    # its result differed from two others' of the same chunk
         self._handlers: dict[Msg, Callable[[dict], bool]] = {
             Msg.ERROR: self.handle_error,
@@ -279,14 +280,14 @@ class WorkerLink(threading.Thread):
             self._send(Msg.ERROR, reason="unexpected message", in_reply_to=Msg.SAMPLE.value)
             return True
         chunk = self.job.scheduler.assigned_to(int_field(msg, "chunk", 0, MAX_CHUNK_INDEX), self.offer.name)
-        if chunk is None or chunk.state is ChunkState.DONE:
-            return True
+        if chunk is None or chunk.state is ChunkState.DONE or chunk.index in self._sampled:
+            return True                          # (one per assignment: more would be a worker out to keep us busy)
+        self._sampled.add(chunk.index)
         size = int_field(msg, "size", 1, MAX_SAMPLE_BYTES)
         sha = field(msg, "sha256", str)
-        if self.job.frame_bytes and size > chunk.frames * self.job.frame_bytes + RESULT_SLACK:
-            return True                          # not the start of an honest result
         path = self._received(chunk, "sample")
         try:
+            self._room_for(chunk, size)          # (ChunkError: not the start of an honest result)
             self._get(chunk, path, size, sha, sample=True)
         except (ConnectionClosed, PeerUnreachable):
             path.unlink(missing_ok=True)
@@ -345,6 +346,7 @@ class WorkerLink(threading.Thread):
         if self.job.scheduler.assigned_to(chunk.index, self.offer.name) is None:
             self._send(Msg.WAIT, retry_after=WAIT_RETRY)    # finished elsewhere during the upload
             return
+        self._sampled.discard(chunk.index)
         self._send(Msg.ASSIGN, **{**chunk.manifest.assign_fields(), **sent})
         self.job.on_assigned()
         self.job.report(Event.CHUNK_ASSIGNED, chunk=chunk.index, worker=self.offer.name)
