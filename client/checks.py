@@ -200,60 +200,85 @@ class Comparisons:
                                           job.chunk.frame_range, frames, timeout=timeout)
 
 
+@dataclass(frozen=True)
+class Sample:
+    """A sample that passed the comparison with the source, and what it decodes to."""
+    path: Path
+    hashes: tuple[str, ...]      # MD5 of its first COMPARE_FRAMES decoded pictures (ffmpeg.frame_hashes)
+
+
 class Samples:
     """The samples of a job's results whose first frames passed the comparison with the source,
     by (chunk, worker): what a sample is, PROTOCOL.md ("sample"). At the end of a job every
     worker's last result comes in at about the same time, and on a quarter-core boss their six
     comparisons took 2.3 s after the last one; a sample is compared while its result is still
-    being encoded, and stands for the result when the result starts with the same bytes
-    (sample_stands_for), which costs a read of those bytes."""
+    being encoded, and stands for the result when the result decodes to the same first pictures
+    (sample_stands_for: one decode of the result's first frames, no source, no comparison)."""
 
     def __init__(self) -> None:
-        self._passed: dict[tuple[int, str], Path] = {}
+        self._passed: dict[tuple[int, str], Sample] = {}
         self._lock = threading.Lock()
 
     def check(self, tools: ffmpeg.Tools, chunk: Chunk, worker: str, path: Path, settings: Settings,
               comparisons: Comparisons | None = None) -> bool:
-        """Compare the sample's first COMPARE_FRAMES frames with the source's, as a result's are;
-        keep it if they pass (True). One that fails is only not used: the result is compared
-        itself when it comes."""
+        """Compare the sample's first COMPARE_FRAMES frames with the source's, as a result's are,
+        and take their hashes; keep it if both succeed (True). One that fails is only not used:
+        the result is compared itself when it comes."""
+        timeout = check_timeout(chunk)
         try:
-            compare_with_source(tools, chunk, path, settings, COMPARE_FRAMES, check_timeout(chunk), comparisons)
-            mkv.read_layout(path)
-        except (ChunkError, FFmpegError, mkv.Unsupported) as exc:
+            # the shape a worker makes (complete clusters, nothing after them): anything else is
+            # not the start of an honest result, and would only take the boss's disk
+            clusters = mkv.read_layout(path).clusters
+            if not clusters or clusters[-1][1] != path.stat().st_size:
+                raise ChunkError("not whole clusters")
+            compare_with_source(tools, chunk, path, settings, COMPARE_FRAMES, timeout, comparisons)
+            hashes, messages = ffmpeg.frame_hashes(tools, path, COMPARE_FRAMES, timeout=timeout)
+            if messages or len(hashes) != COMPARE_FRAMES:
+                raise ChunkError(messages or f"{len(hashes)} frames")
+        except (ChunkError, FFmpegError, mkv.Unsupported, OSError) as exc:
             log.debug("sample of %s from %s not used: %s", chunk.name, worker, exc)
             path.unlink(missing_ok=True)
             return False
         with self._lock:
             old = self._passed.pop((chunk.index, worker), None)
-            self._passed[(chunk.index, worker)] = path
-        if old is not None and old != path:
-            old.unlink(missing_ok=True)
+            self._passed[(chunk.index, worker)] = Sample(path, tuple(hashes))
+        if old is not None and old.path != path:
+            old.path.unlink(missing_ok=True)
         return True
 
-    def take(self, chunk: Chunk, worker: str) -> Path | None:
+    def take(self, chunk: Chunk, worker: str) -> Sample | None:
         """The passed sample of this worker's result of `chunk`, for check_result (the caller
-        removes the file after)."""
+        removes its file after)."""
         with self._lock:
             return self._passed.pop((chunk.index, worker), None)
 
+    def forget(self, chunk: Chunk) -> None:
+        """The chunk is done: every worker's sample of it goes (a copy cancelled, a failed
+        attempt, a sample checked after its result)."""
+        with self._lock:
+            gone = [self._passed.pop(key) for key in [k for k in self._passed if k[0] == chunk.index]]
+        for sample in gone:
+            sample.path.unlink(missing_ok=True)
 
-def sample_stands_for(sample: Path, result: Path, packets: Sequence[ffmpeg.Packet]) -> bool:
-    """Whether the comparison of `sample` holds for `result`: the result's first COMPARE_FRAMES
-    frames (in presentation order) are among the blocks it shares, byte for byte and with the same
-    track entries, with the sample (mkv.same_start). A decoder shows those frames from those
-    bytes alone, so they are the pictures the sample's comparison saw."""
+
+def sample_stands_for(tools: ffmpeg.Tools, sample: Sample, result: Path, timeout: float) -> bool:
+    """Whether the comparison of `sample` holds for `result`: the result decodes, without a
+    message, to the very pictures the sample's first COMPARE_FRAMES decoded to (their MD5s). The
+    pictures are compared, not the bytes: a decoder's output order may depend on packets after
+    the sample's end (a reorder depth the stream declares). Results that do not start with the
+    sample's bytes (mkv.same_start) are not decoded for it: they are compared with the source."""
     try:
-        shared = mkv.same_start(sample, result)
-    except (mkv.Unsupported, OSError):
+        if not mkv.same_start(sample.path, result):
+            return False
+        hashes, messages = ffmpeg.frame_hashes(tools, result, COMPARE_FRAMES, timeout=timeout)
+    except (mkv.Unsupported, OSError, FFmpegError):
         return False
-    first = sorted(range(len(packets)), key=lambda i: packets[i].pts)[:COMPARE_FRAMES]
-    return shared > 0 and len(first) == COMPARE_FRAMES and max(first) < shared
+    return not messages and tuple(hashes) == sample.hashes
 
 
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
                  worker: str, build: str, progress: tuple[int, int, int] = (0, 1, 1),
-                 comparisons: Comparisons | None = None, sample: Path | None = None) -> tuple[int, bool, bool]:
+                 comparisons: Comparisons | None = None, sample: Sample | None = None) -> tuple[int, bool, bool]:
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
     the boss decoded it, in full or its first frames, whether its sample's comparison stood for
     its own); ChunkError or FFmpegError if it fails. progress: (chunks left besides this one,
@@ -271,7 +296,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
         if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
             limit = None
-        early = limit == 0 and sample is not None and sample_stands_for(sample, path, packets)
+        early = limit == 0 and sample is not None and sample_stands_for(tools, sample, path, timeout)
         if limit == 0 and sample is not None and not early:
             log.debug("%s from %s: its sample does not stand for it; comparing the result", chunk.name, worker)
         if not early:

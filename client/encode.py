@@ -61,6 +61,9 @@ def take_sample(a: Assignment) -> bool:
         a.sample_path.write_bytes(data)
     except (mkv.Unsupported, OSError):
         return False          # (a full disk: the boss compares the whole result instead)
+    if a.cancel.is_set():                   # (its files went while this one was written)
+        a.sample_path.unlink(missing_ok=True)
+        return False
     a.sample = end, hashlib.sha256(data).hexdigest()
     return True
 

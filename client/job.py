@@ -565,11 +565,14 @@ class Job:
             # too late to be of use, or early: until a result of the build has its first frames
             # decoded, the next result may be the one decoded (a sample's comparison then costs
             # the boss one for nothing)
+            # (a retried chunk's result is decoded in full: no use either)
             if chunk.state is ChunkState.DONE or self.ctx is None or self.ctx.scheduler.finished.is_set() \
-                    or not self.verify.head_taken(link.offer.ffmpeg):
+                    or chunk.errors or not self.verify.head_taken(link.offer.ffmpeg):
                 path.unlink(missing_ok=True)
                 return
-            self.samples.check(self.cfg.tools, chunk, link.offer.name, path, self.cfg.settings, self.comparisons)
+            if self.samples.check(self.cfg.tools, chunk, link.offer.name, path, self.cfg.settings,
+                                  self.comparisons) and chunk.state is ChunkState.DONE:
+                self.samples.forget(chunk)       # done while it was compared
         try:
             verifier.submit(self.guarded, "checking a sample", check)
         except RuntimeError:          # the checks' pool is closed: the job has every result
@@ -598,7 +601,7 @@ class Job:
                                                           sample)
             finally:
                 if sample is not None:
-                    sample.unlink(missing_ok=True)
+                    sample.path.unlink(missing_ok=True)
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1
@@ -626,6 +629,7 @@ class Job:
             path.unlink(missing_ok=True)      # a straggler copy finished second
             return
         self.phases.result_in()
+        self.samples.forget(chunk)
         link.stats.chunks_done += 1
         link.stats.frames_done += frames
         link.stats.encode_seconds += seconds

@@ -20,7 +20,7 @@ from ffdt.client import faults
 from ffdt.client.scheduler import Chunk, ChunkState, Scheduler
 from ffdt.common.audit_events import Event
 from ffdt.common.config import (CONNECT_TIMEOUT, MAX_CHUNK_BYTES, MAX_CHUNK_INDEX, MAX_FRAMES, MAX_REASON,
-                                MAX_SAMPLE_BYTES, TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
+                                MAX_SAMPLE_BYTES, SAMPLE_MAX_FRAMES, TRANSFER_STALL_TIMEOUT, WAIT_RETRY, WORKER_SILENCE_TIMEOUT)
 from ffdt.common.errors import (ChunkError, ConnectionClosed, PeerUnreachable, ProtocolError, RequestRejected, TransferError,
                                 TranscoderError)
 from ffdt.common.net import connect
@@ -285,6 +285,8 @@ class WorkerLink(threading.Thread):
         self._sampled.add(chunk.index)
         size = int_field(msg, "size", 1, MAX_SAMPLE_BYTES)
         sha = field(msg, "sha256", str)
+        if self.job.frame_bytes and size > SAMPLE_MAX_FRAMES * self.job.frame_bytes + RESULT_SLACK:
+            return True                          # not the start of an honest result
         path = self._received(chunk, "sample")
         try:
             self._room_for(chunk, size)          # (ChunkError: not the start of an honest result)
@@ -395,6 +397,7 @@ class WorkerLink(threading.Thread):
         if chunk is None or chunk.state is ChunkState.DONE:   # done elsewhere meanwhile: the worker drops its copy
             self._send(Msg.CANCEL, chunk=index)
             return
+        self._sampled.add(chunk.index)          # a sample after this is of no use
         tmp = self._received(chunk, "recv")
         try:
             size = int_field(msg, "size", 1, MAX_CHUNK_BYTES)

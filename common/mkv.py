@@ -263,6 +263,8 @@ def read_layout(path: Path, enough: int | None = None) -> Layout:
                         if not 1 <= scale <= 1_000_000_000:
                             raise Unsupported(f"timestamp scale {scale}")
             elif element == TRACKS:
+                if tracks is not None:
+                    raise Unsupported("a second Tracks element")     # (ffmpeg reads the first)
                 data = _read(f, start, size)
                 entries = [(c, d) for c, d in _children(data) if c not in (CRC32, VOID)]
                 if [c for c, _ in entries] != [TRACK_ENTRY]:

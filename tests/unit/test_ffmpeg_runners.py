@@ -232,3 +232,29 @@ def test_probe_with_packets_keeps_a_sample_and_the_end_of_the_other_streams(tmp_
     assert some[0] == every[0] and len(every[1]) > ffmpeg.SAMPLE_PACKETS + 50
     assert some[1] == every[1][:ffmpeg.SAMPLE_PACKETS] + [max(every[1], key=lambda p: p.pts + p.duration)]
     assert ffmpeg.packets_end(some[1]) == ffmpeg.packets_end(every[1])
+
+
+def test_a_sample_stands_for_a_result_only_if_the_result_decodes_to_its_pictures(tmp_path):
+    """checks.sample_stands_for decodes the result's first frames and matches their MD5s with
+    the sample's: bytes alone do not settle what a decoder shows first (a declared reorder depth
+    can hold the sample's frames back until the end of the file)."""
+    from ffdt.client import checks
+    from ffdt.client.encode import SAMPLE_BLOCKS
+    from ffdt.common import mkv
+    tools = ffmpeg.find_tools()
+    src, result = tmp_path / "src.mkv", tmp_path / "result.mkv"
+    ffmpeg.run([tools.ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=128x96:rate=30:duration=2",
+                "-c:v", "ffv1", str(src)])
+    ffmpeg.run(ffmpeg.encode_cmd(tools, src, result, Settings(preset="veryfast"), threads=1, sampled=True))
+    end = mkv.read_layout(result, enough=SAMPLE_BLOCKS).prefix(SAMPLE_BLOCKS)
+    assert end is not None and end < result.stat().st_size        # short clusters: a true prefix
+    sample = tmp_path / "sample.mkv"
+    sample.write_bytes(result.read_bytes()[:end])
+    hashes, messages = ffmpeg.frame_hashes(tools, sample, checks.COMPARE_FRAMES, timeout=30)
+    assert len(hashes) == checks.COMPARE_FRAMES and not messages
+    assert checks.sample_stands_for(tools, checks.Sample(sample, tuple(hashes)), result, 30)
+    # the same bytes, but other pictures than the sample's comparison saw: not vouched for
+    assert not checks.sample_stands_for(tools, checks.Sample(sample, ("0" * 32,) * 3), result, 30)
+    other = tmp_path / "other.mkv"
+    ffmpeg.run(ffmpeg.encode_cmd(tools, src, other, Settings(preset="veryfast", crf=40), threads=1, sampled=True))
+    assert not checks.sample_stands_for(tools, checks.Sample(sample, tuple(hashes)), other, 30)

@@ -138,3 +138,13 @@ def test_a_sample_stands_for_a_result_only_where_their_bytes_agree(tmp_path):
     assert agree(FIRST.replace(b"b" * 9, b"B" * 9), SECOND) == 0          # one frame's bytes differ
     assert agree(FIRST, SECOND, entries=track(extra=el(0x63A2, b"\x01\x64"))) == 0   # other codec private data
     assert agree(SECOND) == 0                                             # not where the result has it
+
+
+def test_a_second_tracks_element_is_unsupported(tmp_path):
+    """ffmpeg decodes with the first; a reader keeping the last would vouch for other bytes."""
+    path = tmp_path / "two.mkv"
+    path.write_bytes(growing(track(extra=el(0x63A2, b"\x01")) , FIRST).replace(
+        el(mkv.TRACKS, track(extra=el(0x63A2, b"\x01"))),
+        el(mkv.TRACKS, track(extra=el(0x63A2, b"\x01"))) + el(mkv.TRACKS, track()), 1))
+    with pytest.raises(mkv.Unsupported):
+        mkv.read_layout(path)
