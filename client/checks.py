@@ -200,55 +200,66 @@ class Comparisons:
                                           job.chunk.frame_range, frames, timeout=timeout)
 
 
-@dataclass(frozen=True)
-class Sample:
-    """A sample that passed the comparison with the source, and what it decodes to."""
-    path: Path
-    hashes: tuple[str, ...]      # MD5 of its first COMPARE_FRAMES decoded pictures (ffmpeg.frame_hashes)
+SAMPLE_HELD_BACK = 18            # pictures a decoder may still hold at a file's end, to reorder them
+                                 # (H.264 and HEVC keep at most 16; VP8/VP9/AV1 none)
+SAMPLE_MIN_FRAMES = COMPARE_FRAMES + SAMPLE_HELD_BACK
+SAMPLE_END = "File ended prematurely"    # ffmpeg's Matroska demuxer at a sample's end
 
 
 class Samples:
-    """The samples of a job's results whose first frames passed the comparison with the source,
-    by (chunk, worker): what a sample is, PROTOCOL.md ("sample"). At the end of a job every
+    """The samples of a job's results whose frames passed the comparison with the source, by
+    (chunk, worker): what a sample is, PROTOCOL.md ("sample"). At the end of a job every
     worker's last result comes in at about the same time, and on a quarter-core boss their six
     comparisons took 2.3 s after the last one; a sample is compared while its result is still
-    being encoded, and stands for the result when the result decodes to the same first pictures
-    (sample_stands_for: one decode of the result's first frames, no source, no comparison)."""
+    being encoded, and stands for the result when the result starts with the same bytes
+    (sample_stands_for: a read of those bytes, no decode).
+
+    Why the bytes suffice: a decoder fed the sample's packets and then the result's next ones
+    shows, up to the sample's end, what it showed from the sample alone; only the pictures it
+    still held back at the sample's end (to reorder them, as the stream declares: at most
+    SAMPLE_HELD_BACK) may come out differently. A sample that decodes to at least
+    SAMPLE_MIN_FRAMES pictures therefore showed its first COMPARE_FRAMES before its end, and the
+    result shows those same pictures first."""
 
     def __init__(self) -> None:
-        self._passed: dict[tuple[int, str], Sample] = {}
+        self._passed: dict[tuple[int, str], Path] = {}
         self._lock = threading.Lock()
 
     def check(self, tools: ffmpeg.Tools, chunk: Chunk, worker: str, path: Path, settings: Settings,
               comparisons: Comparisons | None = None) -> bool:
-        """Compare the sample's first COMPARE_FRAMES frames with the source's, as a result's are,
-        and take their hashes; keep it if both succeed (True). One that fails is only not used:
-        the result is compared itself when it comes."""
-        timeout = check_timeout(chunk)
+        """Decode the whole sample and compare every frame with the source's, as a result
+        decoded in full is; keep it if they pass and are at least SAMPLE_MIN_FRAMES (True). One
+        that fails is only not used: the result is compared itself when it comes."""
         try:
             # the shape a worker makes (complete clusters, nothing after them): anything else is
             # not the start of an honest result, and would only take the boss's disk
             clusters = mkv.read_layout(path).clusters
             if not clusters or clusters[-1][1] != path.stat().st_size:
                 raise ChunkError("not whole clusters")
-            compare_with_source(tools, chunk, path, settings, COMPARE_FRAMES, timeout, comparisons)
-            hashes, messages = ffmpeg.frame_hashes(tools, path, COMPARE_FRAMES, timeout=timeout)
-            if messages or len(hashes) != COMPARE_FRAMES:
-                raise ChunkError(messages or f"{len(hashes)} frames")
+            timeout = check_timeout(chunk)
+            compared = comparisons.compare(chunk, path, None, timeout) if comparisons is not None else \
+                ffmpeg.compare_with_source(tools, chunk.source, path, settings, chunk.frame_range, None, timeout=timeout)
+            # a sample ends where the muxer had got to: the demuxer says so, nothing else may be said
+            said = [line for line in compared.messages.splitlines() if line.strip() and SAMPLE_END not in line]
+            if said:
+                raise ChunkError(said[-1])
+            if len(compared.psnr) < SAMPLE_MIN_FRAMES or min(compared.psnr) < MIN_PSNR_DB:
+                raise ChunkError(f"{len(compared.psnr)} frames (at least {SAMPLE_MIN_FRAMES}), "
+                                 f"the worst at {min(compared.psnr, default=0.0):.1f} dB")
         except (ChunkError, FFmpegError, mkv.Unsupported, OSError) as exc:
             log.debug("sample of %s from %s not used: %s", chunk.name, worker, exc)
             path.unlink(missing_ok=True)
             return False
         with self._lock:
             old = self._passed.pop((chunk.index, worker), None)
-            self._passed[(chunk.index, worker)] = Sample(path, tuple(hashes))
-        if old is not None and old.path != path:
-            old.path.unlink(missing_ok=True)
+            self._passed[(chunk.index, worker)] = path
+        if old is not None and old != path:
+            old.unlink(missing_ok=True)
         return True
 
-    def take(self, chunk: Chunk, worker: str) -> Sample | None:
+    def take(self, chunk: Chunk, worker: str) -> Path | None:
         """The passed sample of this worker's result of `chunk`, for check_result (the caller
-        removes its file after)."""
+        removes the file after)."""
         with self._lock:
             return self._passed.pop((chunk.index, worker), None)
 
@@ -257,28 +268,23 @@ class Samples:
         attempt, a sample checked after its result)."""
         with self._lock:
             gone = [self._passed.pop(key) for key in [k for k in self._passed if k[0] == chunk.index]]
-        for sample in gone:
-            sample.path.unlink(missing_ok=True)
+        for path in gone:
+            path.unlink(missing_ok=True)
 
 
-def sample_stands_for(tools: ffmpeg.Tools, sample: Sample, result: Path, timeout: float) -> bool:
-    """Whether the comparison of `sample` holds for `result`: the result decodes, without a
-    message, to the very pictures the sample's first COMPARE_FRAMES decoded to (their MD5s). The
-    pictures are compared, not the bytes: a decoder's output order may depend on packets after
-    the sample's end (a reorder depth the stream declares). Results that do not start with the
-    sample's bytes (mkv.same_start) are not decoded for it: they are compared with the source."""
+def sample_stands_for(sample: Path, result: Path) -> bool:
+    """Whether the comparison of a passed `sample` (Samples.check) holds for `result`: the same
+    track entry, and the sample's clusters at the same offsets in the result, byte for byte
+    (mkv.same_start)."""
     try:
-        if not mkv.same_start(sample.path, result):
-            return False
-        hashes, messages = ffmpeg.frame_hashes(tools, result, COMPARE_FRAMES, timeout=timeout)
-    except (mkv.Unsupported, OSError, FFmpegError):
+        return mkv.same_start(sample, result) > 0
+    except (mkv.Unsupported, OSError):
         return False
-    return not messages and tuple(hashes) == sample.hashes
 
 
 def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, policy: VerifyPolicy,
                  worker: str, build: str, progress: tuple[int, int, int] = (0, 1, 1),
-                 comparisons: Comparisons | None = None, sample: Sample | None = None) -> tuple[int, bool, bool]:
+                 comparisons: Comparisons | None = None, sample: Path | None = None) -> tuple[int, bool, bool]:
     """Check a result against the chunk's manifest (see VerifyPolicy). Returns (frames, whether
     the boss decoded it, in full or its first frames, whether its sample's comparison stood for
     its own); ChunkError or FFmpegError if it fails. progress: (chunks left besides this one,
@@ -296,7 +302,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
         if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
             limit = None
-        early = limit == 0 and sample is not None and sample_stands_for(tools, sample, path, timeout)
+        early = limit == 0 and sample is not None and sample_stands_for(sample, path)
         if limit == 0 and sample is not None and not early:
             log.debug("%s from %s: its sample does not stand for it; comparing the result", chunk.name, worker)
         if not early:

@@ -18,9 +18,8 @@ from ffdt.common.transfer import sha256_file
 
 log = logging.getLogger("worker")
 
-SAMPLE_BLOCKS = 12     # frames a sample holds at least: the boss compares the first 3 shown, which
-                       # x264 and x265 store within the first 4-6 (B-frames are stored after the
-                       # frame they refer to); a sample without them is not used (checks.py)
+SAMPLE_BLOCKS = 24     # frames a sample holds at least: the boss uses one that decodes to at least
+                       # 21 (checks.SAMPLE_MIN_FRAMES: its first 3 shown before its end)
 SAMPLE_TRIES = 20      # progress reports to try taking a sample on, from SAMPLE_BLOCKS frames on
 
 

@@ -601,7 +601,7 @@ class Job:
                                                           sample)
             finally:
                 if sample is not None:
-                    sample.path.unlink(missing_ok=True)
+                    sample.unlink(missing_ok=True)
         except (FFmpegError, ChunkError) as exc:
             tmp.unlink(missing_ok=True)
             link.stats.bad_results += 1

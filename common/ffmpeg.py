@@ -787,7 +787,9 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
                 "-segment_format", "matroska", input_path(dst.with_name(dst.name + ".%d"))]
         return cmd
     if sampled:
-        cmd += ["-cluster_time_limit", str(SAMPLE_CLUSTER_MS)]
+        # (and each packet written at once: a small picture's clusters sat in the 32 KB write
+        # buffer until the end of the encode)
+        cmd += ["-cluster_time_limit", str(SAMPLE_CLUSTER_MS), "-flush_packets", "1"]
     return cmd + ["-f", "matroska", input_path(dst)]
 
 
@@ -910,16 +912,6 @@ def compare_with_source(tools: Tools, source: Path, result: Path, s: Settings,
     stdout, stderr = run_capture(cmd, timeout=timeout)
     values = [float(found[1]) for found in re.finditer(r"psnr_avg:(\S+)", stdout)]
     return Comparison(values, stderr.strip())
-
-
-def frame_hashes(tools: Tools, result: Path, frames: int, *, timeout: float) -> tuple[list[str], str]:
-    """The MD5 of each of a result's first `frames` decoded pictures, decoded as
-    compare_with_source decodes it (one thread, opened as Matroska), and what ffmpeg printed."""
-    cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", *ONE_THREAD, *input_args(result, peer=True),
-           "-map", "0:v:0", "-fps_mode", "passthrough", "-frames:v", str(int(frames)), "-f", "framemd5", "-"]
-    stdout, stderr = run_capture(cmd, timeout=timeout)
-    return [line.rsplit(",", 1)[1].strip() for line in stdout.splitlines() if line and not line.startswith("#")], \
-        stderr.strip()
 
 
 PAIR_OFFSET = 1000     # seconds: compare_many moves pair i's frames to i x this, to tell them apart

@@ -82,7 +82,7 @@ def test_a_worker_that_changes_the_picture_is_caught_and_dropped(cluster, clips,
     (taken while its ffmpeg encodes, before the box is drawn): the boss sees that the result does
     not start with the sample's bytes, and compares the result itself."""
     done, bad = assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": "red-box"},
-                                          "not the source's picture", "--preset", "veryfast", "--chunk-seconds", "5",
+                                          "not the source's picture", "--preset", "medium", "--chunk-seconds", "5",
                                           "--verify-fraction", "0", "-v")
     assert f"from {bad}: its sample does not stand for it" in done.stderr, done.stderr[-3000:]
 

@@ -234,27 +234,38 @@ def test_probe_with_packets_keeps_a_sample_and_the_end_of_the_other_streams(tmp_
     assert ffmpeg.packets_end(some[1]) == ffmpeg.packets_end(every[1])
 
 
-def test_a_sample_stands_for_a_result_only_if_the_result_decodes_to_its_pictures(tmp_path):
-    """checks.sample_stands_for decodes the result's first frames and matches their MD5s with
-    the sample's: bytes alone do not settle what a decoder shows first (a declared reorder depth
-    can hold the sample's frames back until the end of the file)."""
+def test_a_sample_is_used_only_if_it_shows_its_first_frames_before_its_end(tmp_path):
+    """checks.Samples keeps a sample only if it decodes to SAMPLE_MIN_FRAMES frames or more
+    (the pictures a decoder may hold back at its end cannot be its first three), each of them the
+    source's; then the result that starts with its bytes is vouched for, another is not."""
     from ffdt.client import checks
     from ffdt.client.encode import SAMPLE_BLOCKS
+    from ffdt.client.scheduler import Chunk, Manifest
     from ffdt.common import mkv
     tools = ffmpeg.find_tools()
     src, result = tmp_path / "src.mkv", tmp_path / "result.mkv"
-    ffmpeg.run([tools.ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=128x96:rate=30:duration=2",
+    ffmpeg.run([tools.ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=128x96:rate=30:duration=3",
                 "-c:v", "ffv1", str(src)])
-    ffmpeg.run(ffmpeg.encode_cmd(tools, src, result, Settings(preset="veryfast"), threads=1, sampled=True))
-    end = mkv.read_layout(result, enough=SAMPLE_BLOCKS).prefix(SAMPLE_BLOCKS)
-    assert end is not None and end < result.stat().st_size        # short clusters: a true prefix
-    sample = tmp_path / "sample.mkv"
-    sample.write_bytes(result.read_bytes()[:end])
-    hashes, messages = ffmpeg.frame_hashes(tools, sample, checks.COMPARE_FRAMES, timeout=30)
-    assert len(hashes) == checks.COMPARE_FRAMES and not messages
-    assert checks.sample_stands_for(tools, checks.Sample(sample, tuple(hashes)), result, 30)
-    # the same bytes, but other pictures than the sample's comparison saw: not vouched for
-    assert not checks.sample_stands_for(tools, checks.Sample(sample, ("0" * 32,) * 3), result, 30)
+    settings = Settings(preset="veryfast")
+    ffmpeg.run(ffmpeg.encode_cmd(tools, src, result, settings, threads=1, sampled=True))
+    chunk = Chunk(Manifest(index=0, source=src, size=src.stat().st_size, sha256="0" * 64, frames=90, start=0.0))
+    samples = checks.Samples()
+
+    def sample_of(blocks: int) -> Path:
+        end = mkv.read_layout(result, enough=blocks).prefix(blocks)
+        assert end is not None and end < result.stat().st_size      # short clusters: a true prefix
+        path = tmp_path / f"sample{blocks}.mkv"
+        data = result.read_bytes()[:end]
+        at = data.index(bytes.fromhex("18538067")) + 4          # the segment's size, as it is while the
+        path.write_bytes(data[:at] + bytes.fromhex("01ffffffffffffff") + data[at + 8:])   # muxer writes
+        return path
+
+    short = sample_of(8)                     # shows fewer than 21 frames: its end may hold its first
+    assert not samples.check(tools, chunk, "w", short, settings) and not short.exists()
+    good = sample_of(SAMPLE_BLOCKS)
+    assert samples.check(tools, chunk, "w", good, settings)
+    assert samples.take(chunk, "w") == good
+    assert checks.sample_stands_for(good, result)
     other = tmp_path / "other.mkv"
     ffmpeg.run(ffmpeg.encode_cmd(tools, src, other, Settings(preset="veryfast", crf=40), threads=1, sampled=True))
-    assert not checks.sample_stands_for(tools, checks.Sample(sample, tuple(hashes)), other, 30)
+    assert not checks.sample_stands_for(good, other)
