@@ -236,9 +236,7 @@ class Samples:
             clusters = mkv.read_layout(path).clusters
             if not clusters or clusters[-1][1] != path.stat().st_size:
                 raise ChunkError("not whole clusters")
-            timeout = check_timeout(chunk)
-            compared = comparisons.compare(chunk, path, None, timeout) if comparisons is not None else \
-                ffmpeg.compare_with_source(tools, chunk.source, path, settings, chunk.frame_range, None, timeout=timeout)
+            compared = _compared(tools, chunk, path, settings, None, check_timeout(chunk), comparisons)
             # a sample ends where the muxer had got to: the demuxer says so, nothing else may be said
             said = [line for line in compared.messages.splitlines() if line.strip() and SAMPLE_END not in line]
             if said:
@@ -302,9 +300,11 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
         if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
             limit = None
-        early = limit == 0 and sample is not None and sample_stands_for(sample, path)
-        if limit == 0 and sample is not None and not early:
-            log.debug("%s from %s: its sample does not stand for it; comparing the result", chunk.name, worker)
+        early = False
+        if limit == 0 and sample is not None:
+            early = sample_stands_for(sample, path)
+            if not early:
+                log.debug("%s from %s: its sample does not stand for it; comparing the result", chunk.name, worker)
         if not early:
             # None: every frame; else the first build's HEAD_FRAMES, or the COMPARE_FRAMES every result has
             compared = compare_with_source(tools, chunk, path, settings,
@@ -342,11 +342,7 @@ def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings:
     by PSNR: a worker that returns a well-formed but different picture fails here, and so does
     one whose result the decoder complains about. Returns the frames decoded; ChunkError if one
     is below MIN_PSNR_DB, FFmpegError for a decode error."""
-    if comparisons is not None:
-        compared = comparisons.compare(chunk, path, frames, timeout)
-    else:
-        compared = ffmpeg.compare_with_source(tools, chunk.source, path, settings, chunk.frame_range, frames,
-                                              timeout=timeout)
+    compared = _compared(tools, chunk, path, settings, frames, timeout, comparisons)
     if compared.messages:
         # the source's decoder may complain where a single run over the source would too (the
         # piece is our own): whose message it was, a decode of the result alone tells
@@ -359,6 +355,14 @@ def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings:
         raise ChunkError(f"{chunk.name}: frame {worst} is not the source's picture "
                          f"(PSNR {values[worst]:.1f} dB, below {MIN_PSNR_DB:g})")
     return len(values)
+
+
+def _compared(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, frames: int | None,
+              timeout: float, comparisons: Comparisons | None) -> ffmpeg.Comparison:
+    """ffmpeg.compare_with_source of a result (or sample), in the job's Comparisons if given."""
+    if comparisons is not None:
+        return comparisons.compare(chunk, path, frames, timeout)
+    return ffmpeg.compare_with_source(tools, chunk.source, path, settings, chunk.frame_range, frames, timeout=timeout)
 
 
 def check_timeout(chunk: Chunk) -> float:

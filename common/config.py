@@ -29,8 +29,8 @@ TICKET_CLOCK_SKEW = 60.0        # tolerated clock difference between tracker and
 MAX_FRAME = 256 * 1024          # one control message
 MAX_CHUNK_BYTES = 8 * 1024**3   # one chunk on the file port
 MAX_SAMPLE_BYTES = 256 * 1024**2   # the start of a result a worker sends while encoding (see PROTOCOL.md)
-SAMPLE_MAX_FRAMES = 48          # ... and at most this many frames uncompressed: 12 frames and the rest
-                                # of their 250 ms clusters weigh far less at any frame rate
+SAMPLE_MAX_FRAMES = 48          # ... and at most this many frames uncompressed: 24 frames and the rest
+                                # of their 250 ms clusters weigh less at any frame rate a chunk has
 MAX_WORKERS_PER_REQUEST = 256
 MAX_SLOTS = 64
 DEFAULT_PREFETCH = 1            # chunks a worker holds, uploaded, beside those it encodes

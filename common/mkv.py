@@ -144,22 +144,12 @@ def read_video_blocks(path: Path) -> list[Block]:
         f.seek(segment[1])
         for element, start, size in _elements(f, segment[1] + segment[2]):
             if element == INFO:
-                for child, data in _children(_read(f, start, size)):
-                    if child == TIMESTAMP_SCALE:
-                        scale = _uint(data)
-                        if not 1 <= scale <= 1_000_000_000:   # a nanosecond to a second a tick
-                            raise Unsupported(f"timestamp scale {scale}")
+                scale = _timestamp_scale(_read(f, start, size), scale)
             elif element == TRACKS:
                 for child, data in _children(_read(f, start, size)):
-                    if child != TRACK_ENTRY:
-                        continue
-                    tracks += 1
-                    fields = dict(_children(data))
-                    if CONTENT_ENCODINGS in fields:
-                        raise Unsupported("content encodings")
-                    if _uint(fields.get(TRACK_NUMBER, b"")) != VIDEO_TRACK or _uint(fields.get(TRACK_TYPE, b"")) != 1:
-                        raise Unsupported("not a single video track")
-                    default_duration = _uint(fields.get(DEFAULT_DURATION, b""))
+                    if child == TRACK_ENTRY:
+                        tracks += 1
+                        default_duration = _video_entry(data)
             elif element == CLUSTER:
                 if tracks != 1:
                     raise Unsupported("blocks before a single video track")
@@ -169,6 +159,27 @@ def read_video_blocks(path: Path) -> list[Block]:
         if tracks != 1:
             raise Unsupported("not a single video track")
         return blocks
+
+
+def _timestamp_scale(info: bytes, scale: int) -> int:
+    """The Info element's timestamp scale (nanoseconds a tick), else `scale`."""
+    for child, data in _children(info):
+        if child == TIMESTAMP_SCALE:
+            scale = _uint(data)
+            if not 1 <= scale <= 1_000_000_000:   # a nanosecond to a second a tick
+                raise Unsupported(f"timestamp scale {scale}")
+    return scale
+
+
+def _video_entry(entry: bytes) -> int:
+    """The default duration of a track entry that is the video track 1, with no content
+    encodings; Unsupported for any other."""
+    fields = dict(_children(entry))
+    if CONTENT_ENCODINGS in fields:
+        raise Unsupported("content encodings")
+    if _uint(fields.get(TRACK_NUMBER, b"")) != VIDEO_TRACK or _uint(fields.get(TRACK_TYPE, b"")) != 1:
+        raise Unsupported("not a single video track")
+    return _uint(fields.get(DEFAULT_DURATION, b""))
 
 
 def _cluster(f: BinaryIO, start: int, end: int, scale: int, default_duration: int, blocks: list[Block]) -> None:
@@ -199,7 +210,6 @@ def _cluster(f: BinaryIO, start: int, end: int, scale: int, default_duration: in
             raise Unsupported("a cluster inside a cluster")
 
 
-
 @dataclass(frozen=True)
 class Layout:
     """What a decoder reads of a one-video-track Matroska file to show its first frames: the track
@@ -208,7 +218,7 @@ class Layout:
     segment size, seek head, duration, tags and the CRC-32 of Tracks, but not the track entries.
     So a copy of the start of a result taken while the encoder still runs (a sample) holds the
     same track entries and the same bytes in its clusters as the finished result."""
-    tracks: bytes                            # the Tracks element's payload, without its CRC-32 or Void
+    tracks: bytes                            # the payload of the one TrackEntry
     clusters: tuple[tuple[int, int], ...]    # (start, end) in the file of each complete cluster
     blocks: tuple[int, ...]                  # the blocks in each of them
 
@@ -257,22 +267,14 @@ def read_layout(path: Path, enough: int | None = None) -> Layout:
             if size > MAX_ELEMENT:
                 raise Unsupported("an element too big")
             if element == INFO:
-                for child, data in _children(_read(f, start, size)):
-                    if child == TIMESTAMP_SCALE:
-                        scale = _uint(data)
-                        if not 1 <= scale <= 1_000_000_000:
-                            raise Unsupported(f"timestamp scale {scale}")
+                scale = _timestamp_scale(_read(f, start, size), scale)
             elif element == TRACKS:
                 if tracks is not None:
                     raise Unsupported("a second Tracks element")     # (ffmpeg reads the first)
-                data = _read(f, start, size)
-                entries = [(c, d) for c, d in _children(data) if c not in (CRC32, VOID)]
+                entries = [(c, d) for c, d in _children(_read(f, start, size)) if c not in (CRC32, VOID)]
                 if [c for c, _ in entries] != [TRACK_ENTRY]:
                     raise Unsupported("not a single video track")
-                fields = dict(_children(entries[0][1]))
-                if _uint(fields.get(TRACK_NUMBER, b"")) != VIDEO_TRACK or _uint(fields.get(TRACK_TYPE, b"")) != 1:
-                    raise Unsupported("not a single video track")
-                default_duration = _uint(fields.get(DEFAULT_DURATION, b""))
+                default_duration = _video_entry(entries[0][1])
                 tracks = entries[0][1]
             elif element == CLUSTER:
                 if tracks is None:
