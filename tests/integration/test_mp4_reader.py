@@ -1,0 +1,153 @@
+"""common/mp4.py against ffprobe: the boss plans its chunks from an MP4/MOV input's packets read
+from the sample tables instead of demuxing the file with ffprobe, so where the reader answers,
+its answer must be ffprobe's (key flags: the file's sync samples, which ffprobe's list holds,
+with the I-pictures its H.264 parser adds), and where it cannot vouch it must say so."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ffdt.client import media
+from ffdt.common import ffmpeg, mp4
+from tests.conftest import SHARED_MEDIA
+
+pytestmark = pytest.mark.integration
+
+# real files the reader must read itself (constant frame rate, at most one plain edit); the
+# shared ones it refuses (variable frame rate, random-access sample groups) are still compared
+READ_HERE = {"chrome-ad-270p-h264-aac.mp4", "people-432p-h264-noaudio.mp4",
+             "android14-1080p-hevc10-hlg-aac-colorchart.mp4"}
+SOURCE = ["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=3",
+          "-f", "lavfi", "-i", "sine=sample_rate=48000:duration=3.3"]
+MADE = {
+    # what a camera or ffmpeg writes: B-frames (an edit list starting at the first composition
+    # offset), AAC with its priming edit, the moov after the media
+    "bframes.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-g", "25", "-c:a", "aac"],
+    "faststart.mov": ["-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-c:a", "aac", "-movflags", "+faststart"],
+    "no-editlist.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-c:a", "aac", "-use_editlist", "0"],
+    "hevc.mp4": ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error", "-c:a", "aac"],
+    # audio cut shorter than its media by the edit (-t): ffmpeg trims the last packet
+    "audio-trimmed.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-t", "2.5"],
+}
+REFUSED = {
+    "fragmented.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+                       "-movflags", "+frag_keyframe+empty_moov"],
+    "mp3-audio.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "libmp3lame"],
+}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tools = ffmpeg.find_tools()
+    out = tmp_path_factory.mktemp("mp4")
+    files = {}
+    for name, args in {**MADE, **REFUSED}.items():
+        files[name] = out / name
+        subprocess.run([tools.ffmpeg, "-v", "error", *SOURCE, *args, f"file:{files[name]}"], check=True, timeout=120)
+    return files
+
+
+def read_both(path: Path) -> tuple[dict[int, list[ffmpeg.Packet]], dict[int, list[ffmpeg.Packet]]]:
+    """(the reader's, ffprobe's) packets of the first video stream and the first audio stream's
+    last, as media.inspect asks for them."""
+    tools = ffmpeg.find_tools()
+    probe = ffmpeg.probe(tools, path)
+    video = next(int(s["index"]) for s in probe["streams"] if s["codec_type"] == "video")
+    audio = [int(s["index"]) for s in probe["streams"] if s["codec_type"] == "audio"][:1]
+    theirs = ffmpeg.packets_by_stream(tools, path, [video, *audio], last_only=audio)
+    return mp4.packets_by_stream(path, probe, [video, *audio], last_only=audio), theirs
+
+
+def assert_same(mine: dict[int, list[ffmpeg.Packet]], theirs: dict[int, list[ffmpeg.Packet]]) -> None:
+    assert mine.keys() == theirs.keys()
+    for index, packets in mine.items():
+        assert len(packets) == len(theirs[index])
+        assert all(not p.key or q.key for p, q in zip(packets, theirs[index])), "a key flag ffprobe does not give"
+        assert packets[0].key
+        unkeyed = [[dataclasses.replace(p, key=False) for p in ps] for ps in (packets, theirs[index])]
+        assert unkeyed[0] == unkeyed[1]
+
+
+@pytest.mark.parametrize("name", sorted(MADE))
+def test_made_files_are_read_as_ffprobe_reads_them(made, name):
+    assert_same(*read_both(made[name]))
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_what_it_cannot_vouch_for_is_left_to_ffprobe(made, name):
+    with pytest.raises(mp4.Unsupported):
+        read_both(made[name])
+
+
+@pytest.mark.skipif(SHARED_MEDIA is None, reason="needs the team's shared media")
+def test_real_mp4_and_mov_files_agree_with_ffprobe_or_are_refused():
+    names = sorted(p.name for p in SHARED_MEDIA.iterdir() if p.suffix in (".mp4", ".mov"))
+    read = []
+    for name in names:
+        try:
+            both = read_both(SHARED_MEDIA / name)
+        except mp4.Unsupported:
+            continue
+        assert_same(*both)
+        read.append(name)
+    assert READ_HERE <= set(read)
+
+
+def test_a_file_cut_short_is_left_to_ffprobe(made, tmp_path):
+    """With the moov first, a file cut short keeps whole sample tables: the reader must see
+    that their samples run past the end, and the probe then says the file is truncated."""
+    whole = bytearray(made["faststart.mov"].read_bytes())
+    cut = tmp_path / "cut.mov"
+    cut.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(mp4.Unsupported, match="damaged top-level b'mdat'"):      # its box says it is longer
+        read_both(cut)
+    assert media.inspect(ffmpeg.find_tools(), cut).frames < 75      # ffprobe's read stops at the cut
+    # a box size of 0 means "to the end of the file": only the sample tables show what is missing
+    mdat = whole.find(b"mdat") - 4
+    whole[mdat:mdat + 4] = bytes(4)
+    cut.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(mp4.Unsupported, match="past the end"):
+        read_both(cut)
+
+
+def test_damaged_tables_are_refused_not_misread(made, tmp_path):
+    """Bytes of the video's timing and sync tables (stts, stss, ctts: what timestamps and key
+    flags come from) flipped one at a time (every 13th: each flip costs two ffprobe runs): the reader either refuses or still gives ffprobe's
+    answer for the file as it now is. (Not the codec configuration before them: a damaged SPS
+    changes what ffprobe's H.264 parser makes of the durations, which the tables give. Nor the
+    chunk and size tables after them: damaged, they make ffmpeg read other bytes as packets,
+    which the split's count of each piece's packets catches.)"""
+    data = bytearray(made["faststart.mov"].read_bytes())
+    first, last = data.find(b"stts") - 4, data.find(b"stsc") - 4
+    assert 0 < first < last
+    damaged = tmp_path / "damaged.mov"
+    for at in range(first, last, 13):
+        copy = bytearray(data)
+        copy[at] ^= 0xFF
+        damaged.write_bytes(bytes(copy))
+        try:
+            both = read_both(damaged)
+        except (mp4.Unsupported, ffmpeg.FFmpegError):
+            continue
+        assert_same(*both)
+
+
+def test_inspect_of_an_mp4_is_the_same_either_way(made, monkeypatch):
+    """What the boss plans from (frames, keyframes, timestamps, the audio's end) does not
+    depend on which of the two read the packets."""
+    tools = ffmpeg.find_tools()
+    path = made["bframes.mp4"]
+    ours = media.inspect(tools, path)
+
+    def refuse(*args, **kwargs):
+        raise mp4.Unsupported("for the test")
+
+    monkeypatch.setattr(mp4, "packets_by_stream", refuse)
+    theirs = media.inspect(tools, path)
+    assert ours.frames == theirs.frames == 75
+    assert (ours.pts, ours.key, ours.keyframe_positions) == (theirs.pts, theirs.key, theirs.keyframe_positions)
+    assert (ours.video_start, ours.video_duration, ours.audio_end) == \
+        (theirs.video_start, theirs.video_duration, theirs.audio_end)
