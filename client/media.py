@@ -198,6 +198,10 @@ def _input_packets(tools: ffmpeg.Tools, path: Path, info: dict, wanted: list[int
         if shown:
             shown(duration, duration)     # read at once: a script still sees the probe done
         return found
+    except mp4.CutShort as exc:
+        # as one ffmpeg run does ("partial file"), what is there is transcoded; but said
+        log.warning("%s: the file is shorter than its index says (%s; cut short?): "
+                    "only the frames it holds are transcoded", path.name, exc)
     except mp4.Unsupported as exc:
         log.debug("%s: packets read with ffprobe (%s)", path.name, exc)
     size = path.stat().st_size

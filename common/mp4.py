@@ -41,6 +41,11 @@ class Unsupported(TranscoderError):
     """Not a file this reader vouches for: read its packets with ffprobe instead."""
 
 
+class CutShort(Unsupported):
+    """The file is shorter than its own boxes or sample tables say: cut short (a copy or a
+    recording that stopped). ffprobe reads what is there."""
+
+
 @dataclass
 class Track:
     """One `trak`: what its sample tables say (times in its media timescale)."""
@@ -96,8 +101,10 @@ def _top_level(f: BinaryIO, length: int) -> bytes:
             skip = 16
         elif size == 0:
             size = length - at
-        if size < skip or at + size > length:
+        if size < skip:
             raise Unsupported(f"a damaged top-level {kind!r} box")
+        if at + size > length:
+            raise CutShort(f"its {kind.decode('latin-1')!r} box runs past the end of the file")
         if kind in REFUSED:
             raise Unsupported(REFUSED[kind])
         if kind == b"moov":
@@ -196,7 +203,7 @@ def _check_data(t: Track) -> None:
             end = t.chunks[chunk - 1] + sum(t.sizes[sample:sample + per_chunk])
             sample += per_chunk
             if end > t.file_size:
-                raise Unsupported("samples past the end of the file (a file cut short?)")
+                raise CutShort("its samples run past the end of the file")
     if sample != len(t.sizes):
         raise Unsupported("chunk tables that disagree")
 

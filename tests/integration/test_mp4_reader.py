@@ -96,20 +96,23 @@ def test_real_mp4_and_mov_files_agree_with_ffprobe_or_are_refused():
     assert READ_HERE <= set(read)
 
 
-def test_a_file_cut_short_is_left_to_ffprobe(made, tmp_path):
+def test_a_file_cut_short_is_left_to_ffprobe_and_said(made, tmp_path, caplog):
     """With the moov first, a file cut short keeps whole sample tables: the reader must see
-    that their samples run past the end, and the probe then says the file is truncated."""
+    that their samples run past the end; ffprobe then reads what is there, as one ffmpeg run
+    would, and the user is told."""
     whole = bytearray(made["faststart.mov"].read_bytes())
     cut = tmp_path / "cut.mov"
     cut.write_bytes(whole[:len(whole) // 2])
-    with pytest.raises(mp4.Unsupported, match="damaged top-level b'mdat'"):      # its box says it is longer
+    with pytest.raises(mp4.CutShort, match="'mdat' box runs past the end"):      # its box says it is longer
         read_both(cut)
-    assert media.inspect(ffmpeg.find_tools(), cut).frames < 75      # ffprobe's read stops at the cut
+    with caplog.at_level("WARNING", logger=media.log.name):
+        assert media.inspect(ffmpeg.find_tools(), cut).frames < 75      # ffprobe's read stops at the cut
+    assert any("shorter than its index says" in r.getMessage() for r in caplog.records)
     # a box size of 0 means "to the end of the file": only the sample tables show what is missing
     mdat = whole.find(b"mdat") - 4
     whole[mdat:mdat + 4] = bytes(4)
     cut.write_bytes(whole[:len(whole) // 2])
-    with pytest.raises(mp4.Unsupported, match="past the end"):
+    with pytest.raises(mp4.CutShort, match="samples run past the end"):
         read_both(cut)
 
 
