@@ -135,9 +135,17 @@ def _table(data: bytes, at: int, end: int, fmt: str, what: str) -> list[tuple[in
     return list(struct.iter_unpack(fmt, data[at + 4:at + 4 + count * width]))
 
 
+TABLES = {b"mdhd", b"stsd", b"stts", b"ctts", b"stss", b"stsz", b"stsc", b"stco", b"co64", b"elst"}
+
+
 def _track(data: bytes, start: int, end: int) -> Track:
     t = Track()
+    seen: set[bytes] = set()
     for kind, a, b in _walk(data, start, end):
+        if kind in TABLES:
+            if kind in seen or (kind in (b"stco", b"co64") and seen & {b"stco", b"co64"}):
+                raise Unsupported(f"two {kind.decode('latin-1')!r} boxes in a track")   # which one ffmpeg keeps is its business
+            seen.add(kind)
         if kind == b"mdhd":
             version, at = _full(data, a)
             (t.timescale,) = struct.unpack_from(">I", data, at + (16 if version == 1 else 8))
@@ -163,8 +171,9 @@ def _track(data: bytes, start: int, end: int) -> Track:
         elif kind == b"elst":
             version, at = _full(data, a)
             fmt = ">QqhH" if version == 1 else ">IihH"
-            t.edits = [(d, m, r) for d, m, r, _ in _table(data, at, b, fmt, "elst")]
-        elif kind == b"sbgp" and data[a + 4:a + 8] in KEY_GROUPS:
+            # a rate with a fraction is not the plain 1 (the fraction is folded into the rate as 0)
+            t.edits = [(d, m, r if not fraction else 0) for d, m, r, fraction in _table(data, at, b, fmt, "elst")]
+        elif kind in (b"sbgp", b"sgpd") and data[a + 4:a + 8] in KEY_GROUPS:
             raise Unsupported("random-access sample groups")
         elif kind in REFUSED:
             raise Unsupported(REFUSED[kind])
@@ -319,7 +328,7 @@ def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
                 tracks[-1].file_size = path.stat().st_size
             elif kind in REFUSED:
                 raise Unsupported(REFUSED[kind])
-    except struct.error:
+    except (struct.error, IndexError):
         raise Unsupported("a truncated box") from None
     if len(tracks) != len(streams):
         raise Unsupported("tracks that are not ffprobe's streams")

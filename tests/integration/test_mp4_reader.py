@@ -154,3 +154,17 @@ def test_inspect_of_an_mp4_is_the_same_either_way(made, monkeypatch):
     assert (ours.pts, ours.key, ours.keyframe_positions) == (theirs.pts, theirs.key, theirs.keyframe_positions)
     assert (ours.video_start, ours.video_duration, ours.audio_end) == \
         (theirs.video_start, theirs.video_duration, theirs.audio_end)
+
+
+def test_a_table_given_twice_is_refused(made, tmp_path):
+    """Two stts boxes in one track (the sync table renamed): which one ffmpeg would use is not
+    this reader's to guess."""
+    tools = ffmpeg.find_tools()
+    original = made["faststart.mov"]
+    data = bytearray(original.read_bytes())
+    at = data.find(b"stss")
+    data[at:at + 4] = b"stts"
+    twice = tmp_path / "twice.mov"
+    twice.write_bytes(bytes(data))
+    with pytest.raises(mp4.Unsupported, match="two 'stts' boxes"):
+        mp4.packets_by_stream(twice, ffmpeg.probe(tools, original), [0])
