@@ -338,7 +338,7 @@ def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
         kind, codec = s.get("codec_type"), s.get("codec_name", "")
         video = kind == "video"
         if (kind, t.handler) not in (("video", b"vide"), ("audio", b"soun")) \
-                or not (codec in VIDEO_CODECS if video else codec in AUDIO_CODECS or codec.startswith("pcm_")):
+                or not (codec in VIDEO_CODECS if video else codec in AUDIO_CODECS):
             raise Unsupported(f"a {kind} stream of {codec or 'unknown codec'}")
         if video:
             packets = _video_packets(t, movie_timescale)

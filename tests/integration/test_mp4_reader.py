@@ -36,6 +36,7 @@ REFUSED = {
     "fragmented.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
                        "-movflags", "+frag_keyframe+empty_moov"],
     "mp3-audio.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "libmp3lame"],
+    "pcm-audio.mov": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "pcm_s16le"],
 }
 
 
