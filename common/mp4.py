@@ -57,9 +57,28 @@ class Track:
     sync: list[int] | None = None                   # stss: 1-based sample numbers
     sizes: list[int] | None = None                  # stsz
     edits: list[tuple[int, int, int]] | None = None  # elst: (segment duration in the movie timescale, media time, rate)
-    file_size: int = 0
+    file_size: int = 0                               # of the file it is in (its samples must lie inside)
     runs: list[tuple[int, int, int]] | None = None   # stsc: (first chunk, samples per chunk, description)
     chunks: list[int] | None = None                  # stco/co64: each chunk's offset in the file
+
+
+def _header(head: bytes, room: int) -> tuple[bytes, int, int]:
+    """(type, header length, size) of the box whose header `head` begins with; `room`: the bytes
+    from the box's start to its parent's end (what a size of 0, "to the end", means)."""
+    if len(head) < 8:
+        raise Unsupported("truncated box header")
+    size, kind = struct.unpack_from(">I4s", head)
+    skip = 8
+    if size == 1:
+        if len(head) < 16:
+            raise Unsupported("truncated box header")
+        (size,) = struct.unpack_from(">Q", head, 8)
+        skip = 16
+    elif size == 0:
+        size = room
+    if size < skip:
+        raise Unsupported(f"a damaged {kind!r} box")
+    return kind, skip, size
 
 
 def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
@@ -67,18 +86,10 @@ def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tupl
     end = len(data) if end is None else end
     at = start
     while at + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, at)
-        head = 8
-        if size == 1:
-            if at + 16 > end:
-                raise Unsupported("truncated box header")
-            (size,) = struct.unpack_from(">Q", data, at + 8)
-            head = 16
-        elif size == 0:
-            size = end - at
-        if size < head or at + size > end:
+        kind, skip, size = _header(data[at:min(at + 16, end)], end - at)
+        if at + size > end:
             raise Unsupported(f"a damaged {kind!r} box")
-        yield kind, at + head, at + size
+        yield kind, at + skip, at + size
         at += size
 
 
@@ -89,20 +100,7 @@ def _top_level(f: BinaryIO, length: int) -> bytes:
     at = 0
     while at + 8 <= length:
         f.seek(at)
-        head = f.read(16)
-        if len(head) < 8:
-            break
-        size, kind = struct.unpack_from(">I4s", head)
-        skip = 8
-        if size == 1:
-            if len(head) < 16:
-                raise Unsupported("truncated box header")
-            (size,) = struct.unpack_from(">Q", head, 8)
-            skip = 16
-        elif size == 0:
-            size = length - at
-        if size < skip:
-            raise Unsupported(f"a damaged top-level {kind!r} box")
+        kind, skip, size = _header(f.read(16), length - at)
         if at + size > length:
             raise CutShort(f"its {kind.decode('latin-1')!r} box runs past the end of the file")
         if kind in REFUSED:
@@ -138,8 +136,8 @@ def _table(data: bytes, at: int, end: int, fmt: str, what: str) -> list[tuple[in
 TABLES = {b"mdhd", b"stsd", b"stts", b"ctts", b"stss", b"stsz", b"stsc", b"stco", b"co64", b"elst"}
 
 
-def _track(data: bytes, start: int, end: int) -> Track:
-    t = Track()
+def _track(data: bytes, start: int, end: int, file_size: int) -> Track:
+    t = Track(file_size=file_size)
     seen: set[bytes] = set()
     for kind, a, b in _walk(data, start, end):
         if kind in TABLES:
@@ -252,8 +250,8 @@ class Edit:
 
 
 def _edit(t: Track, movie_timescale: int) -> Edit:
-    """The one plain edit (an empty one first, a delay, shifts and trims timestamps in ways
-    not reproduced here)."""
+    """The track's one plain edit, if any. An empty edit first (a delay) or several edits make
+    ffmpeg shift and trim timestamps in ways not reproduced here: Unsupported."""
     if not t.edits:
         return Edit(0, None)
     if len(t.edits) != 1 or t.edits[0][2] != 1 or t.edits[0][1] < 0:
@@ -314,9 +312,10 @@ def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
     streams = probe.get("streams", [])
     if "mov" not in probe.get("format", {}).get("format_name", "").split(","):
         raise Unsupported("not an MP4/MOV file")
+    size = path.stat().st_size
     try:
         with path.open("rb") as f:
-            moov = _top_level(f, path.stat().st_size)
+            moov = _top_level(f, size)
         movie_timescale = 0
         tracks = []
         for kind, a, b in _boxes(moov):
@@ -324,8 +323,7 @@ def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
                 version, at = _full(moov, a)
                 (movie_timescale,) = struct.unpack_from(">I", moov, at + (16 if version == 1 else 8))
             elif kind == b"trak":
-                tracks.append(_track(moov, a, b))
-                tracks[-1].file_size = path.stat().st_size
+                tracks.append(_track(moov, a, b, size))
             elif kind in REFUSED:
                 raise Unsupported(REFUSED[kind])
     except (struct.error, IndexError):
