@@ -102,7 +102,9 @@ def _top_level(f: BinaryIO, length: int) -> bytes:
         f.seek(at)
         kind, skip, size = _header(f.read(16), length - at)
         if at + size > length:
-            raise CutShort(f"its {kind.decode('latin-1')!r} box runs past the end of the file")
+            if kind in (b"mdat", b"moov"):
+                raise CutShort(f"its {kind.decode('latin-1')!r} box runs past the end of the file")
+            raise Unsupported("bytes after the last box that are not a box")   # (a recorder's padding, junk)
         if kind in REFUSED:
             raise Unsupported(REFUSED[kind])
         if kind == b"moov":

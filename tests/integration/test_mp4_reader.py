@@ -115,6 +115,12 @@ def test_a_file_cut_short_is_left_to_ffprobe_and_said(made, tmp_path, caplog):
     cut.write_bytes(whole[:len(whole) // 2])
     with pytest.raises(mp4.CutShort, match="samples run past the end"):
         read_both(cut)
+    # bytes after the last box are not a cut: no "cut short" for them
+    padded = tmp_path / "padded.mov"
+    padded.write_bytes(made["faststart.mov"].read_bytes() + b"\xd8\x1aO\x04" * 4)
+    with pytest.raises(mp4.Unsupported, match="not a box") as refused:
+        read_both(padded)
+    assert not isinstance(refused.value, mp4.CutShort)
 
 
 def test_damaged_tables_are_refused_not_misread(made, tmp_path):
