@@ -58,8 +58,8 @@ def read_both(path: Path) -> tuple[dict[int, list[ffmpeg.Packet]], dict[int, lis
     probe = ffmpeg.probe(tools, path)
     video = next(int(s["index"]) for s in probe["streams"] if s["codec_type"] == "video")
     audio = [int(s["index"]) for s in probe["streams"] if s["codec_type"] == "audio"][:1]
-    theirs = ffmpeg.packets_by_stream(tools, path, [video, *audio], last_only=audio)
-    return mp4.packets_by_stream(path, probe, [video, *audio], last_only=audio), theirs
+    mine = mp4.packets_by_stream(path, probe, [video, *audio], last_only=audio)    # refused: no ffprobe read
+    return mine, ffmpeg.packets_by_stream(tools, path, [video, *audio], last_only=audio)
 
 
 def assert_same(mine: dict[int, list[ffmpeg.Packet]], theirs: dict[int, list[ffmpeg.Packet]]) -> None:
@@ -125,8 +125,9 @@ def test_a_file_cut_short_is_left_to_ffprobe_and_said(made, tmp_path, caplog):
 
 def test_damaged_tables_are_refused_not_misread(made, tmp_path):
     """Bytes of the video's timing and sync tables (stts, stss, ctts: what timestamps and key
-    flags come from) flipped one at a time (every 13th: each flip costs two ffprobe runs): the reader either refuses or still gives ffprobe's
-    answer for the file as it now is. (Not the codec configuration before them: a damaged SPS
+    flags come from) flipped one at a time (every 13th: each costs an ffprobe run, two if the
+    reader takes the file): the reader either refuses or still gives ffprobe's answer for the
+    file as it now is. (Not the codec configuration before them: a damaged SPS
     changes what ffprobe's H.264 parser makes of the durations, which the tables give. Nor the
     chunk and size tables after them: damaged, they make ffmpeg read other bytes as packets,
     which the split's count of each piece's packets catches.)"""
