@@ -68,6 +68,9 @@ class MediaInfo:
     # negative composition offsets): the split moves them back by this (ffmpeg.segment_cmd)
     dts_shift: float = 0.0
     audio_end: float | None = None    # where the first audio track's last packet ends (None: no audio)
+    # every keyframe is an IDR picture of a progressive H.264 stream, read from the file's own
+    # tables (mp4.idr_entry_points): a place a decoder starts clean, known without decoding
+    idr_keyframes: bool = False
 
     @property
     def keyframes(self) -> list[float]:
@@ -132,7 +135,7 @@ def inspect(tools: ffmpeg.Tools, path: Path,
     # compares the output's A/V end with the input's), in the same read of the input
     first_audio = next((int(s["index"]) for s in info["streams"] if s.get("codec_type") == "audio"), None)
     wanted = [choice.video] + ([first_audio] if first_audio is not None else [])
-    found = probed[1] if probed else _input_packets(tools, path, info, wanted, on_progress, quiet)
+    found, idr = (probed[1], False) if probed else _input_packets(tools, path, info, wanted, on_progress, quiet)
     packets = found.get(choice.video, [])
     audio_end = None if first_audio is None else ffmpeg.packets_end(found.get(first_audio, []))
     own_copy = "" if choice_of.is_default(info, choice) else "streams chosen"
@@ -178,18 +181,21 @@ def inspect(tools: ffmpeg.Tools, path: Path,
         tags=dict(fmt.get("tags", {})),
         pixel_bit_rate=_pixel_bit_rate(packets, video, end - first),
         choice=choice, own_copy=own_copy, hidden_lead=hidden_lead, hidden_tail=hidden_tail,
-        audio_end=audio_end,
+        audio_end=audio_end, idr_keyframes=idr and not first_key,
         dts_shift=max([0.0] + [p.dts - p.pts for p in packets if p.pts_known and p.dts_known
                                and p.dts - p.pts > DTS_SLACK]),
     )
 
 
 def _input_packets(tools: ffmpeg.Tools, path: Path, info: dict, wanted: list[int],
-                   on_progress: Callable[[float, float], None] | None, quiet: bool) -> dict[int, list[ffmpeg.Packet]]:
+                   on_progress: Callable[[float, float], None] | None, quiet: bool
+                   ) -> tuple[dict[int, list[ffmpeg.Packet]], bool]:
     """The packets of these streams (of all but the first, the one that ends last): from an
     MP4/MOV file's sample tables where common/mp4.py vouches for them (milliseconds; ffprobe
     demuxes the whole file, 0.5-0.8 s on a quarter core for a minute of camera video), else
-    from ffprobe."""
+    from ffprobe. And whether every key flag is an IDR picture of a progressive stream, as
+    the tables' own sync samples (mp4.idr_entry_points; ffprobe's key flags are not all sync
+    samples, so only with the tables' packets)."""
     fmt = info.get("format", {})
     start, duration = _float(fmt.get("start_time")) or 0.0, _float(fmt.get("duration")) or 0.0
     shown = on_progress if on_progress and 0 < duration < 1e9 else None
@@ -197,7 +203,10 @@ def _input_packets(tools: ffmpeg.Tools, path: Path, info: dict, wanted: list[int
         found = mp4.packets_by_stream(path, info, wanted, last_only=wanted[1:])
         if shown:
             shown(duration, duration)     # read at once: a script still sees the probe done
-        return found
+        try:
+            return found, mp4.idr_entry_points(path, info, wanted[0])
+        except mp4.Unsupported:
+            return found, False
     except mp4.CutShort as exc:
         # as one ffmpeg run does ("partial file"), what is there is transcoded; but said
         log.warning("%s: the file is shorter than its index says (%s; cut short?): "
@@ -209,7 +218,7 @@ def _input_packets(tools: ffmpeg.Tools, path: Path, info: dict, wanted: list[int
         (log.debug if quiet else log.info)("%s: reading its packets (%.1f GB) for the frames and keyframes",
                                            path.name, size / 1e9)
     read = (lambda pts: shown(max(0.0, pts - start), duration)) if shown else None
-    return ffmpeg.packets_by_stream(tools, path, wanted, on_progress=read, last_only=wanted[1:])
+    return ffmpeg.packets_by_stream(tools, path, wanted, on_progress=read, last_only=wanted[1:]), False
 
 
 def _hidden(path: Path, packets: list[ffmpeg.Packet]) -> tuple[int, int]:

@@ -60,6 +60,7 @@ class Track:
     file_size: int = 0                               # of the file it is in (its samples must lie inside)
     runs: list[tuple[int, int, int]] | None = None   # stsc: (first chunk, samples per chunk, description)
     chunks: list[int] | None = None                  # stco/co64: each chunk's offset in the file
+    entry: bytes = b""                               # stsd's first sample entry: its type, then its payload
 
 
 def _header(head: bytes, room: int) -> tuple[bytes, int, int]:
@@ -153,6 +154,9 @@ def _track(data: bytes, start: int, end: int, file_size: int) -> Track:
             t.handler = data[a + 8:a + 12]
         elif kind == b"stsd":
             (t.descriptions,) = struct.unpack_from(">I", data, a + 4)
+            if t.descriptions and a + 16 <= b:
+                entry, skip, size = _header(data[a + 8:a + 24], b - a - 8)
+                t.entry = entry + data[a + 8 + skip:min(b, a + 8 + size)]
         elif kind == b"stts":
             t.deltas = [(c, d) for c, d in _table(data, a + 4, b, ">II", "stts")]
         elif kind == b"ctts":
@@ -198,23 +202,29 @@ def _rescale(value: int, to: int, frm: int) -> int:
     return (value * to + frm // 2) // frm
 
 
-def _check_data(t: Track) -> None:
-    """Every sample's bytes are inside the file: a file cut short keeps
-    its sample tables when its moov comes first, and ffprobe's read would stop at the cut."""
+def _check_data(t: Track) -> list[int]:
+    """Each sample's offset in the file, once every sample's bytes are found inside it: a file
+    cut short keeps its sample tables when its moov comes first, and ffprobe's read would stop
+    at the cut."""
     if not t.runs or not t.chunks or t.runs[0][0] != 1 or t.sizes is None:
         raise Unsupported("a track without chunk tables")
     bounds = [first for first, _, _ in t.runs[1:]] + [len(t.chunks) + 1]
-    sample = 0
+    offsets: list[int] = []
     for (first, per_chunk, _), until in zip(t.runs, bounds):
         if not first < until <= len(t.chunks) + 1:
             raise Unsupported("chunk tables that disagree")
         for chunk in range(first, until):
-            end = t.chunks[chunk - 1] + sum(t.sizes[sample:sample + per_chunk])
-            sample += per_chunk
-            if end > t.file_size:
+            if len(offsets) + per_chunk > len(t.sizes):
+                raise Unsupported("chunk tables that disagree")
+            at = t.chunks[chunk - 1]
+            for size in t.sizes[len(offsets):len(offsets) + per_chunk]:
+                offsets.append(at)
+                at += size
+            if at > t.file_size:
                 raise CutShort("its samples run past the end of the file")
-    if sample != len(t.sizes):
+    if len(offsets) != len(t.sizes):
         raise Unsupported("chunk tables that disagree")
+    return offsets
 
 
 def _samples(t: Track) -> tuple[list[int], list[int], list[int]]:
@@ -312,26 +322,7 @@ def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
     from its sample tables. probe: ffprobe's JSON of the same file (ffmpeg.probe): its streams
     must be this file's tracks, one for one, of codecs this reader knows, with ffprobe's counts."""
     streams = probe.get("streams", [])
-    if "mov" not in probe.get("format", {}).get("format_name", "").split(","):
-        raise Unsupported("not an MP4/MOV file")
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as f:
-            moov = _top_level(f, size)
-        movie_timescale = 0
-        tracks = []
-        for kind, a, b in _boxes(moov):
-            if kind == b"mvhd":
-                version, at = _full(moov, a)
-                (movie_timescale,) = struct.unpack_from(">I", moov, at + (16 if version == 1 else 8))
-            elif kind == b"trak":
-                tracks.append(_track(moov, a, b, size))
-            elif kind in REFUSED:
-                raise Unsupported(REFUSED[kind])
-    except (struct.error, IndexError):
-        raise Unsupported("a truncated box") from None
-    if len(tracks) != len(streams):
-        raise Unsupported("tracks that are not ffprobe's streams")
+    tracks, movie_timescale = _tracks(path, probe)
     found: dict[int, list[Packet]] = {}
     for index in indices:
         s, t = streams[index], tracks[index]
@@ -350,3 +341,158 @@ def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
         else:
             raise Unsupported("an audio stream's every packet (only where it ends is read here)")
     return found
+
+
+def _tracks(path: Path, probe: dict) -> tuple[list[Track], int]:
+    """The file's tracks, one for each of ffprobe's streams, and the movie timescale."""
+    if "mov" not in probe.get("format", {}).get("format_name", "").split(","):
+        raise Unsupported("not an MP4/MOV file")
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            moov = _top_level(f, size)
+        movie_timescale = 0
+        tracks = []
+        for kind, a, b in _boxes(moov):
+            if kind == b"mvhd":
+                version, at = _full(moov, a)
+                (movie_timescale,) = struct.unpack_from(">I", moov, at + (16 if version == 1 else 8))
+            elif kind == b"trak":
+                tracks.append(_track(moov, a, b, size))
+            elif kind in REFUSED:
+                raise Unsupported(REFUSED[kind])
+    except (struct.error, IndexError):
+        raise Unsupported("a truncated box") from None
+    if len(tracks) != len(probe.get("streams", [])):
+        raise Unsupported("tracks that are not ffprobe's streams")
+    return tracks, movie_timescale
+
+
+# ---------------------------------------------------------------- H.264 entry points
+
+VISUAL_ENTRY = 78            # a visual sample entry's fields before its boxes (ISO 14496-12)
+NAL_IDR, NAL_SPS = 5, 7
+HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}   # SPS with chroma fields
+
+
+def idr_entry_points(path: Path, probe: dict, index: int) -> bool:
+    """Whether every sync sample of this H.264 stream is an IDR picture of a progressive
+    stream: a decoder starts clean at each (no intra-refresh recovery point, which x264 also
+    marks as a sync sample), and each sample is one frame (no field pairs). The boss otherwise
+    learns this by decoding the first frames from two keyframes (client/split.py), which on a
+    quarter of a core delayed the first chunk by half a second. False for anything else: an
+    `avc3` entry (parameter sets among the samples), an SPS with field coding, a sync sample
+    whose first picture is not IDR; Unsupported where the file is not one this reader reads."""
+    tracks, _ = _tracks(path, probe)
+    t = tracks[index]
+    stream = probe["streams"][index]
+    if stream.get("codec_name") != "h264" or t.handler != b"vide" or t.descriptions != 1:
+        raise Unsupported("not an H.264 track")
+    if t.entry[:4] != b"avc1":
+        return False
+    config = next((t.entry[4 + a:4 + b] for kind, a, b in _boxes(t.entry[4:], VISUAL_ENTRY) if kind == b"avcC"), None)
+    try:
+        length_size, sps = _avc_config(config or b"")
+        if not sps or not all(_progressive(nal) for nal in sps):
+            return False
+        offsets = _check_data(t)
+        with path.open("rb") as f:
+            return bool(t.sync) and all(_first_picture(f, offsets[n - 1], t.sizes[n - 1], length_size) == NAL_IDR
+                                        for n in t.sync if 1 <= n <= len(offsets))
+    except (struct.error, IndexError, ValueError):
+        return False
+
+
+def _avc_config(config: bytes) -> tuple[int, list[bytes]]:
+    """An avcC box's NAL length size and its sequence parameter sets."""
+    length_size = (config[4] & 3) + 1
+    count, at, sps = config[5] & 31, 6, []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">H", config, at)
+        sps.append(config[at + 2:at + 2 + size])
+        at += 2 + size
+    return length_size, sps
+
+
+def _first_picture(f: BinaryIO, offset: int, size: int, length_size: int) -> int | None:
+    """The NAL type of the first picture (slice) in a sample; None if it holds none or an SPS
+    comes first (parameter sets that change in the stream: not judged here)."""
+    at, end = offset, offset + size
+    while at + length_size < end:
+        f.seek(at)
+        head = f.read(length_size + 1)
+        if len(head) < length_size + 1:
+            return None
+        length = int.from_bytes(head[:length_size], "big")
+        kind = head[length_size] & 31
+        if 1 <= kind <= 5:
+            return kind
+        if kind == NAL_SPS:
+            return None
+        at += length_size + length
+    return None
+
+
+class _Bits:
+    """Big-endian bits of a NAL's payload (emulation prevention bytes removed), Exp-Golomb codes."""
+
+    def __init__(self, nal: bytes) -> None:
+        self.data = nal[1:].replace(b"\x00\x00\x03", b"\x00\x00")
+        self.at = 0
+
+    def bit(self) -> int:
+        byte = self.data[self.at >> 3]          # (an IndexError past the end: a damaged SPS)
+        self.at += 1
+        return (byte >> (7 - ((self.at - 1) & 7))) & 1
+
+    def bits(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            value = value << 1 | self.bit()
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while not self.bit():
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("a damaged Exp-Golomb code")
+        return (1 << zeros) - 1 + self.bits(zeros)
+
+    def se(self) -> int:
+        code = self.ue()
+        return (code + 1) // 2 if code & 1 else -(code // 2)
+
+
+def _progressive(nal: bytes) -> bool:
+    """An H.264 SPS's frame_mbs_only_flag (ITU-T H.264 7.3.2.1.1): every picture a frame."""
+    if not nal or nal[0] & 31 != NAL_SPS:
+        return False
+    r = _Bits(nal)
+    profile = r.bits(8)
+    r.bits(16)                                  # constraint flags, level
+    r.ue()                                      # seq_parameter_set_id
+    if profile in HIGH_PROFILES:
+        chroma = r.ue()
+        if chroma == 3:
+            r.bit()                             # separate_colour_plane_flag
+        r.ue(), r.ue(), r.bit()                 # bit depths, qpprime_y_zero_transform_bypass_flag
+        if r.bit():                             # seq_scaling_matrix_present_flag
+            for i in range(8 if chroma != 3 else 12):
+                if r.bit():
+                    last = step = 8
+                    for _ in range(16 if i < 6 else 64):
+                        if step:
+                            step = (last + r.se() + 256) % 256
+                        last = step or last
+    r.ue()                                      # log2_max_frame_num_minus4
+    poc_type = r.ue()
+    if poc_type == 0:
+        r.ue()
+    elif poc_type == 1:
+        r.bit(), r.se(), r.se()
+        for _ in range(r.ue()):
+            r.se()
+    r.ue(), r.bit()                             # max_num_ref_frames, gaps_in_frame_num_allowed_flag
+    r.ue(), r.ue()                              # picture width and height in macroblocks
+    return r.bit() == 1

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from ffdt.client import media
+from ffdt.client.split import PREFIX_PACKETS, Splitter
 from ffdt.common import ffmpeg, mp4
+from ffdt.common.settings import Settings
 from tests.conftest import SHARED_MEDIA
 
 pytestmark = pytest.mark.integration
@@ -31,7 +33,13 @@ MADE = {
     "hevc.mp4": ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error", "-c:a", "aac"],
     # audio cut shorter than its media by the edit (-t): ffmpeg trims the last packet
     "audio-trimmed.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-t", "2.5"],
+    # sync samples where a decoder cannot start (x264 marks its recovery points so), and
+    # interlaced coding (MBAFF): read as ffprobe reads them, but not IDR entry points
+    "intra-refresh.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-intra-refresh", "1", "-g", "25", "-c:a", "aac"],
+    "interlaced.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-flags", "+ildct+ilme", "-g", "25", "-c:a", "aac"],
 }
+IDR_ENTRY_POINTS = {"bframes.mp4": True, "faststart.mov": True, "no-editlist.mp4": True, "audio-trimmed.mp4": True,
+                    "intra-refresh.mp4": False, "interlaced.mp4": False}
 REFUSED = {
     "fragmented.mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
                        "-movflags", "+frag_keyframe+empty_moov"],
@@ -176,3 +184,49 @@ def test_a_table_given_twice_is_refused(made, tmp_path):
     twice.write_bytes(bytes(data))
     with pytest.raises(mp4.Unsupported, match="two 'stts' boxes"):
         mp4.packets_by_stream(twice, ffmpeg.probe(tools, original), [0])
+
+
+def test_idr_entry_points_are_where_a_decoder_starts_clean(made):
+    """mp4.idr_entry_points lets the boss skip decoding from two keyframes before its first
+    chunk goes out: where it says yes, PREFIX_PACKETS packets from every keyframe decode to as
+    many frames (the decode it stands for); x264's intra-refresh recovery points do not, and
+    must get a no; interlaced coding gets a no too (the decode decides)."""
+    tools = ffmpeg.find_tools()
+    for name, expected in IDR_ENTRY_POINTS.items():
+        path = made[name]
+        info = media.inspect(tools, path)
+        assert info.idr_keyframes is expected, name
+        shown = ffmpeg.count_frames_at(tools, path, info.keyframes, packets=PREFIX_PACKETS)
+        assert shown, name
+        if expected:
+            assert all(n == PREFIX_PACKETS for n in shown), (name, shown)
+    assert ffmpeg.count_frames_at(tools, made["intra-refresh.mp4"], [1.0], packets=PREFIX_PACKETS) == [0]
+    probe = ffmpeg.probe(tools, made["hevc.mp4"])
+    with pytest.raises(mp4.Unsupported):
+        mp4.idr_entry_points(made["hevc.mp4"], probe, 0)
+    # a damaged SPS (zeros after its level: no Exp-Golomb code ends) is a no, not an error
+    damaged = bytearray(made["bframes.mp4"].read_bytes())
+    config = damaged.find(b"avcC") + 4
+    sps_length = int.from_bytes(damaged[config + 6:config + 8], "big")
+    damaged[config + 12:config + 8 + sps_length] = bytes(sps_length - 4)
+    broken = made["bframes.mp4"].with_name("damaged-sps.mp4")
+    broken.write_bytes(bytes(damaged))
+    assert mp4.idr_entry_points(broken, ffmpeg.probe(tools, broken), 0) is False
+
+
+@pytest.mark.parametrize("name", ["bframes.mp4", "intra-refresh.mp4"])
+def test_the_split_decodes_only_where_the_tables_cannot_tell(made, tmp_path, monkeypatch, name):
+    """The streaming split of an MP4 of IDR keyframes hands out its chunks without the entry
+    decode; of intra-refresh keyframes it still decodes, finds them no entry points, and the
+    chunks all decode from the first frame (split() with entry_points=False)."""
+    tools = ffmpeg.find_tools()
+    info = media.inspect(tools, made[name])
+    decodes = []
+    real = ffmpeg.count_frames_at
+    monkeypatch.setattr(ffmpeg, "count_frames_at", lambda *args, **kw: decodes.append(args) or real(*args, **kw))
+    chunks = Splitter(tools, info, Settings(), tmp_path, 1.0).run(2, lambda chunks, complete: None)
+    assert sum(c.frames for c in chunks) == info.frames
+    if info.idr_keyframes:
+        assert not decodes and len(chunks) == 3
+    else:
+        assert decodes and all(c.manifest.frame_range is not None or c.index == 0 for c in chunks)
