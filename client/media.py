@@ -181,7 +181,7 @@ def inspect(tools: ffmpeg.Tools, path: Path,
         tags=dict(fmt.get("tags", {})),
         pixel_bit_rate=_pixel_bit_rate(packets, video, end - first),
         choice=choice, own_copy=own_copy, hidden_lead=hidden_lead, hidden_tail=hidden_tail,
-        audio_end=audio_end, idr_keyframes=idr and not first_key,
+        audio_end=audio_end, idr_keyframes=idr,
         dts_shift=max([0.0] + [p.dts - p.pts for p in packets if p.pts_known and p.dts_known
                                and p.dts - p.pts > DTS_SLACK]),
     )
@@ -200,11 +200,12 @@ def _input_packets(tools: ffmpeg.Tools, path: Path, info: dict, wanted: list[int
     start, duration = _float(fmt.get("start_time")) or 0.0, _float(fmt.get("duration")) or 0.0
     shown = on_progress if on_progress and 0 < duration < 1e9 else None
     try:
-        found = mp4.packets_by_stream(path, info, wanted, last_only=wanted[1:])
+        movie = mp4.read_movie(path, info)
+        found = mp4.packets_by_stream(path, info, wanted, last_only=wanted[1:], movie=movie)
         if shown:
             shown(duration, duration)     # read at once: a script still sees the probe done
         try:
-            return found, mp4.idr_entry_points(path, info, wanted[0])
+            return found, mp4.idr_entry_points(path, info, wanted[0], movie=movie)
         except mp4.Unsupported:
             return found, False
     except mp4.CutShort as exc:

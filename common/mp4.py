@@ -317,15 +317,17 @@ def _audio_last(t: Track, movie_timescale: int) -> Packet:
 
 
 def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
-                      last_only: Sequence[int] = ()) -> dict[int, list[Packet]]:
+                      last_only: Sequence[int] = (), movie: Movie | None = None) -> dict[int, list[Packet]]:
     """What ffmpeg.packets_by_stream would return for these streams of an MP4/MOV file, read
     from its sample tables. probe: ffprobe's JSON of the same file (ffmpeg.probe): its streams
-    must be this file's tracks, one for one, of codecs this reader knows, with ffprobe's counts."""
+    must be this file's tracks, one for one, of codecs this reader knows, with ffprobe's counts.
+    movie: read_movie() of the file, already run."""
     streams = probe.get("streams", [])
-    tracks, movie_timescale = _tracks(path, probe)
+    movie = movie or read_movie(path, probe)
+    movie_timescale = movie.timescale
     found: dict[int, list[Packet]] = {}
     for index in indices:
-        s, t = streams[index], tracks[index]
+        s, t = streams[index], movie.tracks[index]
         kind, codec = s.get("codec_type"), s.get("codec_name", "")
         video = kind == "video"
         if (kind, t.handler) not in (("video", b"vide"), ("audio", b"soun")) \
@@ -343,8 +345,16 @@ def packets_by_stream(path: Path, probe: dict, indices: Sequence[int],
     return found
 
 
-def _tracks(path: Path, probe: dict) -> tuple[list[Track], int]:
-    """The file's tracks, one for each of ffprobe's streams, and the movie timescale."""
+@dataclass
+class Movie:
+    """A file's moov as read here: its tracks, one for each of ffprobe's streams."""
+    tracks: list[Track]
+    timescale: int
+
+
+def read_movie(path: Path, probe: dict) -> Movie:
+    """Read the file's moov (packets_by_stream and idr_entry_points take it, so that asking
+    both reads it once). probe: as for packets_by_stream."""
     if "mov" not in probe.get("format", {}).get("format_name", "").split(","):
         raise Unsupported("not an MP4/MOV file")
     size = path.stat().st_size
@@ -365,7 +375,7 @@ def _tracks(path: Path, probe: dict) -> tuple[list[Track], int]:
         raise Unsupported("a truncated box") from None
     if len(tracks) != len(probe.get("streams", [])):
         raise Unsupported("tracks that are not ffprobe's streams")
-    return tracks, movie_timescale
+    return Movie(tracks, movie_timescale)
 
 
 # ---------------------------------------------------------------- H.264 entry points
@@ -375,16 +385,16 @@ NAL_IDR, NAL_SPS = 5, 7
 HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}   # SPS with chroma fields
 
 
-def idr_entry_points(path: Path, probe: dict, index: int) -> bool:
+def idr_entry_points(path: Path, probe: dict, index: int, movie: Movie | None = None) -> bool:
     """Whether every sync sample of this H.264 stream is an IDR picture of a progressive
     stream: a decoder starts clean at each (no intra-refresh recovery point, which x264 also
     marks as a sync sample), and each sample is one frame (no field pairs). The boss otherwise
     learns this by decoding the first frames from two keyframes (client/split.py), which on a
     quarter of a core delayed the first chunk by half a second. False for anything else: an
     `avc3` entry (parameter sets among the samples), an SPS with field coding, a sync sample
-    whose first picture is not IDR; Unsupported where the file is not one this reader reads."""
-    tracks, _ = _tracks(path, probe)
-    t = tracks[index]
+    whose first picture is not IDR; Unsupported where the file is not one this reader reads.
+    movie: read_movie() of the file, already run."""
+    t = (movie or read_movie(path, probe)).tracks[index]
     stream = probe["streams"][index]
     if stream.get("codec_name") != "h264" or t.handler != b"vide" or t.descriptions != 1:
         raise Unsupported("not an H.264 track")
