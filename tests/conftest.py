@@ -21,10 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ffdt.common.auth import MIN_ITERATIONS  # noqa: E402  (after ROOT is on the path)
-from ffdt.tracker.auth import create_user  # noqa: E402
-from ffdt.tracker.store import Store  # noqa: E402
-
 
 def _shared_media() -> Path:
     """The team's real clips: $FFDT_SHARED_MEDIA, else ../shared/media beside the checkout, else /work's."""
@@ -202,7 +198,11 @@ def users_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     made = Cluster(tmp_path_factory.mktemp("users") / "tracker-data")
     made.add_user("b", "boss")              # by the command a user runs: the data dir as it makes it
     # then both at SCRAM's least iterations: every login of the suite's ~150 clusters paid 50 ms of
-    # PBKDF2 at the default 200,000 (the command and its default have tests of their own)
+    # PBKDF2 at the default 200,000 (the command and its default have tests of their own).
+    # Imported here: scripts/soak imports this module under a Python without the tracker's packages
+    from ffdt.common.auth import MIN_ITERATIONS
+    from ffdt.tracker.auth import create_user
+    from ffdt.tracker.store import Store
     store = Store(made.data / "tracker.db")
     try:
         create_user(store, "b", "boss", PASSWORD, MIN_ITERATIONS)
