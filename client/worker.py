@@ -55,6 +55,7 @@ class WorkerConfig:
     tls_server: ssl.SSLContext | None = None     # TLS on our two ports (None: plain TCP)
     tls_fingerprint: str | None = None           # of the key they serve, registered for bosses to pin
     tls_client: ClientTls = ClientTls(None)      # TLS to the tracker
+    early_encodes: bool = True                   # encode a chunk while it arrives (session.EarlyEncode)
 
 
 # ---------------------------------------------------------------- command line

@@ -38,6 +38,7 @@ BASE_FLAGS = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 # files as the only protocol: a playlist, a concat script or any other indirection in it fails
 # instead of making ffmpeg read the host's other files or the network.
 PEER_FILE = ["-f", "matroska", "-protocol_whitelist", "file"]
+PEER_PIPE = ["-f", "matroska", "-protocol_whitelist", "pipe", "-i", "pipe:0"]   # the same, arriving on stdin
 # The boss's decodes run with one decoder thread: about 30 % less CPU than frame threads for the
 # same frames (a 5 s 360p chunk: 0.40 against 0.57 CPU-s), and the boss's CPU is what it must save.
 ONE_THREAD = ["-threads", "1"]
@@ -232,11 +233,12 @@ class _Child:
     stderr: str = ""
 
 
-def _spawn(cmd: list[str], stdout: Any, stderr: Any) -> subprocess.Popen:
-    """Start a child with no stdin, none of our secrets in its environment, dying with the thread
-    that started it, and tracked for kill_children(); FFmpegError if it cannot start."""
+def _spawn(cmd: list[str], stdout: Any, stderr: Any, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    """Start a child with no stdin (unless given one), none of our secrets in its environment,
+    dying with the thread that started it, and tracked for kill_children(); FFmpegError if it
+    cannot start."""
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True,
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, text=True,
                                 errors="replace", env=child_env(), preexec_fn=die_with_parent)
     except OSError as exc:
         raise FFmpegError(cmd, None, f"cannot run {cmd[0]}: {exc}") from exc
@@ -246,13 +248,25 @@ def _spawn(cmd: list[str], stdout: Any, stderr: Any) -> subprocess.Popen:
 
 
 @contextlib.contextmanager
-def _child(cmd: list[str], timeout: float) -> Iterator[_Child]:
+def _child(cmd: list[str], timeout: float, feed: Callable[[int], None] | None = None) -> Iterator[_Child]:
     """A child with stdout piped and stderr kept in a temp file (a pipe could fill and block it),
     killed on timeout and on any exception in the block (KeyboardInterrupt included), so it never
-    outlives the caller. After the block: its return code and stderr."""
+    outlives the caller. After the block: its return code and stderr. feed: called in a thread of
+    its own with the write end of the child's stdin, which it must close (the child's EOF)."""
     log.debug("running %s", shlex.join(cmd))
     with tempfile.TemporaryFile("w+", errors="replace") as err:
-        proc = _spawn(cmd, subprocess.PIPE, err)
+        if feed is None:
+            proc = _spawn(cmd, subprocess.PIPE, err)
+        else:
+            read_end, write_end = os.pipe()
+            try:
+                proc = _spawn(cmd, subprocess.PIPE, err, stdin=read_end)
+            except BaseException:
+                os.close(write_end)
+                raise
+            finally:
+                os.close(read_end)
+            threading.Thread(target=feed, args=(write_end,), name="feed", daemon=True).start()
         child = _Child(proc)
 
         def expire() -> None:
@@ -292,14 +306,16 @@ def run_counting(cmd: list[str], frames: int, on_progress: Callable[[float, floa
 
 def run_with_progress(cmd: list[str], *, timeout: float, on_frames: Callable[[int], None] = lambda n: None,
                       cancel: Cancel | None = None,
-                      on_start: Callable[[subprocess.Popen], None] = lambda proc: None) -> str:
+                      on_start: Callable[[subprocess.Popen], None] = lambda proc: None,
+                      feed: Callable[[int], None] | None = None) -> str:
     """Run an ffmpeg that has `-progress pipe:1`, reporting `frame=` values as they come.
 
     The child is killed on timeout, on cancel, and on any exception here (KeyboardInterrupt
-    included), so it never outlives the caller. Returns stderr (warnings) on success.
+    included), so it never outlives the caller. Returns stderr (warnings) on success. feed: its
+    stdin's writer, as for _child (an input read from `pipe:0`).
     """
     cancel = cancel or Cancel()
-    with _child(cmd, timeout) as child:
+    with _child(cmd, timeout, feed) as child:
         cancel.attach(child.proc)
         try:
             on_start(child.proc)
@@ -755,7 +771,7 @@ SAMPLE_CLUSTER_MS = 250    # a sampled result's clusters last at most this (ffmp
                            # so its first frames are written soon and its sample is small
 
 
-def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0,
+def encode_cmd(tools: Tools, src: Path | None, dst: Path, s: Settings, threads: int = 0,
                frame_range: tuple[int, int] | None = None, warmup: int = 0, sampled: bool = False) -> list[str]:
     """Encode one chunk (video only) into Matroska, reporting progress on stdout.
 
@@ -763,9 +779,11 @@ def encode_cmd(tools: Tools, src: Path, dst: Path, s: Settings, threads: int = 0
     (a chunk cut inside a long GOP). warmup=N (up to skip): encode N frames before those, then
     split them off into warmup_parts(dst) (see WARMUP_FRAMES). sampled: short clusters, so that
     the start of the result is written, final, while the encode goes on (client/encode.py takes
-    a sample of it for the boss); not with a warm-up."""
+    a sample of it for the boss); not with a warm-up. src None: the chunk comes on stdin (its
+    bytes fed as they arrive; the same result bytes as from the file)."""
+    source = PEER_PIPE if src is None else input_args(src, peer=True)
     cmd = [tools.ffmpeg, *BASE_FLAGS, "-nostats", "-progress", "pipe:1", *device_args(s.vcodec),
-           *input_args(src, peer=True), "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
+           *source, "-map", "0:v:0", "-an", "-sn", "-dn", "-map_metadata", "-1"]
     filters = [*picture_filters(s, frame_range, warmup), *upload_filters(s)]
     if filters:
         cmd += ["-vf", ",".join(filters)]

@@ -43,10 +43,15 @@ def send_file(sock: socket.socket, path: Path, size: int) -> None:
         raise TransferError(f"sending {path.name}: {sent} of {size} bytes sent")
 
 
+def part_path(dest: Path) -> Path:
+    """Where recv_file writes `dest` until its hash is checked."""
+    return dest.with_name(dest.name + ".part")
+
+
 def recv_file(sock: socket.socket, dest: Path, size: int, sha256: str,
               on_bytes: Callable[[int], None] = lambda n: None) -> None:
     """Receive `size` bytes into `dest` via `dest.part`; rename only when the hash matches."""
-    part = dest.with_name(dest.name + ".part")
+    part = part_path(dest)
     digest, left = hashlib.sha256(), size
     try:
         with part.open("wb") as f:

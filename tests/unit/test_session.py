@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from ffdt.client.session import (MAX_WAIT_RETRY, MIN_WAIT_RETRY, BossSession, Fi
                                  run_session)
 from ffdt.common.audit_events import Event
 from ffdt.common.config import WAIT_RETRY
-from ffdt.common.errors import ConnectionClosed, FFmpegError, ProtocolError
+from ffdt.common.errors import ConnectionClosed, FFmpegError, ProtocolError, RequestRejected
 from ffdt.common.protocol import Msg, Role, client_hello, expect, recv_msg, send_msg
 from ffdt.common.settings import Settings
 
@@ -69,19 +70,21 @@ class StandInConfig:
     threads: int = 0
     tools: Any = None
     tls_server: Any = None
+    early_encodes: bool = False        # (their own tests below turn it on)
 
 
 class StandInWorker:
     """What run_session, the handlers and the file port use of a Worker, without a tracker."""
     session = Worker.session           # the real lookup of a session by id and key
 
-    def __init__(self, root: Path, slots: int = 1, prefetch: int = 0) -> None:
-        self.cfg = StandInConfig(slots=slots, prefetch=prefetch)
+    def __init__(self, root: Path, slots: int = 1, prefetch: int = 0, early: bool = False) -> None:
+        self.cfg = StandInConfig(slots=slots, prefetch=prefetch, early_encodes=early)
         self.root = root
         self.hand = Places(slots + prefetch)
         self.encode_slots = threading.BoundedSemaphore(slots)
         self.lock = threading.Lock()
         self.busy = 0
+        self.queued = 0
         self.reserved = 0
         self.sessions: dict[str, BossSession] = {}
         self.reports: list[tuple[Event, dict[str, Any]]] = []
@@ -100,15 +103,21 @@ class FakeEncoder:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.fed: dict[int, bytes] = {}      # what an early encode read from its arrival, by chunk
         self.started = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(self, tools: Any, settings: Settings, a: Any, threads: int,
-                 on_frames: Callable[[int], None], on_sample: Callable[[], None] | None = None
-                 ) -> tuple[int, str] | None:
+                 on_frames: Callable[[int], None], on_sample: Callable[[], None] | None = None,
+                 arriving: Any = None) -> tuple[int, str] | None:
         self.calls.append(a.chunk)
         self.started.set()
+        if arriving is not None:            # read the chunk as ffmpeg would, from the pipe
+            read_end, write_end = os.pipe()
+            threading.Thread(target=arriving.feed, args=(write_end,), daemon=True).start()
+            with os.fdopen(read_end, "rb") as pipe:
+                self.fed[a.chunk] = pipe.read()
         if on_sample is not None:          # as encode() does once the result's start is written
             a.sample_path.write_bytes(sample_of(a.chunk))
             a.sample = len(sample_of(a.chunk)), sha(sample_of(a.chunk))
@@ -116,7 +125,8 @@ class FakeEncoder:
         deadline, pause = time.monotonic() + IO_WAIT, threading.Event()
         while not self.gate.is_set() and not a.cancel.is_set() and time.monotonic() < deadline:
             pause.wait(0.01)           # a fake ffmpeg, checking its cancel switch as the real one does
-        a.input.unlink(missing_ok=True)        # as encode() does, whatever happens
+        if arriving is None:
+            a.input.unlink(missing_ok=True)    # as encode() does, whatever happens
         if a.cancel.is_set():
             return None
         data = b"result of chunk %d\n" % a.chunk * 40
@@ -177,9 +187,9 @@ def start(tmp_path: Path, background, encoder) -> Iterator[Callable[..., Running
     opened: list[socket.socket] = []
     count = iter(range(1, 100))
 
-    def make(worker: StandInWorker | None = None, *, slots: int = 1, prefetch: int = 0, samples: bool = False
-             ) -> Running:
-        worker = worker or StandInWorker(tmp_path, slots, prefetch)
+    def make(worker: StandInWorker | None = None, *, slots: int = 1, prefetch: int = 0, samples: bool = False,
+             early: bool = False) -> Running:
+        worker = worker or StandInWorker(tmp_path, slots, prefetch, early)
         boss, port = socket.socketpair()
         boss.settimeout(IO_WAIT)
         port.settimeout(IO_WAIT)
@@ -410,7 +420,7 @@ def test_cancel_of_a_running_encode_sends_no_done(background, start, encoder):
 def test_a_failed_encode_sends_ffmpegs_last_line_without_our_paths(background, start, monkeypatch):
     names = []
 
-    def failing(tools, settings, a, threads, on_frames, on_sample=None):
+    def failing(tools, settings, a, threads, on_frames, on_sample=None, arriving=None):
         names.append(a.input.name)
         a.input.unlink(missing_ok=True)
         raise FFmpegError(["ffmpeg", "-i", str(a.input)], 1,
@@ -643,3 +653,127 @@ def test_no_more_uploads_wait_unassigned_than_the_worker_has_places(background, 
         send_msg(conn, Msg.PUT, session=run.s.id, key=run.s.key, chunk=2, size=len(DATA), sha256=sha(DATA))
         assert "already wait for their assign" in expect(conn, Msg.ERROR)["reason"]
     assert not chunk_files(run, 2)
+
+
+# ---------------------------------------------------------------- encoding while the bytes arrive
+
+@contextlib.contextmanager
+def upload_in_halves(background, run: Running, chunk: int = 0, data: bytes = DATA, sent_sha: str | None = None
+                     ) -> Iterator[socket.socket]:
+    """A put whose first half is sent before the block runs and the second half after."""
+    with file_port(background, run.worker) as (conn, handler):
+        send_msg(conn, Msg.PUT, session=run.s.id, key=run.s.key, chunk=chunk, size=len(data),
+                 sha256=sent_sha or sha(data))
+        expect(conn, Msg.OK)
+        conn.sendall(data[:len(data) // 2])
+        yield conn
+        conn.sendall(data[len(data) // 2:])
+        with contextlib.suppress(ConnectionClosed, ProtocolError, RequestRejected):
+            recv_msg(conn)
+        handler.join()
+
+
+def test_a_free_encoder_starts_on_the_upload_and_reports_only_after_the_assign(background, start, encoder):
+    run = start(early=True)
+    run.next(Msg.REQUEST)
+    with upload_in_halves(background, run):
+        assert encoder.started.wait(IO_WAIT), "no encode began while the bytes arrived"
+    assert poll_for(lambda: 0 in encoder.fed, IO_WAIT, "the encoder to read its input") is not False
+    assert encoder.fed[0] == DATA, "the encoder read other bytes than the upload's"
+    run.sync()                        # nothing said of it before its assign: no progress, no done
+    assign(run, 0)
+    assert run.next(Msg.PROGRESS)["frames"] == 0
+    done = run.next(Msg.DONE)
+    assert (done["chunk"], done["sha256"], done["frames"]) == (0, sha(result_of(0)), 25)
+    assert run.next(Msg.REQUEST)["count"] == 1
+    assert encoder.calls == [0], "the chunk was encoded twice"
+    assert [p.name for p in run.s.dir.iterdir()] == [p.name for p in run.s.dir.glob("*.out.mkv")], \
+        "the input was not removed once assigned"
+    run.send(Msg.END)
+    run.next(Msg.BYE)
+    run.task.join()
+    assert_session_gone(run)
+
+
+def test_an_assign_for_a_frame_range_stops_the_early_encode_and_encodes_from_the_file(background, start, encoder):
+    encoder.gate.clear()              # the early encode would run until stopped
+    run = start(early=True)
+    run.next(Msg.REQUEST)
+    with upload_in_halves(background, run):
+        assert encoder.started.wait(IO_WAIT)
+    run.send(Msg.ASSIGN, chunk=0, size=len(DATA), sha256=sha(DATA), frames=10, skip=5, limit=10)
+    poll_for(lambda: len(encoder.calls) == 2, IO_WAIT, "the assign's own encode")
+    encoder.gate.set()
+    assert run.next(Msg.PROGRESS)["frames"] == 0
+    assert run.next(Msg.DONE)["frames"] == 10
+    run.next(Msg.REQUEST)
+    assert 0 not in run.s.early and run.worker.busy == 0
+    run.send(Msg.END)
+    run.next(Msg.BYE)
+    run.task.join()
+    assert_session_gone(run)
+
+
+def test_an_upload_that_fails_its_hash_stops_the_early_encode_and_says_nothing(background, start, encoder):
+    encoder.gate.clear()
+    run = start(early=True)
+    run.next(Msg.REQUEST)
+    with upload_in_halves(background, run, sent_sha="0" * 64):
+        assert encoder.started.wait(IO_WAIT)
+    poll_for(lambda: run.worker.busy == 0, IO_WAIT, "the early encode to stop")
+    assert encoder.fed.get(0, b"") != DATA, "an upload that failed its hash was fed whole to the encoder"
+    run.sync()                        # no progress, no done, no failed for a chunk never assigned
+    assert not run.s.early and chunk_files(run, 0) == [] and not parts_left(run.worker.root)
+    assert run.worker.encode_slots.acquire(blocking=False), "the early encode kept the encoder"
+    run.worker.encode_slots.release()
+    encoder.gate.set()
+    put(background, run, 0)           # the same place, uploaded again: encoded and reported
+    assign(run, 0)
+    run.next(Msg.PROGRESS)
+    assert run.next(Msg.DONE)["sha256"] == sha(result_of(0))
+
+
+def test_a_cancel_during_the_upload_stops_the_early_encode(background, start, encoder):
+    encoder.gate.clear()
+    run = start(early=True)
+    run.next(Msg.REQUEST)
+    cancel_during_upload(background, run)
+    poll_for(lambda: run.worker.busy == 0, IO_WAIT, "the early encode to stop")
+    run.send(Msg.WAIT, retry_after=0.05)
+    run.next(Msg.REQUEST)
+    assert not run.s.early and chunk_files(run, 0) == []
+
+
+def test_a_prefetched_upload_does_not_take_the_encoder(background, start, encoder):
+    """With the encoder busy, an upload waits for its assign and its turn, as without early encodes."""
+    encoder.gate.clear()
+    run = start(early=True, prefetch=1)
+    run.next(Msg.REQUEST)
+    run.next(Msg.REQUEST)
+    put(background, run, 0)
+    assign(run, 0)
+    run.next(Msg.PROGRESS)
+    put(background, run, 1, DATA[::-1])
+    assert encoder.calls == [0] and not run.s.early
+    encoder.gate.set()
+    run.send(Msg.ASSIGN, chunk=1, size=len(DATA), sha256=sha(DATA[::-1]), frames=25)
+    dones = {}
+    while len(dones) < 2:
+        msg = run.next(Msg.PROGRESS, Msg.DONE, Msg.REQUEST)
+        if msg["type"] is Msg.DONE:
+            dones[msg["chunk"]] = msg
+    assert encoder.calls == [0, 1]
+
+
+def test_the_session_ending_during_an_early_encode_frees_everything(background, start, encoder):
+    encoder.gate.clear()
+    run = start(early=True)
+    run.next(Msg.REQUEST)
+    with upload_in_halves(background, run):
+        assert encoder.started.wait(IO_WAIT)
+    run.boss.close()
+    with pytest.raises(ConnectionClosed):
+        run.task.join()
+    poll_for(lambda: run.worker.busy == 0, IO_WAIT, "the early encode to stop")
+    assert not run.worker.reports                     # cancelled, not encoded
+    assert_session_gone(run)
