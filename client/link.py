@@ -144,6 +144,8 @@ class WorkerLink(threading.Thread):
         # say (an older worker), so it is never compared
         self.encoder: tuple[str, int, tuple[int, int], str, bool] | None = None
         self.samples = False            # it sends samples of its results (PROTOCOL.md, "sample")
+        self.reuse = False              # it keeps file-port connections open for the next transfer
+        self._file: socket.socket | None = None     # that connection, between transfers
         self._sampled: set[int] = set()  # chunks whose present assignment had its sample (one each)
         self.lied: str | None = None    # its result differed from two others' of the same chunk
         self._handlers: dict[Msg, Callable[[dict], bool]] = {
@@ -164,9 +166,10 @@ class WorkerLink(threading.Thread):
         except (ConnectionClosed, ProtocolError, PeerUnreachable, RequestRejected, TransferError) as exc:
             self.failure = str(exc)
         finally:
-            if self.sock is not None:
-                with contextlib.suppress(OSError):
-                    self.sock.close()
+            for sock in (self.sock, self._take_file()):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
             lost = self.job.scheduler.release(self.offer.name, self.failure or "session ended")
             # a session the boss itself closed (the job over, or Ctrl-C) is not a lost worker
             if self.failure and not self.job.scheduler.finished.is_set() and not self.closed_by_us:
@@ -190,10 +193,11 @@ class WorkerLink(threading.Thread):
     def close(self) -> None:
         """End the session from outside (the job is over): the worker sees the connection close."""
         self.closed_by_us = True
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-                self.sock.close()
+        for sock in (self.sock, self._take_file()):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
 
     def _open(self) -> None:
         o = self.offer
@@ -202,11 +206,13 @@ class WorkerLink(threading.Thread):
         self.sock = sock
         client_hello(sock, Role.BOSS, self.job.name)
         wanted = self.job.on_sample is not None
-        send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire(), samples=wanted)
+        send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire(), samples=wanted,
+                 reuse_file_connection=True)
         reply = expect(sock, Msg.SESSION_OK)
         self.session, self.key = field(reply, "session", str), field(reply, "key", str)
         check_settings_echo(self.job.settings, reply.get("settings"))
         self.samples = wanted and reply.get("samples") is True
+        self.reuse = reply.get("reuse_file_connection") is True
         threads, cpus, host_cpus, cpu = (reply.get(k) for k in ("threads", "cpus", "host_cpus", "cpu"))
         if isinstance(threads, int) and isinstance(cpus, int) and isinstance(host_cpus, int) and \
                 isinstance(cpu, str) and 0 <= threads <= 1024 and 1 <= cpus <= 65536 and 1 <= host_cpus <= 65536 \
@@ -374,19 +380,57 @@ class WorkerLink(threading.Thread):
             raise
         return sock
 
+    def _take_file(self) -> socket.socket | None:
+        sock, self._file = self._file, None
+        return sock
+
+    def _exchange(self, kind: Msg, reply: Msg, **fields: Any) -> tuple[socket.socket, dict[str, Any]]:
+        """A file-port request and its first reply, on the connection kept from the last transfer
+        if there is one (PROTOCOL.md 9): one the worker closed meanwhile (idle too long) is
+        replaced by a new one, once. The caller hands the connection to _finished()."""
+        fields.update(session=self.session, key=self.key)
+        kept = self._take_file()
+        if kept is not None:
+            try:
+                send_msg(kept, kind, **fields)
+                return kept, expect(kept, reply)
+            except ConnectionClosed:
+                kept.close()
+            except BaseException:
+                kept.close()
+                raise
+        sock = self._file_conn()
+        try:
+            send_msg(sock, kind, **fields)
+            return sock, expect(sock, reply)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _finished(self, sock: socket.socket, ok: bool) -> None:
+        """A transfer is over: keep its connection for the next one if it went well and the worker
+        keeps them, else close it (after an error the worker closes it too)."""
+        if ok and self.reuse and not self.closed_by_us and self._file is None:
+            self._file = sock
+        else:
+            sock.close()
+
     def _put(self, chunk: Chunk) -> dict[str, Any]:
         """Upload a chunk's bytes; returns their size and sha256 for `assign`."""
         source, size, sha = chunk.source, chunk.size, chunk.sha256
         if faults.on("playlist-chunks"):
             source = faults.outgoing(source)
             size, sha = source.stat().st_size, sha256_file(source)
-        with self._file_conn() as sock:
-            send_msg(sock, Msg.PUT, session=self.session, key=self.key, chunk=chunk.index, size=size, sha256=sha)
-            expect(sock, Msg.OK)          # room for it: send the bytes
+        sock, _ = self._exchange(Msg.PUT, Msg.OK, chunk=chunk.index, size=size, sha256=sha)   # room for it
+        ok = False
+        try:
             send_file(sock, source, size)
             reply = expect(sock, Msg.OK)
             if reply.get("sha256") != sha:
                 raise TransferError(f"{chunk.name}: worker confirmed the wrong checksum")
+            ok = True
+        finally:
+            self._finished(sock, ok)
         self.stats.bytes_sent += size
         return {"size": size, "sha256": sha}
 
@@ -436,14 +480,16 @@ class WorkerLink(threading.Thread):
 
     def _get(self, chunk: Chunk, dest: Path, size: int, sha: str, sample: bool = False) -> None:
         """Fetch a result (or its sample) into `dest`: `size` bytes with this SHA-256, as announced."""
-        with self._file_conn() as sock:
-            send_msg(sock, Msg.GET, session=self.session, key=self.key, chunk=chunk.index,
-                     **({"sample": True} if sample else {}))
-            header = expect(sock, Msg.FILE)
+        sock, header = self._exchange(Msg.GET, Msg.FILE, chunk=chunk.index, **({"sample": True} if sample else {}))
+        ok = False
+        try:
             if header.get("size") != size or header.get("sha256") != sha:
                 raise TransferError(f"{chunk.name}: {'sample' if sample else 'result'} differs from what "
                                     "the worker announced")
             recv_file(sock, dest, size, sha)
+            ok = True
+        finally:
+            self._finished(sock, ok)
 
     def _room_for(self, chunk: Chunk, size: int) -> None:
         """Refuse a result bigger than its frames uncompressed (no encoder makes that: a worker

@@ -63,6 +63,7 @@ MAX_WAIT_RETRY = 10.0                               # a boss's `retry_after` is 
 MIN_WAIT_RETRY = 0.05                               # ... and floored to this
 ENCODER_WAIT_POLL = 0.5                             # a waiting chunk checks for a cancel this often
 SESSION_STOP_FLUSH = 2.0                            # seconds to deliver audit events when stopping
+MAX_KEPT_FILE_CONNECTIONS = 2                       # a session's file connections kept open between transfers
 
 
 @dataclass
@@ -81,6 +82,8 @@ class BossSession:
     received_at: dict[int, float] = field(default_factory=dict)     # chunk -> when its upload ended
     work: dict[int, Assignment] = field(default_factory=dict)
     samples: bool = False   # the boss asked for samples of our results (PROTOCOL.md, "sample")
+    reuse: bool = False     # file-port connections may carry several transfers (PROTOCOL.md 9)
+    kept: set[socket.socket] = field(default_factory=set)       # such connections, open between transfers
     closed: threading.Event = field(default_factory=threading.Event)
     asked: int = 0          # requests sent and not answered yet: each holds a worker slot
     assignments: int = 0    # assignments so far, numbering each one's files
@@ -381,7 +384,7 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
     session_id = secrets.token_hex(8)
     session = BossSession(session_id, secrets.token_hex(16), boss, job, settings,
                           Path(tempfile.mkdtemp(prefix=f"s{session_id}-", dir=worker.root)), sock,
-                          samples=msg.get("samples") is True)
+                          samples=msg.get("samples") is True, reuse=msg.get("reuse_file_connection") is True)
     with worker.lock:
         # one session a job (a ticket is for one job), a few a boss: a boss cannot fill the
         # worker with sessions, threads and directories
@@ -400,7 +403,8 @@ def open_session(worker: Worker, sock: socket.socket) -> BossSession:
     # whose encodes of one chunk must match bit for bit (its re-encode check)
     session.send(Msg.SESSION_OK, session=session.id, key=session.key, slots=worker.cfg.slots, worker=name,
                  settings=session.settings.to_wire(), threads=worker.cfg.threads, cpus=usable_cpus(),
-                 host_cpus=os.cpu_count() or 1, cpu=cpu_kind(), samples=session.samples)
+                 host_cpus=os.cpu_count() or 1, cpu=cpu_kind(), samples=session.samples,
+                 reuse_file_connection=session.reuse)
     return session
 
 
@@ -748,6 +752,11 @@ def end_session(worker: Worker, s: BossSession) -> None:
         asked, s.asked = s.asked, 0
     for _ in range(asked):
         worker.hand.release()
+    with s.lock:
+        kept = list(s.kept)
+    for sock in kept:                    # its file connections waiting for a next transfer end now
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
     for e in early:
         e.drop()
         e.a.cancel.set()
@@ -765,30 +774,63 @@ def end_session(worker: Worker, s: BossSession) -> None:
 class FileHandler(PortHandler):
     def serve(self, worker: Worker, sock: socket.socket) -> None:
         deadline = Deadline(sock, HANDSHAKE_TIMEOUT)      # hello and a valid session key, in all
+        kept: BossSession | None = None                   # the session this connection stays open for
         try:
             server_hello(sock, "worker", {Role.BOSS})
             msg = recv_msg(sock)
-            try:
-                s = worker.session(get(msg, "session", str), get(msg, "key", str))
-                deadline.met()
-                sock.settimeout(TRANSFER_STALL_TIMEOUT)
-                with s.lock:
-                    s.transfers += 1
+            while True:
                 try:
-                    if msg["type"] is Msg.PUT:
-                        receive_chunk(worker, s, sock, msg)
-                    elif msg["type"] is Msg.GET:
-                        send_result(s, sock, msg)
-                    else:
-                        raise RequestRejected("the file port takes put or get")
-                finally:
-                    with s.lock:
-                        s.transfers -= 1
-                        s.heard = time.monotonic()
-            except (RequestRejected, TransferError) as exc:
-                send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=msg["type"].value)
+                    s = worker.session(get(msg, "session", str), get(msg, "key", str))
+                    if kept is not None and s is not kept:
+                        raise RequestRejected("this connection is another session's")
+                    deadline.met()
+                    sock.settimeout(TRANSFER_STALL_TIMEOUT)
+                    transfer(worker, s, sock, msg)
+                except (RequestRejected, TransferError) as exc:
+                    send_msg(sock, Msg.ERROR, reason=str(exc), in_reply_to=msg["type"].value)
+                    return                                # (and closed: an error ends a connection)
+                if kept is None and not keep_open(s, sock):
+                    return
+                kept = s
+                sock.settimeout(BOSS_SILENCE_TIMEOUT)     # a boss may transfer nothing for a whole encode
+                try:
+                    msg = recv_msg(sock)
+                except ConnectionClosed:
+                    return                                # closed by the boss, idle too long, or the session ended
         except (ConnectionClosed, ProtocolError, TranscoderError, OSError) as exc:
             log.warning("file transfer with %s failed: %s", self.client_address[0], exc)
+        finally:
+            if kept is not None:
+                with kept.lock:
+                    kept.kept.discard(sock)
+
+
+def transfer(worker: Worker, s: BossSession, sock: socket.socket, msg: dict) -> None:
+    """One put or get of session `s`, counted as a transfer in progress (the watchdog's check)."""
+    with s.lock:
+        s.transfers += 1
+    try:
+        if msg["type"] is Msg.PUT:
+            receive_chunk(worker, s, sock, msg)
+        elif msg["type"] is Msg.GET:
+            send_result(s, sock, msg)
+        else:
+            raise RequestRejected("the file port takes put or get")
+    finally:
+        with s.lock:
+            s.transfers -= 1
+            s.heard = time.monotonic()
+
+
+def keep_open(s: BossSession, sock: socket.socket) -> bool:
+    """Whether this connection stays open for the session's next transfer (PROTOCOL.md 9): only if
+    the boss asked, while the session lasts, and at most MAX_KEPT_FILE_CONNECTIONS of them (each
+    holds a thread and one of the port's connections)."""
+    with s.lock:
+        if not s.reuse or s.closed.is_set() or len(s.kept) >= MAX_KEPT_FILE_CONNECTIONS:
+            return False
+        s.kept.add(sock)
+        return True
 
 
 def receive_chunk(worker: Worker, s: BossSession, sock: socket.socket, msg: dict) -> None:

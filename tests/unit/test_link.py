@@ -59,14 +59,16 @@ class FakeWorker:
                            file_port=self.file_listener.getsockname()[1], slots=1, ffmpeg="ffmpeg 6.1",
                            ticket={"boss": "alice", "job": "j1", "worker": WORKER, "expires": 1, "mac": "0" * 64})
 
-    def accept_session(self) -> socket.socket:
-        """hello, session -> session_ok, as a real worker's message port does."""
+    def accept_session(self, reuse: bool = False) -> socket.socket:
+        """hello, session -> session_ok, as a real worker's message port does (reuse: it keeps
+        file connections open for the next transfer, PROTOCOL.md 9)."""
         conn, _ = self.msg_listener.accept()
         conn.settimeout(IO_WAIT)
         server_hello(conn, "worker", {Role.BOSS})
         self.session_msg = recv_msg(conn)
         assert self.session_msg["type"] is Msg.SESSION
-        send_msg(conn, Msg.SESSION_OK, session="5e55" * 4, key="ab" * 16, slots=1, worker=WORKER)
+        send_msg(conn, Msg.SESSION_OK, session="5e55" * 4, key="ab" * 16, slots=1, worker=WORKER,
+                 **({"reuse_file_connection": True} if reuse else {}))
         self.msg = conn
         return conn
 
@@ -81,16 +83,26 @@ class FakeWorker:
         """Take one upload whole, as a healthy worker does; returns the put header."""
         conn, put = self.accept_file()
         with conn:
-            assert put["type"] is Msg.PUT
-            send_msg(conn, Msg.OK)
-            recv_file(conn, dest, put["size"], put["sha256"])
-            send_msg(conn, Msg.OK, sha256=put["sha256"])
+            take_upload(conn, put, dest)
         return put
 
     def close(self) -> None:
         for s in (self.msg, self.msg_listener, self.file_listener):
             if s is not None:
                 s.close()
+
+
+def take_upload(conn: socket.socket, put: dict[str, Any], dest: Path) -> None:
+    assert put["type"] is Msg.PUT
+    send_msg(conn, Msg.OK)
+    recv_file(conn, dest, put["size"], put["sha256"])
+    send_msg(conn, Msg.OK, sha256=put["sha256"])
+
+
+def serve_get(conn: socket.socket, get: dict[str, Any], data: bytes) -> None:
+    assert get["type"] is Msg.GET
+    send_msg(conn, Msg.FILE, size=len(data), sha256=sha(data))
+    conn.sendall(data)
 
 
 class Recorder:
@@ -408,3 +420,54 @@ def test_a_worker_must_have_read_the_settings_as_sent():
         check_settings_echo(tuned, None)               # ... but it would drop the tuning
     with pytest.raises(ProtocolError, match="not as sent"):
         check_settings_echo(tuned, {**tuned.to_wire(), "codec_params": {}})
+
+
+# ---------------------------------------------------------------- one file connection for the session
+
+RESULT = b"encoded chunk zero" * 100
+
+
+def chunk_0_encoded(worker: FakeWorker, chunks, make_link, tmp_path: Path, reuse: bool
+                    ) -> tuple[WorkerLink, Recorder, socket.socket, socket.socket]:
+    """A session whose chunk 0 went up on a file connection (still open here) and came back
+    `done`: the link, its recorder, the message connection, that file connection."""
+    sched, rec = Scheduler(chunks[:1]), Recorder()
+    link = make_link(sched, rec)
+    msg = worker.accept_session(reuse=reuse)
+    assert worker.session_msg is not None and worker.session_msg["reuse_file_connection"] is True
+    send_msg(msg, Msg.REQUEST, count=1)
+    conn, put = worker.accept_file()
+    take_upload(conn, put, tmp_path / "uploaded.mkv")
+    expect(msg, Msg.ASSIGN)
+    send_msg(msg, Msg.DONE, chunk=0, size=len(RESULT), sha256=sha(RESULT), frames=25, seconds=1.0)
+    return link, rec, msg, conn
+
+
+def test_a_worker_that_keeps_file_connections_gets_the_put_and_the_get_on_one(worker, chunks, make_link, tmp_path):
+    link, rec, msg, conn = chunk_0_encoded(worker, chunks, make_link, tmp_path, reuse=True)
+    with conn:
+        serve_get(conn, recv_msg(conn), RESULT)          # on the same connection
+        assert expect(msg, Msg.COLLECTED)["chunk"] == 0
+        assert not pending_connection(worker.file_listener), "a second file connection was opened"
+    assert rec.got_result.wait(IO_WAIT) and rec.results[0][1] == RESULT
+
+
+def test_a_kept_connection_the_worker_closed_is_replaced_by_a_new_one(worker, chunks, make_link, tmp_path):
+    link, rec, msg, conn = chunk_0_encoded(worker, chunks, make_link, tmp_path, reuse=True)
+    conn.close()                                         # (idle too long, on the worker's side)
+    second, get = worker.accept_file()
+    with second:
+        serve_get(second, get, RESULT)
+    assert expect(msg, Msg.COLLECTED)["chunk"] == 0
+    assert rec.got_result.wait(IO_WAIT) and rec.results[0][1] == RESULT
+    assert link.is_alive() and link.failure is None and not rec.named(Event.CHUNK_FAILED)
+
+
+def test_a_worker_that_keeps_none_gets_a_connection_per_transfer(worker, chunks, make_link, tmp_path):
+    link, rec, msg, conn = chunk_0_encoded(worker, chunks, make_link, tmp_path, reuse=False)
+    with conn:
+        second, get = worker.accept_file()               # a new one, though the first is still open
+        with second:
+            serve_get(second, get, RESULT)
+        assert expect(msg, Msg.COLLECTED)["chunk"] == 0
+        assert conn.recv(1) == b"", "the boss kept a connection the worker never offered to keep"

@@ -190,7 +190,7 @@ def start(tmp_path: Path, background, encoder) -> Iterator[Callable[..., Running
     count = iter(range(1, 100))
 
     def make(worker: StandInWorker | None = None, *, slots: int = 1, prefetch: int = 0, samples: bool = False,
-             early: bool = False) -> Running:
+             early: bool = False, reuse: bool = False) -> Running:
         worker = worker or StandInWorker(tmp_path, slots, prefetch, early)
         boss, port = socket.socketpair()
         boss.settimeout(IO_WAIT)
@@ -199,7 +199,8 @@ def start(tmp_path: Path, background, encoder) -> Iterator[Callable[..., Running
         n = next(count)
         d = tmp_path / f"s{n}"
         d.mkdir()
-        s = BossSession(f"{n:016x}", f"{n:032x}", "alice", "job1", Settings(), d, port, samples=samples)
+        s = BossSession(f"{n:016x}", f"{n:032x}", "alice", "job1", Settings(), d, port, samples=samples,
+                        reuse=reuse)
         with worker.lock:
             worker.sessions[s.id] = s
         return Running(worker, s, boss, background(serve, worker, s))
@@ -778,4 +779,79 @@ def test_the_session_ending_during_an_early_encode_frees_everything(background, 
         run.task.join()
     poll_for(lambda: run.worker.busy == 0, IO_WAIT, "the early encode to stop")
     assert not run.worker.reports                     # cancelled, not encoded
+    assert_session_gone(run)
+
+
+# ---------------------------------------------------------------- file connections kept for the next transfer
+
+def put_on(conn: socket.socket, run: Running, chunk: int, data: bytes = DATA) -> None:
+    send_msg(conn, Msg.PUT, session=run.s.id, key=run.s.key, chunk=chunk, size=len(data), sha256=sha(data))
+    expect(conn, Msg.OK)
+    conn.sendall(data)
+    assert expect(conn, Msg.OK)["sha256"] == sha(data)
+
+
+def closed_by_worker(conn: socket.socket) -> bool:
+    try:
+        return recv_msg(conn) is None
+    except ConnectionClosed:
+        return True
+
+
+def test_a_session_that_asked_keeps_its_file_connection_for_the_next_transfer(background, start, encoder):
+    run = start(reuse=True, prefetch=1)
+    run.next(Msg.REQUEST)
+    run.next(Msg.REQUEST)
+    with file_port(background, run.worker) as (conn, handler):
+        put_on(conn, run, 0)
+        put_on(conn, run, 1, DATA[::-1])          # the same connection, a second upload
+        assert len(run.s.kept) == 1
+        send_msg(conn, Msg.GET, session=run.s.id, key=run.s.key, chunk=7)
+        assert expect_error(conn)["reason"] == "no result for chunk 7"
+        assert closed_by_worker(conn), "a connection stayed open after an error"
+    assert sorted(chunk_files(run, 0) + chunk_files(run, 1)) == ["chunk_00000.in.mkv", "chunk_00001.in.mkv"]
+    assert not run.s.kept
+
+
+def expect_error(conn: socket.socket) -> dict[str, Any]:
+    msg = recv_msg(conn)
+    assert msg["type"] is Msg.ERROR
+    return msg
+
+
+def test_without_asking_a_file_connection_carries_one_transfer(background, start, encoder):
+    run = start(prefetch=1)
+    run.next(Msg.REQUEST)
+    with file_port(background, run.worker) as (conn, handler):
+        put_on(conn, run, 0)
+        assert closed_by_worker(conn)
+    assert not run.s.kept
+
+
+def test_a_kept_connection_serves_only_its_own_session(background, start, encoder, tmp_path):
+    worker = StandInWorker(tmp_path, 1, 1)
+    run, other = start(worker, reuse=True), start(worker, reuse=True)
+    run.next(Msg.REQUEST)             # (the other session gets no place: the test never uploads to it)
+    with file_port(background, worker) as (conn, handler):
+        put_on(conn, run, 0)
+        send_msg(conn, Msg.PUT, session=other.s.id, key=other.s.key, chunk=0, size=len(DATA), sha256=sha(DATA))
+        assert expect_error(conn)["reason"] == "this connection is another session's"
+        assert closed_by_worker(conn)
+    assert chunk_files(other, 0) == []
+
+
+def test_kept_connections_are_few_and_end_with_the_session(background, start, encoder):
+    run = start(reuse=True, slots=2, prefetch=1)
+    for _ in range(3):
+        run.next(Msg.REQUEST)
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(file_port(background, run.worker))[0] for _ in range(3)]
+        for i, conn in enumerate(conns):
+            put_on(conn, run, i, DATA + bytes([i]))
+        assert closed_by_worker(conns[2]), "more connections kept open than MAX_KEPT_FILE_CONNECTIONS"
+        assert len(run.s.kept) == session_mod.MAX_KEPT_FILE_CONNECTIONS == 2
+        run.boss.close()                           # the session ends: so do its kept connections
+        with pytest.raises(ConnectionClosed):
+            run.task.join()
+        assert closed_by_worker(conns[0]) and closed_by_worker(conns[1])
     assert_session_gone(run)
