@@ -55,7 +55,8 @@ class Arrival:
     a thread of its own) reads the file behind it into ffmpeg's stdin at the encoder's pace. The
     receiver never writes into the pipe: an encoder slower than the network would stall the
     upload. ended(True) once the whole file is received and its SHA-256 checked, ended(False)
-    if the upload failed (the encode is then cancelled by its owner)."""
+    if the upload failed (the encode is then cancelled by its owner). `complete`: the feeder
+    gave ffmpeg the whole checked file; an encode whose feed stopped short is not a result."""
 
     WAIT = 0.05              # a feeder ahead of what the writer has flushed looks again this often
 
@@ -65,11 +66,15 @@ class Arrival:
         self._arrived = 0                        # bytes the receiver has written
         self._ok: bool | None = None             # None: still arriving
         self._fed = False                        # the feeder has ended
+        self.complete = False
 
     def grew(self, path: Path, n: int) -> None:
         with self._cond:
             if self._file is None and not self._fed:
-                self._file = path.open("rb")     # now, while the file has this name: the receiver renames it
+                try:                             # now, while the file has this name: the receiver renames it
+                    self._file = path.open("rb")
+                except OSError:
+                    self._fed = True             # no feed: the feeder stops, the encode fails, the assign redoes it
             self._arrived += n
             self._cond.notify_all()
 
@@ -89,10 +94,11 @@ class Arrival:
                         self._cond.wait()
                     ok, f = self._ok, self._file
                 if ok is False or f is None:
-                    return
+                    return                        # (f None: it could not be opened)
                 block = f.read(BLOCK)
                 if not block:
                     if ok:
+                        self.complete = True
                         return                    # the whole file, checked: the child's EOF
                     with self._cond:              # (bytes written but not flushed yet)
                         self._cond.wait(self.WAIT)
@@ -168,6 +174,9 @@ def encode(tools: ffmpeg.Tools, settings: Settings, a: Assignment, threads: int,
         ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, cancel=a.cancel, on_frames=progress,
                                  on_start=lambda proc: faults.hold(a.chunk, proc),
                                  feed=arriving.feed if arriving is not None else None)
+        if arriving is not None and not arriving.complete and not a.cancel.is_set():
+            # (the feed ended short, so ffmpeg saw an early end of its input: not the chunk's encode)
+            raise FFmpegError(cmd, 0, "the chunk's bytes did not all reach the encoder")
         if warmup and not a.cancel.is_set():
             chunk = ffmpeg.warmup_parts(a.output)[1]
             if not chunk.exists():

@@ -29,16 +29,16 @@ def piece(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def upload(data: bytes, dest: Path, arrival: Arrival, ok: bool = True, pause: float = 0.002,
-           on_failure=lambda: None) -> threading.Thread:
+           on_failure=lambda: None, reader=lambda part: part) -> threading.Thread:
     """Write `data` into dest's part file in small blocks, as recv_file does, then rename it; or
     (ok=False) stop halfway, remove it and call on_failure before ended(False), as the session
-    cancels the encode before its feed ends."""
+    cancels the encode before its feed ends. reader(part): what grew() is given to open."""
     def write() -> None:
         part = part_path(dest)
         with part.open("wb") as f:
             for at in range(0, len(data), 4096):
                 f.write(data[at:at + 4096])
-                arrival.grew(part, len(data[at:at + 4096]))
+                arrival.grew(reader(part), len(data[at:at + 4096]))
                 time.sleep(pause)       # the network's pace, slower than the feeder's
                 if not ok and at > len(data) // 2:
                     break
@@ -86,3 +86,34 @@ def test_an_upload_that_fails_ends_the_feed_and_the_cancelled_encode(piece, tmp_
     writer.join()
     assert got is None or "cancelled" in str(got), f"an encode of half a chunk gave {got!r}"
     assert time.monotonic() - started < 20
+
+
+class FailingRead:
+    """A path whose file fails to read (EIO) after a few reads: a feed that ends short."""
+
+    def __init__(self, path: Path, reads: int = 3) -> None:
+        self.path, self.reads = path, reads
+
+    def open(self, mode: str):
+        f = self.path.open(mode)
+        real_read, left = f.read, [self.reads]
+
+        def read(n: int = -1) -> bytes:
+            left[0] -= 1
+            if left[0] < 0:
+                raise OSError(5, "Input/output error")
+            return real_read(n)
+
+        f.read = read                 # type: ignore[method-assign]
+        return f
+
+
+def test_an_encode_whose_feed_ends_short_is_no_result(piece, tmp_path):
+    """ffmpeg takes an early end of its input for the end of the chunk: the encode must fail."""
+    tools = ffmpeg.find_tools()
+    arrival = Arrival()
+    a = Assignment(0, 50, tmp_path / "d.in.mkv", tmp_path / "d.out.mkv")
+    writer = upload(piece.read_bytes(), tmp_path / "d.upload.mkv", arrival, reader=FailingRead)
+    with pytest.raises(FFmpegError, match="did not all reach the encoder"):
+        encode(tools, SETTINGS, a, 1, lambda n: None, arriving=arrival)
+    writer.join()
