@@ -24,6 +24,7 @@ log = logging.getLogger("worker")
 SAMPLE_BLOCKS = 24     # frames a sample holds at least: the boss uses one that decodes to at least
                        # 21 (checks.SAMPLE_MIN_FRAMES: its first 3 shown before its end)
 SAMPLE_TRIES = 20      # progress reports to try taking a sample on, from SAMPLE_BLOCKS frames on
+SHORT_FEED = "the chunk's bytes did not all reach the encoder"   # an early encode's feed that ended short
 
 
 @dataclass
@@ -171,12 +172,19 @@ def encode(tools: ffmpeg.Tools, settings: Settings, a: Assignment, threads: int,
                 on_sample()
 
     try:
-        ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, cancel=a.cancel, on_frames=progress,
-                                 on_start=lambda proc: faults.hold(a.chunk, proc),
-                                 feed=arriving.feed if arriving is not None else None)
-        if arriving is not None and not arriving.complete and not a.cancel.is_set():
-            # (the feed ended short, so ffmpeg saw an early end of its input: not the chunk's encode)
-            raise FFmpegError(cmd, 0, "the chunk's bytes did not all reach the encoder")
+        # a feed that ended short gave ffmpeg an early end of its input: whether it failed on that
+        # or (at a cluster's end) exited 0, this is not the chunk's encode, and that is why
+        short = lambda: arriving is not None and not arriving.complete and not a.cancel.is_set()  # noqa: E731
+        try:
+            ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, cancel=a.cancel, on_frames=progress,
+                                     on_start=lambda proc: faults.hold(a.chunk, proc),
+                                     feed=arriving.feed if arriving is not None else None)
+        except FFmpegError as exc:
+            if short():
+                raise FFmpegError(cmd, 0, SHORT_FEED) from exc
+            raise
+        if short():
+            raise FFmpegError(cmd, 0, SHORT_FEED)
         if warmup and not a.cancel.is_set():
             chunk = ffmpeg.warmup_parts(a.output)[1]
             if not chunk.exists():

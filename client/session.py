@@ -140,11 +140,13 @@ class EarlyEncode:
                 return
         s.send(kind, **fields)
 
-    def adopt(self, s: BossSession) -> bool:
-        """The assign for it came: send what was held; False if it had been dropped already."""
+    def adopt(self, s: BossSession, first: Callable[[], None]) -> bool:
+        """The assign for it came: run `first`, then send what was held (and let a finished
+        encode send its done); False if it had been dropped already."""
         with self._lock:
             if self._dropped:
                 return False
+            first()
             self._adopted.set()
             held, self._held = self._held, []
             with contextlib.suppress(ConnectionClosed):
@@ -586,7 +588,6 @@ def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
         early = s.early.pop(chunk, None)
     if early is not None:
         if received == sha == early.sha and skip == 0 and limit is None and adopt(s, early, frames):
-            s.path(chunk, "in").unlink(missing_ok=True)     # (the encoder's feeder has its own handle)
             return
         early.drop()
         early.a.cancel.set()             # not the encode asked for: this assign starts its own
@@ -620,7 +621,8 @@ def adopt(s: BossSession, early: EarlyEncode, frames: int) -> bool:
     with s.lock:
         earlier = s.work.get(early.a.chunk)
         s.work[early.a.chunk] = early.a
-    if early.adopt(s):
+    # the uploaded file goes before anything is said (the encoder's feeder has its own handle)
+    if early.adopt(s, first=lambda: s.path(early.a.chunk, "in").unlink(missing_ok=True)):
         if earlier is not None:
             earlier.cancel.set()
         return True

@@ -848,6 +848,8 @@ def test_kept_connections_are_few_and_end_with_the_session(background, start, en
         conns = [stack.enter_context(file_port(background, run.worker))[0] for _ in range(3)]
         for i, conn in enumerate(conns):
             put_on(conn, run, i, DATA + bytes([i]))
+            # (a connection is kept just after its last reply went out)
+            poll_for(lambda: len(run.s.kept) == min(i + 1, 2), IO_WAIT, f"{min(i + 1, 2)} kept", interval=0.01)
         assert closed_by_worker(conns[2]), "more connections kept open than MAX_KEPT_FILE_CONNECTIONS"
         assert len(run.s.kept) == session_mod.MAX_KEPT_FILE_CONNECTIONS == 2
         run.boss.close()                           # the session ends: so do its kept connections
