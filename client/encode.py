@@ -172,9 +172,11 @@ def encode(tools: ffmpeg.Tools, settings: Settings, a: Assignment, threads: int,
                 on_sample()
 
     try:
-        # a feed that ended short gave ffmpeg an early end of its input: whether it failed on that
-        # or (at a cluster's end) exited 0, this is not the chunk's encode, and that is why
-        short = lambda: arriving is not None and not arriving.complete and not a.cancel.is_set()  # noqa: E731
+        def short() -> bool:
+            # a feed that ended short gave ffmpeg an early end of its input: whether it failed on
+            # that or (at a cluster's end) exited 0, this is not the chunk's encode, and that is why
+            return arriving is not None and not arriving.complete and not a.cancel.is_set()
+
         try:
             ffmpeg.run_with_progress(cmd, timeout=FFMPEG_CHUNK_TIMEOUT, cancel=a.cancel, on_frames=progress,
                                      on_start=lambda proc: faults.hold(a.chunk, proc),

@@ -587,7 +587,7 @@ def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
         received = s.received.pop(chunk, None)
         early = s.early.pop(chunk, None)
     if early is not None:
-        if received == sha == early.sha and skip == 0 and limit is None and adopt(s, early, frames):
+        if received == sha == early.sha and skip == 0 and limit is None and adopt_early(s, early, frames):
             return
         early.drop()
         early.a.cancel.set()             # not the encode asked for: this assign starts its own
@@ -614,7 +614,7 @@ def start_assignment(worker: Worker, s: BossSession, msg: dict) -> None:
     threading.Thread(target=run_encode, args=(worker, s, a), name=f"encode-{chunk}", daemon=True).start()
 
 
-def adopt(s: BossSession, early: EarlyEncode, frames: int) -> bool:
+def adopt_early(s: BossSession, early: EarlyEncode, frames: int) -> bool:
     """Make an early encode the assigned one (its sample must be there for a `get` before the
     held `sample` goes out)."""
     early.a.frames = frames
@@ -627,10 +627,11 @@ def adopt(s: BossSession, early: EarlyEncode, frames: int) -> bool:
             earlier.cancel.set()
         return True
     with s.lock:
-        if s.work.get(early.a.chunk) is early.a:
-            s.work[early.a.chunk] = earlier      # type: ignore[assignment]
+        if s.work.get(early.a.chunk) is early.a:       # as it was: the assign is served from the file
             if earlier is None:
                 del s.work[early.a.chunk]
+            else:
+                s.work[early.a.chunk] = earlier
     return False
 
 
