@@ -494,15 +494,19 @@ def handle_collected(worker: Worker, s: BossSession, msg: dict) -> bool:
 
 def handle_cancel(worker: Worker, s: BossSession, msg: dict) -> bool:
     """Another worker's copy won, or the boss lost interest: stop encoding it, and drop its
-    bytes, whether uploaded or still arriving."""
+    bytes, whether uploaded or still arriving. A cancel of a chunk already encoded takes back
+    that result only: the boss sent it in answer to our `done`, and a new upload of the same
+    chunk (the boss retrying it here) may reach the file port before this message is read."""
     chunk = int_field(msg, "chunk", 0, MAX_CHUNK_INDEX)
+    early = None
     with s.lock:
         a = s.work.pop(chunk, None)
-        s.received.pop(chunk, None)
-        early = s.early.pop(chunk, None)
-        if chunk in s.uploading:
-            s.discard.add(s.uploading[chunk])      # receive_chunk drops it when it completes
-        s.path(chunk, "in").unlink(missing_ok=True)
+        if a is None or a.result is None:
+            s.received.pop(chunk, None)
+            early = s.early.pop(chunk, None)
+            if chunk in s.uploading:
+                s.discard.add(s.uploading[chunk])      # receive_chunk drops it when it completes
+            s.path(chunk, "in").unlink(missing_ok=True)
     if early is not None:
         early.drop()
         early.a.cancel.set()

@@ -182,7 +182,7 @@ def test_a_result_bigger_than_its_frames_uncompressed_is_refused_before_its_byte
     done = cluster.boss(src, out, "--preset", "ultrafast", "--chunk-seconds", "1")
     assert done.returncode == 0, done.stderr
     failed = events(cluster, "chunk_failed", worker=f"w@127.0.0.1:{bad_port}", by="boss")
-    assert failed and all("more than its frames uncompressed" in e["detail"] for e in failed), (failed, done.stderr)
+    assert failed and all("more than its frames uncompressed" in e["detail"] for e in failed), ([e["detail"] for e in failed], done.stderr)
     assert not list(tmp_path.glob(".out.mp4.ffdt-work/*.recv.mkv"))
 
 

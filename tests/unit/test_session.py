@@ -857,3 +857,24 @@ def test_kept_connections_are_few_and_end_with_the_session(background, start, en
             run.task.join()
         assert closed_by_worker(conns[0]) and closed_by_worker(conns[1])
     assert_session_gone(run)
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["file", "early"])
+def test_a_cancel_of_a_result_spares_an_upload_of_the_same_chunk_that_overtook_it(background, start, encoder,
+                                                                                    early):
+    """The boss rejects a result with `cancel` and retries the chunk here: the new upload, on the
+    file port, may land before the cancel on the message port is read."""
+    run = start(early=early)
+    run.next(Msg.REQUEST)
+    put(background, run, 0)
+    assign(run, 0)
+    run.next(Msg.PROGRESS)
+    run.next(Msg.DONE)
+    run.next(Msg.REQUEST)
+    put(background, run, 0, DATA[::-1])            # the retry's bytes first ...
+    run.send(Msg.CANCEL, chunk=0)                  # ... then the cancel of the rejected result
+    run.sync()
+    assert not [p for p in run.s.dir.glob("*.out.mkv")], "the rejected result was kept"
+    run.send(Msg.ASSIGN, chunk=0, size=len(DATA), sha256=sha(DATA[::-1]), frames=25)
+    assert run.next(Msg.PROGRESS, Msg.FAILED)["type"] is Msg.PROGRESS, "the retry's upload was thrown away"
+    assert run.next(Msg.DONE)["chunk"] == 0
