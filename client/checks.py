@@ -130,12 +130,13 @@ class Comparisons:
         self.runs = 0                    # ffmpeg runs made, for the results compared
         self.compared = 0
 
-    def compare(self, chunk: Chunk, path: Path, frames: int | None, timeout: float) -> ffmpeg.Comparison:
+    def compare(self, chunk: Chunk, path: Path, frames: int | None, timeout: float,
+                source_frames: int | None = None) -> ffmpeg.Comparison:
         """ffmpeg.compare_with_source of this result with its chunk's source; FFmpegError as it
         would raise."""
         job = _Compare(chunk, path)
-        if frames != COMPARE_FRAMES:
-            return self._in_a_slot(job, timeout, frames)
+        if frames != COMPARE_FRAMES or source_frames is not None:
+            return self._in_a_slot(job, timeout, frames, source_frames)
         with self._cond:
             self._queued.append(job)
             while not job.settled:
@@ -157,13 +158,14 @@ class Comparisons:
             raise job.error
         return job.result if job.result is not None else self._in_a_slot(job, timeout, COMPARE_FRAMES)
 
-    def _in_a_slot(self, job: _Compare, timeout: float, frames: int | None) -> ffmpeg.Comparison:
+    def _in_a_slot(self, job: _Compare, timeout: float, frames: int | None,
+                   source_frames: int | None = None) -> ffmpeg.Comparison:
         """One result compared by itself, once fewer than RUNS runs are going."""
         with self._cond:
             self._cond.wait_for(lambda: self._running < self.RUNS)
             self._running += 1
         try:
-            return self._single(job, timeout, frames)
+            return self._single(job, timeout, frames, source_frames)
         finally:
             with self._cond:
                 self._running -= 1
@@ -192,12 +194,13 @@ class Comparisons:
             for job in batch:
                 job.alone = True
 
-    def _single(self, job: _Compare, timeout: float, frames: int | None = COMPARE_FRAMES) -> ffmpeg.Comparison:
+    def _single(self, job: _Compare, timeout: float, frames: int | None = COMPARE_FRAMES,
+                source_frames: int | None = None) -> ffmpeg.Comparison:
         with self._cond:
             self.runs += 1
             self.compared += 1
         return ffmpeg.compare_with_source(self.tools, job.chunk.source, job.path, self.settings,
-                                          job.chunk.frame_range, frames, timeout=timeout)
+                                          job.chunk.frame_range, frames, timeout=timeout, source_frames=source_frames)
 
 
 SAMPLE_HELD_BACK = 18            # pictures a decoder may still hold at a file's end, to reorder them
@@ -227,23 +230,27 @@ class Samples:
 
     def check(self, tools: ffmpeg.Tools, chunk: Chunk, worker: str, path: Path, settings: Settings,
               comparisons: Comparisons | None = None) -> bool:
-        """Decode the whole sample and compare every frame with the source's, as a result
-        decoded in full is; keep it if they pass and are at least SAMPLE_MIN_FRAMES (True). One
-        that fails is only not used: the result is compared itself when it comes."""
+        """Decode the whole sample without a message and compare its first COMPARE_FRAMES frames
+        with the source's; keep it if they pass and it shows at least SAMPLE_MIN_FRAMES (True).
+        One that fails is only not used: the result is compared itself when it comes."""
         try:
             # the shape a worker makes (complete clusters, nothing after them): anything else is
             # not the start of an honest result, and would only take the boss's disk
             clusters = mkv.read_layout(path).clusters
             if not clusters or clusters[-1][1] != path.stat().st_size:
                 raise ChunkError("not whole clusters")
-            compared = _compared(tools, chunk, path, settings, None, check_timeout(chunk), comparisons)
+            # every frame decoded (and counted), the first COMPARE_FRAMES compared: what the
+            # result's own comparison would have been (the source's decode is a fifth of it at 720p)
+            compared = _compared(tools, chunk, path, settings, None, check_timeout(chunk), comparisons,
+                                 source_frames=COMPARE_FRAMES)
             # a sample ends where the muxer had got to: the demuxer says so, nothing else may be said
             said = [line for line in compared.messages.splitlines() if line.strip() and SAMPLE_END not in line]
             if said:
                 raise ChunkError(said[-1])
-            if len(compared.psnr) < SAMPLE_MIN_FRAMES or min(compared.psnr) < MIN_PSNR_DB:
+            worst = min(compared.psnr[:COMPARE_FRAMES], default=0.0)
+            if len(compared.psnr) < SAMPLE_MIN_FRAMES or worst < MIN_PSNR_DB:
                 raise ChunkError(f"{len(compared.psnr)} frames (at least {SAMPLE_MIN_FRAMES}), "
-                                 f"the worst at {min(compared.psnr, default=0.0):.1f} dB")
+                                 f"the worst of the first {COMPARE_FRAMES} at {worst:.1f} dB")
         except (ChunkError, FFmpegError, mkv.Unsupported, OSError) as exc:
             log.debug("sample of %s from %s not used: %s", chunk.name, worker, exc)
             path.unlink(missing_ok=True)
@@ -358,11 +365,12 @@ def compare_with_source(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings:
 
 
 def _compared(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settings, frames: int | None,
-              timeout: float, comparisons: Comparisons | None) -> ffmpeg.Comparison:
+              timeout: float, comparisons: Comparisons | None, source_frames: int | None = None) -> ffmpeg.Comparison:
     """ffmpeg.compare_with_source of a result (or sample), in the job's Comparisons if given."""
     if comparisons is not None:
-        return comparisons.compare(chunk, path, frames, timeout)
-    return ffmpeg.compare_with_source(tools, chunk.source, path, settings, chunk.frame_range, frames, timeout=timeout)
+        return comparisons.compare(chunk, path, frames, timeout, source_frames)
+    return ffmpeg.compare_with_source(tools, chunk.source, path, settings, chunk.frame_range, frames, timeout=timeout,
+                                      source_frames=source_frames)
 
 
 def check_timeout(chunk: Chunk) -> float:

@@ -80,6 +80,9 @@ class JobContext:
     on_result: ResultHandler        # a fetched result, to be checked (must not block)
     # a fetched sample of a result being encoded, (link, chunk, path), to be compared (must not block)
     on_sample: Callable[[WorkerLink, Chunk, Path], None] | None = None
+    # whether a sample of this chunk's result is worth fetching now (its comparison costs the boss
+    # more than the result's own: only where the result's check would delay the output)
+    wants_sample: Callable[[WorkerLink, Chunk], bool] = lambda link, chunk: True
     on_assigned: Callable[[], None] = lambda: None
     cancel: Callable[[int, set[str]], None] = lambda index, workers: None   # tell these workers to drop a chunk
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
@@ -291,6 +294,8 @@ class WorkerLink(threading.Thread):
         self._sampled.add(chunk.index)
         size = int_field(msg, "size", 1, MAX_SAMPLE_BYTES)
         sha = field(msg, "sha256", str)
+        if not self.job.wants_sample(self, chunk):
+            return True
         if self.job.frame_bytes and size > SAMPLE_MAX_FRAMES * self.job.frame_bytes + RESULT_SLACK:
             return True                          # not the start of an honest result
         path = self._received(chunk, "sample")

@@ -375,6 +375,14 @@ class Scheduler:
         with self._cond:
             return self.complete and not self._any_pending()
 
+    def may_end_with(self, chunk: Chunk, worker: str) -> bool:
+        """Whether `worker` may have nothing to do after `chunk`: every chunk is known, none waits
+        to be handed out, and it holds no other. Only then may the checks of this result stand
+        between the last encode and the output (the boss takes a sample then: PROTOCOL.md 8.3)."""
+        with self._cond:
+            return self.complete and not self._any_pending() and not any(
+                c is not chunk and c.state is ChunkState.ASSIGNED and worker in c.workers for c in self.chunks)
+
     def _any_pending(self) -> bool:
         """Lock held."""
         return any(c.state is ChunkState.PENDING for c in self.chunks)

@@ -914,14 +914,18 @@ class Comparison:
 
 
 def compare_with_source(tools: Tools, source: Path, result: Path, s: Settings,
-                        frame_range: tuple[int, int] | None, frames: int | None, *, timeout: float) -> Comparison:
+                        frame_range: tuple[int, int] | None, frames: int | None, *, timeout: float,
+                        source_frames: int | None = None) -> Comparison:
     """Decode the first `frames` frames of a result (None: all of them) and measure each against
     the source chunk's frame of the same index as the encoder saw it (picture_filters). Pairing
     is by index, not timestamp (Matroska rounds those to 1 ms). One decode of the result does
     both jobs of a full check: with the source's last frame repeated for ever (tpad), there is a
-    PSNR for every frame the result has, so their count is the result's frame count."""
-    ref = ",".join([*picture_filters(s, frame_range), *([] if frames else ["tpad=stop=-1:stop_mode=clone"]),
-                    "setpts=N/TB"])
+    PSNR for every frame the result has, so their count is the result's frame count.
+    source_frames: decode only this many of the source's (a sample's frames are counted, its
+    first few compared); the values after them measure against a repeated frame and mean nothing."""
+    ref = ",".join([*picture_filters(s, frame_range),
+                    *([f"trim=end_frame={int(source_frames)}"] if source_frames else []),
+                    *([] if frames else ["tpad=stop=-1:stop_mode=clone"]), "setpts=N/TB"])
     # one decoder thread each: frame threads decode ahead, frames this check never looks at;
     # N/TB (frame N at N seconds): no output time base can fold two frames into one timestamp
     cmd = [tools.ffmpeg, "-hide_banner", "-nostdin", "-v", "error", *ONE_THREAD, "-i", input_path(source),

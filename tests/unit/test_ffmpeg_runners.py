@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ffdt.common import ffmpeg
-from ffdt.common.errors import FFmpegError
+from ffdt.common.errors import ChunkError, FFmpegError
 from ffdt.common.settings import Settings
 
 
@@ -269,3 +269,15 @@ def test_a_sample_is_used_only_if_it_shows_its_first_frames_before_its_end(tmp_p
     other = tmp_path / "other.mkv"
     ffmpeg.run(ffmpeg.encode_cmd(tools, src, other, Settings(preset="veryfast", crf=40), threads=1, sampled=True))
     assert not checks.sample_stands_for(good, other)
+
+    # check_result of a trusted build: the result the sample stands for needs no comparison of
+    # its own; another is compared itself, and one whose picture is not the source's fails
+    policy = checks.VerifyPolicy(0.0)
+    policy.decoded("build", True)
+    assert checks.check_result(tools, chunk, result, settings, policy, "w", "build", sample=good) == (90, False, True)
+    assert checks.check_result(tools, chunk, other, settings, policy, "w", "build", sample=good) == (90, False, False)
+    boxed = tmp_path / "boxed.mkv"
+    ffmpeg.run([tools.ffmpeg, "-v", "error", "-i", str(src), "-vf", "drawbox=w=iw/2:h=ih/2:color=red:t=fill",
+                "-c:v", "libx264", "-preset", "veryfast", str(boxed)])
+    with pytest.raises(ChunkError, match="not the source's picture"):
+        checks.check_result(tools, chunk, boxed, settings, policy, "w", "build", sample=good)

@@ -209,42 +209,56 @@ def test_a_chunk_goes_out_by_put_comes_back_by_get_and_reaches_the_checker(worke
     assert [e for e, _ in rec.events] == [Event.WORKER_JOINED, Event.CHUNK_ASSIGNED]
 
 
-def test_a_sample_is_fetched_once_an_assignment_and_handed_to_the_checks(worker, chunks, tmp_path):
-    """sample -> get {sample: true}; a second sample of the same assignment is not fetched."""
+def sampling_session(worker, tmp_path):
+    """The worker side of a session both sides want samples in, up to the first assign."""
+    conn, _ = worker.msg_listener.accept()
+    conn.settimeout(IO_WAIT)
+    server_hello(conn, "worker", {Role.BOSS})
+    assert recv_msg(conn)["samples"] is True          # the boss asks for them
+    send_msg(conn, Msg.SESSION_OK, session="5e55" * 4, key="ab" * 16, slots=1, worker=WORKER, samples=True)
+    worker.msg = conn
+    send_msg(conn, Msg.REQUEST, count=1)
+    worker.serve_put(tmp_path / "uploaded.mkv")
+    expect(conn, Msg.ASSIGN)
+    return conn
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+def test_a_sample_is_fetched_once_an_assignment_and_handed_to_the_checks(worker, chunks, tmp_path, wanted):
+    """sample -> get {sample: true}; a second sample of the same assignment is not fetched; nor
+    is one the job does not want (JobContext.wants_sample: the worker has more to do after it)."""
     sched, rec = Scheduler(chunks[:1]), Recorder()
     got: list[tuple[int, bytes]] = []
+    asked: list[int] = []
     work = tmp_path / "work"
     work.mkdir()
     job = JobContext(name="alice", settings=Settings(), scheduler=sched, work_dir=work, report=rec.report,
                      on_result=rec.on_result, silence_timeout=IO_WAIT,
-                     on_sample=lambda link, chunk, path: got.append((chunk.index, path.read_bytes())))
+                     on_sample=lambda link, chunk, path: got.append((chunk.index, path.read_bytes())),
+                     wants_sample=lambda link, chunk: asked.append(chunk.index) or wanted)
     link = WorkerLink(job, worker.offer())
     link.start()
     try:
-        conn, _ = worker.msg_listener.accept()
-        conn.settimeout(IO_WAIT)
-        server_hello(conn, "worker", {Role.BOSS})
-        assert recv_msg(conn)["samples"] is True          # the boss asks for them
-        send_msg(conn, Msg.SESSION_OK, session="5e55" * 4, key="ab" * 16, slots=1, worker=WORKER, samples=True)
-        worker.msg = conn
-        send_msg(conn, Msg.REQUEST, count=1)
-        worker.serve_put(tmp_path / "uploaded.mkv")
-        expect(conn, Msg.ASSIGN)
+        conn = sampling_session(worker, tmp_path)
         sample = b"the start of a result" * 10
         for _ in range(2):
             send_msg(conn, Msg.SAMPLE, chunk=0, size=len(sample), sha256=sha(sample))
-        fetch, get = worker.accept_file()
-        with fetch:
-            assert get["type"] is Msg.GET and get["sample"] is True and get["chunk"] == 0
-            send_msg(fetch, Msg.FILE, size=len(sample), sha256=sha(sample))
-            fetch.sendall(sample)
+        if wanted:
+            fetch, get = worker.accept_file()
+            with fetch:
+                assert get["type"] is Msg.GET and get["sample"] is True and get["chunk"] == 0
+                send_msg(fetch, Msg.FILE, size=len(sample), sha256=sha(sample))
+                fetch.sendall(sample)
         send_msg(conn, Msg.PROGRESS, chunk=0, frames=5)     # handled after both samples
         deadline = time.monotonic() + IO_WAIT
-        while not got and time.monotonic() < deadline:
+        while sched.chunks[0].progress != 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while wanted and not got and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.2)
-        assert got == [(0, sample)] and not pending_connection(worker.file_listener)
-        assert link.stats.bytes_received == len(sample)
+        assert sched.chunks[0].progress == 5 and asked == [0]
+        assert got == ([(0, sample)] if wanted else []) and not pending_connection(worker.file_listener)
+        assert link.stats.bytes_received == (len(sample) if wanted else 0)
     finally:
         link.close()
         link.join(IO_WAIT)

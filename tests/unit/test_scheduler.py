@@ -363,3 +363,20 @@ def test_wait_done_waits_for_the_result_file_to_be_in_place(tmp_path):
     other = s.take("w1", wait=NO_WAIT)
     s.abort("stopped")
     assert s.wait_done(other, 5) is False
+
+
+def test_a_chunk_may_end_its_workers_work_only_with_nothing_behind_it():
+    """may_end_with (when the boss fetches a result's sample): not while chunks wait to be
+    handed out, nor while the worker holds another one, nor while the split may add more."""
+    s = Scheduler(make_chunks(4))
+    a, b = s.take("w1", wait=NO_WAIT), s.take("w2", wait=NO_WAIT)
+    assert not s.may_end_with(a, "w1")              # two chunks still wait
+    c, d = s.take("w1", wait=NO_WAIT), s.take("w2", wait=NO_WAIT)
+    assert not s.may_end_with(a, "w1") and not s.may_end_with(b, "w2")    # each holds one behind
+    assert finish(s, a, "w1") and finish(s, b, "w2")
+    assert s.may_end_with(c, "w1") and s.may_end_with(d, "w2")
+    growing = Scheduler(make_chunks(1), complete=False)
+    e = growing.take("w1", wait=NO_WAIT)
+    assert not growing.may_end_with(e, "w1")
+    growing.add([], complete=True)
+    assert growing.may_end_with(e, "w1")
