@@ -63,6 +63,7 @@ class BossConfig:
     report: Path | None
     verify_fraction: float = DEFAULT_VERIFY_FRACTION
     recheck_fraction: float = 0.0
+    samples: str = "auto"                   # auto (not from workers on this machine), always, never
     progress: str = "bar"                   # bar (on a terminal), json (lines on stdout), none
     overwrite: bool = False                 # -y: replace an existing OUTPUT
     streams: StreamOptions = StreamOptions()    # which of the input's streams (ffmpeg's defaults)
@@ -163,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "ffmpeg build, settings and threads, and the two results compared bit for bit (a third "
                    "settles a mismatch; the one that differs is dropped); costs that fraction of the encode "
                    "again (default: %(default)s, off)")
+    p.add_argument("--samples", choices=("auto", "always", "never"), default="auto",
+                   help="have workers send the start of each result while they encode it, and check that, "
+                   "so that the last results' checks do not delay the output; a sample's check costs the "
+                   "boss 2-3 times the result's own: auto (default) checks only those of results that may "
+                   "come last, and asks none of workers on this machine (a loopback address), whose "
+                   "encodes would pay for them; always: of those too; never")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)
@@ -227,7 +234,8 @@ def config_from_args(args: argparse.Namespace, sources: list[Path], output: Path
         tls=ClientTls(None) if args.local else client_tls(args),
         work_dir=args.work_dir, keep_work=args.keep_work, restart=args.restart,
         allow_mixed=args.allow_mixed_encoders, bars=bars_wanted(args.quiet) and args.progress == "bar", report=args.report,
-        verify_fraction=args.verify_fraction, recheck_fraction=args.recheck_fraction, progress=args.progress,
+        verify_fraction=args.verify_fraction, recheck_fraction=args.recheck_fraction, samples=args.samples,
+        progress=args.progress,
         streams=StreamOptions(video=args.video_stream, program=args.program,
                               audio=StreamOptions.parse_audio(args.audio_streams)))
 

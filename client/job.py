@@ -383,8 +383,8 @@ class Job:
                                       on_result=lambda *a: self.hand_in(verifier, *a),
                                       # (a job that decodes every result in full has no use for them)
                                       on_sample=(lambda *a: self.sample_in(verifier, *a))
-                                      if cfg.verify_fraction < 1.0 else None,
-                                      wants_sample=self.sample_wanted,
+                                      if cfg.verify_fraction < 1.0 and cfg.samples != "never" else None,
+                                      wants_sample=self.sample_wanted, samples_here=cfg.samples == "always",
                                       on_assigned=self.phases.assigned,
                                       cancel=self.cancel_copies,
                                       silence_timeout=cfg.silence_timeout,

@@ -7,6 +7,7 @@ checker (`JobContext.on_result`). A silent or broken worker gives its chunks bac
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import shutil
 import socket
@@ -38,6 +39,14 @@ _PINNING = pinning_context()
 RESULT_SLACK = 1 << 20    # container overhead allowed beyond the frames uncompressed
 BOSS_DISK_HEADROOM = 256 * 1024 * 1024      # free space the boss keeps beyond a result
 MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) before the job stops using it
+
+
+def on_loopback(host: str) -> bool:
+    """A worker on this machine, as far as its address tells."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,9 @@ class JobContext:
     # whether a sample of this chunk's result is worth fetching now (its comparison costs the boss
     # more than the result's own: only where the result's check would delay the output)
     wants_sample: Callable[[WorkerLink, Chunk], bool] = lambda link, chunk: True
+    # ask workers on this machine for samples too: their encodes share its CPUs with the checks,
+    # and a result's own check at the end runs on the cores they have left
+    samples_here: bool = False
     on_assigned: Callable[[], None] = lambda: None
     cancel: Callable[[int, set[str]], None] = lambda index, workers: None   # tell these workers to drop a chunk
     silence_timeout: float = WORKER_SILENCE_TIMEOUT
@@ -208,7 +220,7 @@ class WorkerLink(threading.Thread):
                        **self._tls())
         self.sock = sock
         client_hello(sock, Role.BOSS, self.job.name)
-        wanted = self.job.on_sample is not None
+        wanted = self.job.on_sample is not None and (self.job.samples_here or not on_loopback(o.host))
         send_msg(sock, Msg.SESSION, ticket=o.ticket, settings=self.job.settings.to_wire(), samples=wanted,
                  reuse_file_connection=True)
         reply = expect(sock, Msg.SESSION_OK)

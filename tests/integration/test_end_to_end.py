@@ -45,7 +45,7 @@ def test_results_are_compared_with_the_source_by_their_samples(cluster, clips, t
     out, report = tmp_path / "out.mkv", tmp_path / "report.json"
     # (an encode slow enough for a sample to be checked before its result comes)
     done = cluster.boss(clips["mid20.mp4"], out, "--preset", "medium", "--chunk-seconds", "5",
-                        "--verify-fraction", "0", "--report", str(report))
+                        "--verify-fraction", "0", "--samples", "always", "--report", str(report))
     assert done.returncode == 0, done.stderr
     assert_same_media(clips["mid20.mp4"], out)
     workers = json.loads(report.read_text())["workers"].values()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ffdt.client.link import MAX_REFUSALS, REFUSAL_BACKOFF, JobContext, WorkerLink, WorkerOffer
+from ffdt.client.link import MAX_REFUSALS, REFUSAL_BACKOFF, JobContext, WorkerLink, WorkerOffer, on_loopback
 from ffdt.client.scheduler import Chunk, ChunkState, Manifest, Scheduler
 from ffdt.common.audit_events import Event
 from ffdt.common.errors import ConnectionClosed
@@ -223,6 +223,29 @@ def sampling_session(worker, tmp_path):
     return conn
 
 
+@pytest.mark.parametrize("here", [False, True])
+def test_workers_on_this_machine_are_asked_for_samples_only_if_the_job_says_so(worker, chunks, tmp_path, here):
+    """(boss --samples auto: a worker on a loopback address shares the boss's CPUs.)"""
+    work = tmp_path / "work"
+    work.mkdir()
+    job = JobContext(name="alice", settings=Settings(), scheduler=Scheduler(chunks[:1]), work_dir=work,
+                     report=Recorder().report, on_result=Recorder().on_result, silence_timeout=IO_WAIT,
+                     on_sample=lambda link, chunk, path: None, samples_here=here)
+    link = WorkerLink(job, worker.offer())
+    link.start()
+    try:
+        conn, _ = worker.msg_listener.accept()
+        conn.settimeout(IO_WAIT)
+        server_hello(conn, "worker", {Role.BOSS})
+        assert recv_msg(conn)["samples"] is here
+        conn.close()
+    finally:
+        link.close()
+        link.join(IO_WAIT)
+    assert on_loopback("127.0.0.1") and on_loopback("::1") and on_loopback("localhost")
+    assert not on_loopback("10.77.1.2") and not on_loopback("worker.example")
+
+
 @pytest.mark.parametrize("wanted", [True, False])
 def test_a_sample_is_fetched_once_an_assignment_and_handed_to_the_checks(worker, chunks, tmp_path, wanted):
     """sample -> get {sample: true}; a second sample of the same assignment is not fetched; nor
@@ -235,7 +258,7 @@ def test_a_sample_is_fetched_once_an_assignment_and_handed_to_the_checks(worker,
     job = JobContext(name="alice", settings=Settings(), scheduler=sched, work_dir=work, report=rec.report,
                      on_result=rec.on_result, silence_timeout=IO_WAIT,
                      on_sample=lambda link, chunk, path: got.append((chunk.index, path.read_bytes())),
-                     wants_sample=lambda link, chunk: asked.append(chunk.index) or wanted)
+                     wants_sample=lambda link, chunk: asked.append(chunk.index) or wanted, samples_here=True)
     link = WorkerLink(job, worker.offer())
     link.start()
     try:
