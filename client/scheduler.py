@@ -377,11 +377,13 @@ class Scheduler:
 
     def may_end_with(self, chunk: Chunk, worker: str) -> bool:
         """Whether `worker` may have nothing to do after `chunk`: every chunk is known, none waits
-        to be handed out, and it holds no other. Only then may the checks of this result stand
-        between the last encode and the output (the boss takes a sample then: PROTOCOL.md 8.3)."""
+        to be handed out, and it holds none it has not started (one it has encoded may still be
+        on its way in). Only then may the checks of this result stand between the last encode and
+        the output (the boss takes a sample then: PROTOCOL.md 8.3)."""
         with self._cond:
             return self.complete and not self._any_pending() and not any(
-                c is not chunk and c.state is ChunkState.ASSIGNED and worker in c.workers for c in self.chunks)
+                c is not chunk and c.state is ChunkState.ASSIGNED and worker in c.workers and not c.started
+                for c in self.chunks)
 
     def _any_pending(self) -> bool:
         """Lock held."""

@@ -373,7 +373,9 @@ def test_a_chunk_may_end_its_workers_work_only_with_nothing_behind_it():
     assert not s.may_end_with(a, "w1")              # two chunks still wait
     c, d = s.take("w1", wait=NO_WAIT), s.take("w2", wait=NO_WAIT)
     assert not s.may_end_with(a, "w1") and not s.may_end_with(b, "w2")    # each holds one behind
-    assert finish(s, a, "w1") and finish(s, b, "w2")
+    assert finish(s, a, "w1")
+    s.progress(b.index, "w2", 25)
+    s.progress(d.index, "w2", 1)          # w2 is on d: b's result is still on its way
     assert s.may_end_with(c, "w1") and s.may_end_with(d, "w2")
     growing = Scheduler(make_chunks(1), complete=False)
     e = growing.take("w1", wait=NO_WAIT)
