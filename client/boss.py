@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "so that the last results' checks do not delay the output; a sample's check costs the "
                    "boss 2-3 times the result's own: auto (default) checks only those of results that may "
                    "come last, and asks none of workers on this machine (a loopback address), whose "
-                   "encodes would pay for them; always: of those too; never")
+                   "encodes would pay for them; always: ask those too; never: ask none")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)
