@@ -167,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", choices=("auto", "always", "never"), default="auto",
                    help="have workers send the start of each result while they encode it, and check that, "
                    "so that the last results' checks do not delay the output; a sample's check costs the "
-                   "boss 2-3 times the result's own: auto (default) checks only those of results that may "
-                   "come last, and asks none of workers on this machine (a loopback address), whose "
-                   "encodes would pay for them; always: ask those too; never: ask none")
+                   "boss 2-3 times the result's own, so it checks only those of results that may come last; "
+                   "auto (default) asks none of workers on this machine (a loopback address), whose encodes "
+                   "would pay for them; always: ask those too; never: ask none")
     add_ffmpeg_options(p, quiet_help="no progress bar, warnings and errors only")
     add_tls_client_options(p)
     add_password_option(p)

@@ -44,9 +44,11 @@ MAX_REFUSALS = 3          # uploads a worker may refuse (disk full, bad copy) be
 def on_loopback(host: str) -> bool:
     """A worker on this machine, as far as its address tells."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return host == "localhost"
+        return host in ("localhost", "ip6-localhost")
+    mapped = getattr(address, "ipv4_mapped", None)        # ::ffff:127.0.0.1
+    return (mapped or address).is_loopback
 
 
 @dataclass(frozen=True)

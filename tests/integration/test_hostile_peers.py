@@ -80,8 +80,8 @@ def test_a_worker_that_changes_the_picture_is_caught_and_dropped(cluster, clips,
     """A red box over a quarter of every frame, in an otherwise perfect result: the boss compares
     frames of every result with the source's. (The worker's sample of a result is honest, taken
     while its ffmpeg encodes, before the box is drawn: a result that does not start with the
-    sample's bytes is compared itself, test_ffmpeg_runners; here the bad worker always holds
-    another chunk, so the boss fetches none of its samples.)"""
+    sample's bytes is compared itself, test_ffmpeg_runners; here the bad worker mostly holds
+    another chunk behind the one it encodes, and the boss then fetches no sample.)"""
     assert_bad_worker_dropped(cluster, clips, tmp_path, {"FFDT_TEST_FAULTS": "red-box"},
                               "not the source's picture", "--preset", "medium", "--chunk-seconds", "5",
                               "--verify-fraction", "0")

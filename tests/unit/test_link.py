@@ -242,7 +242,7 @@ def test_workers_on_this_machine_are_asked_for_samples_only_if_the_job_says_so(w
     finally:
         link.close()
         link.join(IO_WAIT)
-    assert on_loopback("127.0.0.1") and on_loopback("::1") and on_loopback("localhost")
+    assert all(on_loopback(h) for h in ("127.0.0.1", "127.3.2.1", "::1", "[::1]", "::ffff:127.0.0.1", "localhost"))
     assert not on_loopback("10.77.1.2") and not on_loopback("worker.example")
 
 
