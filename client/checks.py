@@ -16,6 +16,7 @@ from ffdt.client import media
 from ffdt.client.scheduler import Chunk
 from ffdt.common import ffmpeg, mkv
 from ffdt.common.config import CHECK_FIXED_SECONDS, CHECK_SECONDS_PER_FRAME
+from ffdt.common.encoders import ENCODERS
 from ffdt.common.errors import ChunkError, FFmpegError, TranscoderError
 from ffdt.common.settings import Settings
 
@@ -302,7 +303,7 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
               f"decoding {limit} frames" if limit else "packet checks")
     passed = False
     try:
-        packets = result_packets(tools, path, timeout)
+        packets = result_packets(tools, path, timeout, ENCODERS[settings.vcodec].codec)
         odd = packet_oddity(chunk, packets, settings)
         if odd and limit is not None:
             log.debug("%s from %s: %s; decoding it in full", chunk.name, worker, odd)
@@ -331,14 +332,18 @@ def check_result(tools: ffmpeg.Tools, chunk: Chunk, path: Path, settings: Settin
             policy.decoded(build, passed)
 
 
-def result_packets(tools: ffmpeg.Tools, path: Path, timeout: float) -> list[ffmpeg.Packet]:
+def result_packets(tools: ffmpeg.Tools, path: Path, timeout: float, codec: str | None = None) -> list[ffmpeg.Packet]:
     """A result's video packets, read from its Matroska blocks (common/mkv.py: no process
     start), or by ffprobe (any demuxer message an error) for a file that reader does not know.
-    Matroska stores no decode timestamps, so none are given."""
+    Matroska stores no decode timestamps, so none are given. With `codec` (ffprobe's name), a
+    result of another codec is a ChunkError: the concat would copy it into the output as it is,
+    and the checks of a sample assume a known codec's reorder depth."""
     try:
-        blocks = mkv.read_video_blocks(path)
+        blocks = mkv.read_video_blocks(path, codec if codec in mkv.CODEC_IDS else None)
     except mkv.Unsupported as exc:
         log.debug("%s: %s; listing its packets with ffprobe", path.name, exc)
+        if codec is not None and (found := ffmpeg.video_codec(tools, path, peer=True, timeout=timeout)) != codec:
+            raise ChunkError(f"{path.name}: {found or 'no video'}, not {codec}") from None
         return ffmpeg.stream_packets(tools, path, strict=True, peer=True, timeout=timeout)
     return [ffmpeg.Packet(b.pts, b.pts, b.duration, b.key, size=b.size, dts_known=False) for b in blocks]
 

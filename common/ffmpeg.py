@@ -448,6 +448,13 @@ def stream_packets(tools: Tools, path: Path, stream: str = "v:0", *, strict: boo
     return [p for p in packets if p is not None]
 
 
+def video_codec(tools: Tools, path: Path, *, peer: bool = False, timeout: float = FFMPEG_TOOL_TIMEOUT) -> str:
+    """The codec of the first video stream, as ffprobe names it ("" if none)."""
+    out = run([tools.ffprobe, "-v", "error", *input_args(path, peer), "-select_streams", "v:0",
+               "-show_entries", "stream=codec_name", "-of", "csv=p=0"], timeout=timeout)
+    return out.strip().splitlines()[0].strip() if out.strip() else ""
+
+
 PROGRESS_EVERY_PACKETS = 1000      # how often packets_by_stream says how far it has read
 
 

@@ -127,9 +127,15 @@ def _block_header(f: BinaryIO, start: int, size: int) -> tuple[int, int, int, in
     return head[0] & 0x7F, rel, head[3], 4
 
 
-def read_video_blocks(path: Path) -> list[Block]:
+# the CodecID ffmpeg's Matroska muxer writes, by codec as ffprobe names it
+CODEC_IDS = {"h264": "V_MPEG4/ISO/AVC", "hevc": "V_MPEGH/ISO/HEVC", "vp8": "V_VP8", "vp9": "V_VP9",
+             "av1": "V_AV1", "mpeg4": "V_MPEG4/ISO/ASP"}
+
+
+def read_video_blocks(path: Path, codec: str | None = None) -> list[Block]:
     """The video packets of a one-track Matroska file, in file order, as ffprobe lists them
-    (pts, duration, keyframe flag, size). Unsupported for anything else."""
+    (pts, duration, keyframe flag, size). Unsupported for anything else, and with `codec` (as
+    ffprobe names it, one of CODEC_IDS) for a track of another codec."""
     with path.open("rb") as f:
         end = os.fstat(f.fileno()).st_size
         scale, default_duration, tracks = 1_000_000, 0, 0
@@ -149,7 +155,7 @@ def read_video_blocks(path: Path) -> list[Block]:
                 for child, data in _children(_read(f, start, size)):
                     if child == TRACK_ENTRY:
                         tracks += 1
-                        default_duration = _video_entry(data)
+                        default_duration = _video_entry(data, codec)
             elif element == CLUSTER:
                 if tracks != 1:
                     raise Unsupported("blocks before a single video track")
@@ -171,14 +177,16 @@ def _timestamp_scale(info: bytes, scale: int) -> int:
     return scale
 
 
-def _video_entry(entry: bytes) -> int:
+def _video_entry(entry: bytes, codec: str | None = None) -> int:
     """The default duration of a track entry that is the video track 1, with no content
-    encodings; Unsupported for any other."""
+    encodings (and of `codec`, if given); Unsupported for any other."""
     fields = dict(_children(entry))
     if CONTENT_ENCODINGS in fields:
         raise Unsupported("content encodings")
     if _uint(fields.get(TRACK_NUMBER, b"")) != VIDEO_TRACK or _uint(fields.get(TRACK_TYPE, b"")) != 1:
         raise Unsupported("not a single video track")
+    if codec is not None and fields.get(CODEC_ID, b"").rstrip(b"\0") != CODEC_IDS.get(codec, "").encode():
+        raise Unsupported(f"not a {codec} track")
     return _uint(fields.get(DEFAULT_DURATION, b""))
 
 

@@ -281,3 +281,35 @@ def test_a_sample_is_used_only_if_it_shows_its_first_frames_before_its_end(tmp_p
                 "-c:v", "libx264", "-preset", "veryfast", str(boxed)])
     with pytest.raises(ChunkError, match="not the source's picture"):
         checks.check_result(tools, chunk, boxed, settings, policy, "w", "build", sample=good)
+
+
+def test_a_result_of_another_codec_than_the_jobs_is_rejected(tmp_path):
+    """The concat would copy it into the output as it is (and a sample's check assumes a known
+    codec's reorder depth): checks.result_packets holds every result to the job's codec, by its
+    Matroska CodecID, or by ffprobe for a file the reader does not know. mkv.CODEC_IDS is what
+    ffmpeg's muxer writes for each encoder's codec."""
+    from ffdt.client import checks
+    from ffdt.client.scheduler import Chunk, Manifest
+    from ffdt.common import mkv
+    from ffdt.common.encoders import ENCODERS
+    tools = ffmpeg.find_tools()
+    src = tmp_path / "src.mkv"
+    ffmpeg.run([tools.ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=128x96:rate=30:duration=1",
+                "-c:v", "ffv1", str(src)])
+    made = {}
+    for name in ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "mpeg4"):
+        out = tmp_path / f"{name}.mkv"
+        extra = ["-cpu-used", "8"] if name == "libaom-av1" else ["-deadline", "realtime"] if name == "libvpx-vp9" else []
+        ffmpeg.run([tools.ffmpeg, "-v", "error", "-i", str(src), "-c:v", name, *extra, str(out)])
+        codec = ENCODERS[name].codec
+        assert len(mkv.read_video_blocks(out, codec)) == 30, name
+        made[codec] = out
+    with pytest.raises(mkv.Unsupported, match="not a h264 track"):
+        mkv.read_video_blocks(made["vp9"], "h264")
+    chunk = Chunk(Manifest(index=0, source=src, size=src.stat().st_size, sha256="0" * 64, frames=30, start=0.0))
+    policy = checks.VerifyPolicy(0.0)
+    policy.decoded("build", True)
+    settings = Settings(preset="veryfast")
+    assert checks.check_result(tools, chunk, made["h264"], settings, policy, "w", "build")[0] == 30
+    with pytest.raises(ChunkError, match="vp9, not h264"):
+        checks.check_result(tools, chunk, made["vp9"], settings, policy, "w", "build")
