@@ -339,7 +339,7 @@ def result_packets(tools: ffmpeg.Tools, path: Path, timeout: float, codec: str |
     result of another codec is a ChunkError: the concat would copy it into the output as it is,
     and the checks of a sample assume a known codec's reorder depth."""
     try:
-        blocks = mkv.read_video_blocks(path, codec if codec in mkv.CODEC_IDS else None)
+        blocks = mkv.read_video_blocks(path, codec)      # (a codec it has no CodecID for: ffprobe's name)
     except mkv.Unsupported as exc:
         log.debug("%s: %s; listing its packets with ffprobe", path.name, exc)
         if codec is not None and (found := ffmpeg.video_codec(tools, path, peer=True, timeout=timeout)) != codec:

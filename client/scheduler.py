@@ -380,8 +380,8 @@ class Scheduler:
         to be handed out, and it holds none it has not started (one it has encoded may still be
         on its way in). Only then may the checks of this result stand between the last encode and
         the output (the boss takes a sample then: PROTOCOL.md 8.3)."""
-        with self._cond:
-            return self.complete and not self._any_pending() and not any(
+        with self._cond:                 # (an RLock: all_out takes it again)
+            return self.all_out() and not any(
                 c is not chunk and c.state is ChunkState.ASSIGNED and worker in c.workers and not c.started
                 for c in self.chunks)
 
